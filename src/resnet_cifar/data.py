@@ -1,0 +1,229 @@
+"""CIFAR-10 as uint8 tensors, the paper's split, normalization and augmentation.
+
+Paper, Sec. 4.2: "We use a weight decay ... 45k/5k train/val split ... We follow the
+simple data augmentation in [24] for training: 4 pixels are padded on each side, and a
+32x32 crop is randomly sampled from the padded image or its horizontal flip. For
+testing, we only evaluate the single view of the original 32x32 image." and Sec. 3.4 /
+[21]: "the per-pixel mean subtracted".
+
+The whole dataset is 180 MB of uint8, so it is held as tensors (on the GPU when there
+is one) and augmented a batch at a time: no DataLoader, no per-image PIL work.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+# MD5 sums of the official python-version files (the same table torchvision checks).
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+NORMALIZATIONS = ("per-pixel-mean", "per-channel", "none")
+
+
+class DataError(ValueError):
+    """The data folder is missing or holds something that is not CIFAR-10."""
+
+
+@dataclass
+class CIFAR10:
+    """All 60,000 images as uint8 tensors (N, 3, 32, 32) and int64 labels.
+
+    `identity` says which copy this is: "official" (every file matches the official
+    MD5), "jpeg-q75-copy" (the JPEG re-encoding built from ../shared/data) or
+    "unverified-copy" (anything else in the official layout). `label` is the text
+    every figure carries."""
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+    identity: str
+    root: Path
+
+    @property
+    def label(self) -> str:
+        return dataset_label(self.identity)
+
+
+def dataset_label(identity: str) -> str:
+    return {
+        "official": "CIFAR-10 (official, MD5 verified)",
+        "jpeg-q75-copy": "CIFAR-10 (JPEG q75 copy)",
+    }.get(identity, "CIFAR-10 (unverified copy)")
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Explicit argument > $RESNET_CIFAR_DATA > ./data."""
+    return Path(data_dir or os.environ.get("RESNET_CIFAR_DATA") or "data")
+
+
+def _missing_message(root: Path) -> str:
+    return (
+        f"CIFAR-10 not found: expected {root / FOLDER}/ with {', '.join(TRAIN_FILES)}, {TEST_FILE}, "
+        f"{META_FILE}. Download it with `python -m resnet_cifar download --data-dir {root}` "
+        f"(or pass download=True), unpack cifar-10-python.tar.gz there yourself, or point "
+        f"RESNET_CIFAR_DATA / --data-dir at the folder that holds {FOLDER}/."
+    )
+
+
+def download(data_dir=None) -> Path:
+    """Fetch and unpack the official archive (torchvision checks its MD5)."""
+    from torchvision.datasets.utils import download_and_extract_archive
+    root = resolve_data_dir(data_dir)
+    try:
+        download_and_extract_archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                                     str(root), md5="c58f30108f718f92721af3b95e74349a")
+    except Exception as e:  # offline, proxy, disk: all end the same way for the user
+        raise DataError(f"download of CIFAR-10 failed ({type(e).__name__}: {e}). " + _missing_message(root)) from e
+    return root
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+        data, labels = np.asarray(d["data"]), np.asarray(d["labels"])
+    except Exception as e:
+        raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}: {e}); "
+                        f"it may be truncated or corrupted: download or rebuild the data folder.") from e
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}; "
+                        f"rebuild the data folder.")
+    if labels.shape != (len(data),):
+        raise DataError(f"{path}: {len(labels)} labels for {len(data)} images; rebuild the data folder.")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path}: labels must be in 0..9, found {labels.min()}..{labels.max()}; "
+                        f"rebuild the data folder.")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _identity(folder: Path) -> str:
+    if all(_md5(folder / name) == md5 for name, md5 in OFFICIAL_MD5.items()):
+        return "official"
+    with open(folder / TEST_FILE, "rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    batch_label = d.get("batch_label", d.get(b"batch_label", b""))
+    batch_label = batch_label.decode() if isinstance(batch_label, bytes) else str(batch_label)
+    return "jpeg-q75-copy" if "JPEG q75 copy" in batch_label else "unverified-copy"
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_cifar10(data_dir=None, download_if_missing: bool = False, expect_counts=(50000, 10000)) -> CIFAR10:
+    """Read the official python layout (`<data_dir>/cifar-10-batches-py/`) into tensors.
+
+    Validates shapes, dtype, label range and counts; raises DataError with what to do."""
+    root = resolve_data_dir(data_dir)
+    folder = root / FOLDER
+    names = TRAIN_FILES + [TEST_FILE, META_FILE]
+    if not all((folder / n).is_file() for n in names):
+        if download_if_missing:
+            download(root)
+        else:
+            raise DataError(_missing_message(root))
+    train = [_read_batch(folder / n) for n in TRAIN_FILES]
+    test_x, test_y = _read_batch(folder / TEST_FILE)
+    train_x = np.concatenate([x for x, _ in train])
+    train_y = np.concatenate([y for _, y in train])
+    if expect_counts and (len(train_x), len(test_x)) != tuple(expect_counts):
+        raise DataError(f"{folder}: expected {expect_counts[0]} training and {expect_counts[1]} test images, "
+                        f"found {len(train_x)} and {len(test_x)}; the folder is incomplete, rebuild it.")
+    try:
+        with open(folder / META_FILE, "rb") as f:
+            meta = pickle.load(f, encoding="bytes")
+        classes = [c.decode() if isinstance(c, bytes) else str(c)
+                   for c in meta.get("label_names", meta.get(b"label_names"))]
+    except Exception as e:
+        raise DataError(f"{folder / META_FILE} is not readable ({e}); rebuild the data folder.") from e
+    if len(classes) != 10:
+        raise DataError(f"{folder / META_FILE}: expected 10 class names, found {len(classes)}.")
+    return CIFAR10(torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
+                   torch.from_numpy(test_y), classes, _identity(folder), root)
+
+
+def train_val_split(num_train: int = 50000, val_size: int = 5000, seed: int = 0):
+    """The paper's 45k/5k split: a fixed, seeded permutation of the training indices."""
+    if not 0 <= val_size < num_train:
+        raise ValueError(f"val_size must be in [0, {num_train}), got {val_size}")
+    perm = torch.randperm(num_train, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def balanced_subset(labels: torch.Tensor, n: int | None, num_classes: int = 10) -> torch.Tensor:
+    """Indices of the first n examples, n/num_classes from each class, in their order."""
+    if n is None or n >= len(labels):
+        return torch.arange(len(labels))
+    if n < num_classes:
+        raise ValueError(f"subset must be at least {num_classes} (one image per class), got {n}")
+    per_class = [torch.nonzero(labels == c).flatten()[: n // num_classes] for c in range(num_classes)]
+    return torch.cat(per_class).sort().values
+
+
+@dataclass
+class Normalizer:
+    """x -> (x/255 - mean) / std. Per-pixel mean (the paper: a 3x32x32 mean image over
+    the training split, std 1), per-channel mean/std (what most reference code does),
+    or none (just /255)."""
+    mean: torch.Tensor
+    std: torch.Tensor
+    kind: str
+
+    @classmethod
+    def fit(cls, train_images: torch.Tensor, kind: str = "per-pixel-mean") -> "Normalizer":
+        x = train_images.double() / 255
+        if kind == "per-pixel-mean":
+            return cls(x.mean(0).float(), torch.ones(1, 1, 1), kind)
+        if kind == "per-channel":
+            return cls(x.mean((0, 2, 3)).float().view(3, 1, 1), x.std((0, 2, 3)).float().view(3, 1, 1), kind)
+        if kind == "none":
+            return cls(torch.zeros(1, 1, 1), torch.ones(1, 1, 1), kind)
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {kind!r}")
+
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        mean, std = self.mean.to(images_uint8.device), self.std.to(images_uint8.device)
+        return (images_uint8.float() / 255 - mean) / std
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, crop: bool = True,
+            flip: bool = True) -> torch.Tensor:
+    """Random `pad`-pixel zero-pad + 32x32 crop and horizontal flip, for a whole batch at
+    once on x's device. Random draws come from `generator` (on the CPU) so a run is the
+    same on every device and can resume mid-epoch. Zero padding happens after the mean
+    is subtracted (as in fb.resnet.torch), so the border is the mean image."""
+    n, _, h, w = x.shape
+    if crop and pad > 0:
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+        padded = F.pad(x, (pad, pad, pad, pad))
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        x = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                   torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+    if flip:
+        mirror = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(mirror[:, None, None, None], x.flip(3), x)
+    return x

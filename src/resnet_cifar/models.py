@@ -1,0 +1,163 @@
+"""ResNets for CIFAR-10, as in He et al. 2016, Sec. 4.2 ("CIFAR-10 and Analysis").
+
+    "The first layer is 3x3 convolutions. Then we use a stack of 6n layers with 3x3
+    convolutions on the feature maps of sizes {32, 16, 8} respectively, with 2n layers
+    for each feature map size. The numbers of filters are {16, 32, 64} respectively.
+    The subsampling is performed by convolutions with a stride of 2. The network ends
+    with a global average pooling, a 10-way fully-connected layer, and softmax."
+
+`resnet(depth)` builds that network for any depth 6n+2 (20, 32, 44, 56, 110, 1202);
+`plain(depth)` is the same stack without shortcuts (the paper's Fig. 6, left);
+`resnet34_imagenet()` is the ImageNet ResNet-34 that the seed log first trained on
+32x32 images, kept for the model chapter's comparison.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SHORTCUTS = ("A", "B")
+ARCHS = ("resnet", "plain", "resnet34-imagenet")
+
+
+def check_depth(depth: int) -> int:
+    """Return n for a depth 6n+2, or raise ValueError naming the valid depths."""
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(
+            f"depth must be 6n+2 with n >= 1 (e.g. 20, 32, 44, 56, 110, 1202), got {depth!r}"
+        )
+    return (depth - 2) // 6
+
+
+class PadShortcut(nn.Module):
+    """Option A (Sec. 3.3): identity with stride-2 subsampling and zero-padded extra
+    channels, so the shortcut adds no parameters. The new channels are appended
+    after the existing ones (the layout of the reference Torch/akamaster code)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride, self.extra = stride, out_channels - in_channels
+
+    def forward(self, x):
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra))
+
+
+def projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """Option B (Sec. 3.3): a 1x1 convolution + BN where shapes change."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv layers, BN after each conv and before the ReLU (Sec. 3.4), and a
+    shortcut added before the second ReLU (Fig. 2). `shortcut=None` gives the plain
+    block (no shortcut at all)."""
+
+    def __init__(self, in_channels, out_channels, stride=1, shortcut: str | None = "A",
+                 bn_eps=1e-5, bn_momentum=0.1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
+        self.residual = shortcut is not None
+        if not self.residual or (stride == 1 and in_channels == out_channels):
+            self.shortcut = nn.Identity()
+        elif shortcut == "A":
+            self.shortcut = PadShortcut(in_channels, out_channels, stride)
+        else:
+            self.shortcut = projection(in_channels, out_channels, stride)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class CifarResNet(nn.Module):
+    """conv3x3(16) -> 3 stages of n blocks with 16/32/64 filters (stride 2 entering
+    stages 2 and 3) -> global average pool -> FC(num_classes). 6n+2 weighted layers."""
+
+    def __init__(self, depth=32, shortcut: str | None = "A", num_classes=10,
+                 final_relu=False, bn_eps=1e-5, bn_momentum=0.1):
+        super().__init__()
+        n = check_depth(depth)
+        if shortcut is not None and shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
+        self.depth, self.shortcut_option = depth, shortcut
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16, eps=bn_eps, momentum=bn_momentum)
+        stages, in_channels = [], 16
+        for channels, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(in_channels, channels, stride if i == 0 else 1,
+                                         shortcut, bn_eps, bn_momentum))
+                in_channels = channels
+            stages.append(nn.Sequential(*blocks))
+        self.stage1, self.stage2, self.stage3 = stages
+        self.fc = nn.Linear(64, num_classes)
+        # The seed log's open question: a ReLU after the last FC clamps every negative
+        # logit to 0, so the softmax loses half its range and gradients die.
+        self.final_relu = final_relu
+        he_init(self)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.stage3(self.stage2(self.stage1(x)))
+        x = self.fc(torch.flatten(F.avg_pool2d(x, x.shape[-1]), 1))  # global average pool
+        return F.relu(x) if self.final_relu else x
+
+
+def he_init(model: nn.Module) -> None:
+    """He et al. 2015 ("Delving deep into rectifiers") initialization for every conv
+    and linear weight, as the paper's Sec. 3.4 says; BN starts at gamma=1, beta=0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out" if isinstance(m, nn.Conv2d) else "fan_in",
+                                    nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def resnet(depth: int = 32, shortcut: str = "A", num_classes: int = 10, **kwargs) -> CifarResNet:
+    """The paper's CIFAR ResNet of depth 6n+2; shortcut "A" (zero-pad, parameter-free,
+    the paper's CIFAR choice) or "B" (1x1 projection where shapes change)."""
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
+    return CifarResNet(depth, shortcut, num_classes, **kwargs)
+
+
+def plain(depth: int = 32, num_classes: int = 10, **kwargs) -> CifarResNet:
+    """The plain twin of `resnet(depth)`: the same layers, no shortcuts (Fig. 6, left)."""
+    return CifarResNet(depth, None, num_classes, **kwargs)
+
+
+def resnet34_imagenet(num_classes: int = 10) -> nn.Module:
+    """The ImageNet ResNet-34 (Table 1: 64->512 filters, [3, 4, 6, 3] blocks, projection
+    shortcuts, 7x7 stem + max-pool) with a 10-way head, run on 32x32 inputs as the seed
+    log did first. About 21.3M parameters: 46x ResNet-32, and not the CIFAR network."""
+    from torchvision.models import resnet34
+    return resnet34(num_classes=num_classes)
+
+
+def build_model(arch: str = "resnet", depth: int = 32, shortcut: str = "A", num_classes: int = 10,
+                final_relu: bool = False, bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> nn.Module:
+    """The model a TrainConfig names: arch in ARCHS."""
+    if arch == "resnet":
+        return resnet(depth, shortcut, num_classes, final_relu=final_relu, bn_eps=bn_eps, bn_momentum=bn_momentum)
+    if arch == "plain":
+        return plain(depth, num_classes, final_relu=final_relu, bn_eps=bn_eps, bn_momentum=bn_momentum)
+    if arch == "resnet34-imagenet":
+        return resnet34_imagenet(num_classes)
+    raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
