@@ -1,0 +1,97 @@
+"""What the book's chapters share: run profiles, parameter checks, captions.
+
+Profiles set budgets; explicit chapter parameters override them:
+    smoke  CPU, 256-image subsets, 20 iterations: seconds per run (what CI builds)
+    quick  full data, 1/10 of the paper's schedule (6.4k iterations): minutes on a GPU
+    paper  the paper's recipe: 64k iterations, ÷10 at 32k and 48k
+The milestones scale with the iterations (at 50 % and 75 %), as in the paper.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import data as D
+from .train import RunResult, TrainConfig, train
+
+PROFILES = {
+    "smoke": dict(iterations=20, batch_size=32, subset=256, eval_every=10),
+    "quick": dict(iterations=6400),
+    "paper": dict(),
+}
+
+
+def profile_config(profile: str, **overrides) -> TrainConfig:
+    """A TrainConfig for `profile`, milestones scaled to its iterations, then `overrides`."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {tuple(PROFILES)}, got {profile!r}")
+    settings = {**PROFILES[profile], **overrides}
+    iterations = settings.get("iterations", TrainConfig.iterations)
+    settings.setdefault("milestones", (iterations // 2, iterations * 3 // 4))
+    return TrainConfig(**settings).validate()
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The folder holding _toc.yml (the book's root), searched upwards from `start`."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "_toc.yml").is_file():
+            return folder
+    return start
+
+
+@dataclass
+class Chapter:
+    """One chapter's parameters, checked, with the dataset loaded once.
+
+    Runs go to `<runs_dir>/<dataset identity>/<profile>/<name>`, so smoke runs, JPEG-copy
+    runs and official-data runs never mix."""
+    profile: str
+    device: str
+    dataset: D.CIFAR10
+    runs_dir: Path
+    seed: int
+
+    def config(self, name: str, **overrides) -> TrainConfig:
+        settings = dict(name=name, device=self.device, data_dir=str(self.dataset.root),
+                        runs_dir=str(self.runs_dir), seed=self.seed, progress="log")
+        return profile_config(self.profile, **{**settings, **overrides})
+
+    def run(self, name: str, **overrides) -> RunResult:
+        """Train (or reuse) the run `name` of this chapter's profile."""
+        return train(self.config(name, **overrides), dataset=self.dataset)
+
+    def source(self, *runs: RunResult) -> str:
+        """'profile smoke · CIFAR-10 (JPEG q75 copy) · cpu (...)': where a figure came from."""
+        devices = sorted({f"{r.summary['device']} ({r.summary['device_name']})" for r in runs}) or ["no runs"]
+        return f"profile {self.profile} · {self.dataset.label} · {', '.join(devices)}"
+
+    def caption(self, text: str, *runs: RunResult) -> str:
+        return f"{text} — {self.source(*runs)}"
+
+
+def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None = None,
+            runs_dir: str | None = None, seed: int = 0) -> Chapter:
+    """Check a chapter's papermill parameters and load the data. Relative paths are
+    taken from the project root (the folder with _toc.yml); data_dir defaults to
+    $RESNET_CIFAR_DATA, then <root>/data."""
+    checks = dict(profile=(profile, str), device=(device, str), seed=(seed, int))
+    for key, (value, kind) in checks.items():
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"parameter {key} must be {kind.__name__}, got {value!r} ({type(value).__name__}); "
+                            f"e.g. papermill ... -p {key} {'smoke' if kind is str else 0}")
+    if profile not in PROFILES:
+        raise ValueError(f"parameter profile must be one of {tuple(PROFILES)}, got {profile!r}")
+    if seed < 0:
+        raise ValueError(f"parameter seed must be >= 0, got {seed}")
+    for key, value in dict(data_dir=data_dir, runs_dir=runs_dir).items():
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"parameter {key} must be a path string, got {value!r}")
+    TrainConfig(device=device).validate()
+    root = project_root()
+    data_path = Path(data_dir or os.environ.get("RESNET_CIFAR_DATA") or root / "data")
+    dataset = D.load_cifar10(root / data_path)
+    runs = root / (runs_dir or "runs") / dataset.identity / profile
+    return Chapter(profile, device, dataset, runs, seed)
