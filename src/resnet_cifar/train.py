@@ -565,7 +565,7 @@ class _Trainer:
                 self.iteration = it + 1
                 progress.update(self.iteration, loss)
                 if not math.isfinite(loss):
-                    status = f"diverged at iteration {it}"
+                    status = f"diverged at iteration {it + 1}"  # 1-based, like history rows
                     self._record_eval(it + 1, evaluate_model=False)
                     break
                 if self.iteration % self.eval_every == 0 or self.iteration == cfg.iterations:
