@@ -1,0 +1,138 @@
+"""The networks of Sec. 4.2: sizes, FLOPs, shortcuts, shapes, initialization."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from resnet_cifar.models import (PadShortcut, build_model, count_parameters, plain, resnet,
+                                 resnet34_imagenet)
+from resnet_cifar.train import flop_count
+
+# Option A (parameter-free shortcuts), 10 classes: exact counts. The paper's Table 6
+# rounds them to 0.27M, 0.46M, 0.66M, 0.85M, 1.7M and 19.4M.
+PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
+
+
+def expected_params(depth: int) -> int:
+    """Closed form for option A: 97,216 parameters per n (one block in each stage),
+    minus 21,926 (the first blocks of stages 2/3 are smaller, plus stem and FC)."""
+    return 97_216 * ((depth - 2) // 6) - 21_926
+
+
+@pytest.mark.parametrize("depth", sorted(PARAMS))
+def test_parameter_counts_option_a(depth):
+    assert count_parameters(resnet(depth)) == PARAMS[depth] == expected_params(depth)
+
+
+def test_resnet1202_parameter_count():
+    model = resnet(1202)
+    assert count_parameters(model) == expected_params(1202) == 19_421_274  # the paper's 19.4M
+
+
+def test_resnet32_flops_fvcore():
+    assert flop_count(resnet(32)) == 69_468_800
+
+
+def test_option_a_shortcut_is_parameter_free_and_pads_extra_channels():
+    shortcut = PadShortcut(16, 32, stride=2)
+    assert count_parameters(shortcut) == 0
+    x = torch.randn(2, 16, 8, 8)
+    out = shortcut(x)
+    assert out.shape == (2, 32, 4, 4)
+    assert torch.equal(out[:, :16], x[:, :, ::2, ::2])
+    assert torch.count_nonzero(out[:, 16:]) == 0
+    # every block entering a new stage uses it, and no 1x1 convolution exists anywhere
+    model = resnet(20)
+    pads = [m for m in model.modules() if isinstance(m, PadShortcut)]
+    assert [(m.stride, m.extra) for m in pads] == [(2, 16), (2, 32)]
+    assert not [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+
+
+@pytest.mark.parametrize("depth", [20, 32, 44, 56, 110])
+def test_output_shape(depth):
+    model = resnet(depth).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_depth_means_weighted_layers():
+    for depth in (20, 56):
+        model = resnet(depth)
+        weighted = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert len(weighted) == depth
+
+
+def test_plain_twin_has_same_parameters_and_no_shortcut():
+    for depth in (20, 32, 56):
+        assert count_parameters(plain(depth)) == count_parameters(resnet(depth))
+    torch.manual_seed(0)
+    model = plain(20)
+    assert all(not block.residual for stage in (model.stage1, model.stage2, model.stage3) for block in stage)
+    # zeroing the residual branch of a plain net kills the signal; a ResNet passes it on
+    for net in (plain(20), resnet(20)):
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d) and m is not net.bn1:
+                nn.init.zeros_(m.weight)
+        net.eval()
+        with torch.no_grad():
+            feats = net.stage3(net.stage2(net.stage1(torch.relu(net.bn1(net.conv1(torch.rand(1, 3, 32, 32)))))))
+        assert (feats.abs().sum() == 0) == (net.shortcut_option is None)
+
+
+def test_option_b_adds_projections():
+    a, b = resnet(32, "A"), resnet(32, "B")
+    # two 1x1 projections (16->32, 32->64) with their BN: 512+64 + 2048+128
+    assert count_parameters(b) - count_parameters(a) == 2_752
+    assert count_parameters(b) > count_parameters(a)
+
+
+def test_resnet34_imagenet_size():
+    params = count_parameters(resnet34_imagenet())
+    assert params == 21_289_802
+    assert params / PARAMS[32] > 45
+
+
+@pytest.mark.parametrize("depth", [0, 8.0, 21, 33, 100, -4])
+def test_bad_depth_names_valid_choices(depth):
+    with pytest.raises(ValueError, match=r"6n\+2.*20, 32, 44, 56, 110"):
+        resnet(depth)
+
+
+def test_unknown_shortcut_and_arch():
+    with pytest.raises(ValueError, match=r"shortcut must be one of \('A', 'B'\)"):
+        resnet(20, "C")
+    with pytest.raises(ValueError, match=r"arch must be one of .*resnet.*plain"):
+        build_model("densenet")
+
+
+def test_final_relu_clamps_logits():
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 32, 32)
+    with_relu = resnet(20, final_relu=True).eval()
+    torch.manual_seed(1)
+    without = resnet(20).eval()
+    with torch.no_grad():
+        assert (with_relu(x) >= 0).all()
+        assert (with_relu(x) == 0).any()  # half the logits are clamped at start
+        assert (without(x) < 0).any()
+
+
+def test_bn_options_propagate():
+    model = build_model("resnet", 20, bn_eps=1e-3, bn_momentum=0.3)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 19
+    assert all(m.eps == 1e-3 and m.momentum == 0.3 for m in bns)
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any() for m in bns)
+
+
+def test_he_initialization():
+    torch.manual_seed(0)
+    model = resnet(32)
+    conv = model.stage3[1].conv1  # 64 -> 64, 3x3: fan_out = 576
+    std = conv.weight.std().item()
+    assert abs(std - math.sqrt(2 / 576)) < 0.05 * math.sqrt(2 / 576)
+    assert abs(conv.weight.mean().item()) < 0.01
+    stem = model.conv1  # fan_out = 16 * 9 = 144
+    assert abs(stem.weight.std().item() - math.sqrt(2 / 144)) < 0.15 * math.sqrt(2 / 144)
+    assert not model.fc.bias.any()
