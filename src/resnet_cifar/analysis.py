@@ -110,3 +110,17 @@ def confusion_matrix(confusion: torch.Tensor, classes: list[str], title: str = "
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
+
+
+def weight_stats(model: nn.Module) -> pd.DataFrame:
+    """Root-mean-square of the conv and linear weights (parameters with >= 2 dims), grouped
+    by the model's top-level child (conv1, stage1..3, fc for the CIFAR ResNets): one row per
+    group with its number of weights and their RMS, e.g. to compare a trained model with a
+    fresh one (chapter 5: how far Adam at lr 0.1 moves the weights)."""
+    groups: dict[str, list] = {}
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            g = groups.setdefault(name.split(".")[0], [0, 0.0])
+            g[0] += p.numel()
+            g[1] += p.detach().double().pow(2).sum().item()
+    return pd.DataFrame([dict(group=k, weights=n, rms=(s / n) ** 0.5) for k, (n, s) in groups.items()]).set_index("group")
