@@ -378,6 +378,8 @@ def train(config: TrainConfig | None = None, dataset: D.CIFAR10 | None = None, *
     action = _decide(config, run_dir)
     if action == "reuse":
         return load_run(run_dir)
+    if dataset is None:  # missing or bad data fails here, before the run folder is touched
+        dataset = D.load_cifar10(config.data_dir)
     _barrier(world)
     lock = RunLock(run_dir) if rank == 0 else contextlib.nullcontext()
     if rank == 0:
@@ -473,6 +475,9 @@ class _Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the plain module: evaluation and saving
         if world > 1:
+            if config.sync_bn and device.type != "cuda":
+                raise RunError("sync_bn needs CUDA devices (SyncBatchNorm only runs on GPUs); drop --sync-bn "
+                               "for a CPU run.")
             if config.sync_bn:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 self.model = model
@@ -484,6 +489,9 @@ class _Trainer:
             threshold=config.plateau_threshold) if config.schedule == "plateau" else None)
         self.iteration, self.history, self.lr_trace, self.wall_time = 0, [], [], 0.0
         self.window = torch.zeros(3, dtype=torch.float64)  # loss sum, wrong, count since last eval
+        # CUDA: a step's loss stays on the GPU (no host sync per step); `_flush` reads the pending
+        # ones in one sync every SYNC_EVERY steps and before every evaluation / checkpoint.
+        self.defer_sync, self._pending = device.type == "cuda", []
         if resume:
             self._load_checkpoint()
 
@@ -561,10 +569,12 @@ class _Trainer:
                 it = self.iteration
                 start = time.perf_counter()
                 loss = self._step(it)
+                if loss is None and self._sync_due(it + 1):
+                    it, loss = self._flush()  # the first non-finite step's, else the last one's
                 self.wall_time += time.perf_counter() - start
                 self.iteration = it + 1
                 progress.update(self.iteration, loss)
-                if not math.isfinite(loss):
+                if loss is not None and not math.isfinite(loss):
                     status = f"diverged at iteration {it + 1}"  # 1-based, like history rows
                     self._record_eval(it + 1, evaluate_model=False)
                     break
@@ -593,22 +603,35 @@ class _Trainer:
             with contextlib.suppress(OSError):
                 _write_json(self.run_dir / "summary.json", summary)
 
-    def _step(self, it: int) -> float:
+    def _step(self, it: int) -> float | None:
         """One SGD step on the batch that iteration `it` sees: the order and the
-        augmentation depend only on (seed, it), so a resumed run sees the same data."""
+        augmentation depend only on (seed, it), so a resumed run sees the same data.
+        Returns the batch loss; None on CUDA, where it waits on the GPU for `_flush`."""
+        x, y = self._batch(it)
+        return self._update(x, y, it)
+
+    def _batch(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of iteration `it`'s batch, augmented on the device, in the
+        step's dtype and memory format."""
         cfg, data = self.config, self.data
         epoch, position = divmod(it, self.iters_per_epoch)
         if getattr(self, "_perm_epoch", None) != epoch:
             g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(len(data.train_y), generator=g), epoch
+            perm = torch.randperm(len(data.train_y), generator=g)
+            self._perm, self._perm_epoch = perm.to(self.device), epoch  # one copy an epoch
         batch = self._perm[position * cfg.batch_size:(position + 1) * cfg.batch_size]
-        batch = batch.chunk(self.world)[self.rank].to(self.device)
+        batch = batch.chunk(self.world)[self.rank]
         g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 64 + self.rank)
-        x = D.augment(data.train_x[batch], g, cfg.pad, cfg.crop, cfg.flip).to(self.dtype)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = data.train_y[batch]
+        return self._to_step_format(D.augment(data.train_x[batch], g, cfg.pad, cfg.crop, cfg.flip)), \
+            data.train_y[batch]
 
+    def _to_step_format(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+
+    def _update(self, x: torch.Tensor, y: torch.Tensor, it: int) -> float | None:
+        """The SGD step of iteration `it` on a prepared batch (what the benchmark times alone)."""
+        cfg = self.config
         lr = lr_at(cfg, it, self.iters_per_epoch) if self.plateau is None else self.optimizer.param_groups[0]["lr"]
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -620,12 +643,33 @@ class _Trainer:
         self.optimizer.step()
         self.lr_trace.append(dict(iteration=it, lr=lr))
         stats = torch.stack([loss.detach().double() * len(y), (logits.argmax(1) != y).sum().double(),
-                             torch.tensor(float(len(y)), device=loss.device, dtype=torch.float64)])
+                             torch.full((), float(len(y)), device=loss.device, dtype=torch.float64)])
         if self.world > 1:
             torch.distributed.all_reduce(stats)
+        if self.defer_sync:
+            self._pending.append((it, stats))
+            return None
         stats = stats.cpu()
         self.window += stats
         return (stats[0] / stats[2]).item()
+
+    SYNC_EVERY = 50
+
+    def _sync_due(self, iteration: int) -> bool:
+        return (iteration % self.SYNC_EVERY == 0 or iteration % self.eval_every == 0
+                or iteration % self.checkpoint_every == 0 or iteration == self.config.iterations)
+
+    def _flush(self) -> tuple[int, float]:
+        """Read the pending (CUDA) step results with one host sync into the window; return
+        (iteration, loss) of the first non-finite loss among them, else of the last step."""
+        its = [it for it, _ in self._pending]
+        stats = torch.stack([s for _, s in self._pending]).cpu()
+        self._pending.clear()
+        self.window += stats.sum(0)
+        losses = (stats[:, 0] / stats[:, 2]).tolist()
+        bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
+        i = bad[0] if bad else len(losses) - 1
+        return its[i], losses[i]
 
     def _record_eval(self, iteration: int, evaluate_model: bool = True) -> dict:
         nan = float("nan")
@@ -673,7 +717,7 @@ class _Progress:
     def update(self, iteration: int, loss: float) -> None:
         if self.bar:
             self.bar.update(1)
-            if iteration % 20 == 0:
+            if iteration % 20 == 0 and loss is not None:
                 self.bar.set_postfix(loss=f"{loss:.3f}")
 
     def log(self, row: dict) -> None:
