@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from .train import TrainConfig
@@ -79,7 +80,8 @@ def _run(args) -> int:
         from .train import train
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         result = train(TrainConfig(**{k: v for k, v in vars(args).items() if k in names}))
-        print(json.dumps(result.summary, indent=2))
+        if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one summary, from rank 0
+            print(json.dumps(result.summary, indent=2))
         return 0 if result.status == "complete" else 1
     if args.command == "eval":
         return _eval(args)

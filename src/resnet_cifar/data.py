@@ -216,14 +216,14 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, crop: boo
     is subtracted (as in fb.resnet.torch), so the border is the mean image."""
     n, _, h, w = x.shape
     if crop and pad > 0:
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device, non_blocking=True)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device, non_blocking=True)
         padded = F.pad(x, (pad, pad, pad, pad))
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         x = padded[torch.arange(n, device=x.device)[:, None, None, None],
                    torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
     if flip:
-        mirror = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        mirror = (torch.rand(n, generator=generator) < 0.5).to(x.device, non_blocking=True)
         x = torch.where(mirror[:, None, None, None], x.flip(3), x)
     return x
