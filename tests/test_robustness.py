@@ -1,0 +1,394 @@
+"""Issue 4: runs survive kills, refuse to share a folder, stop on divergence, and bad
+input ends with one clear message and no half-written run record."""
+import importlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import THREADS, write_cifar
+from resnet_cifar import book
+from resnet_cifar import data as D
+from resnet_cifar.train import RunError, TrainConfig, load_run, train
+
+T = importlib.import_module("resnet_cifar.train")  # the module; the package exports the function `train`
+
+# A training process the tests can kill or race: the config comes as JSON in argv[1].
+SCRIPT = textwrap.dedent(f"""
+    import json, sys, torch
+    torch.set_num_threads({THREADS})
+    from resnet_cifar import load_cifar10, train
+    kw = json.loads(sys.argv[1])
+    dataset = load_cifar10(kw.pop("data_dir"), expect_counts=tuple(kw.pop("expect_counts")))
+    print("STATUS", train(dataset=dataset, **kw).status, flush=True)
+""")
+
+
+def _start(training_data, **config) -> subprocess.Popen:
+    args = dict(config, data_dir=str(training_data[0]), expect_counts=list(training_data[1]))
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc, run_dir: Path, done: int, timeout: float = 240) -> dict:
+    """Poll summary.json until the run reports `done` iterations (it is written
+    atomically, so a read never sees half a file)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"training process ended early (rc {proc.returncode}):\n{out}\n{err[-3000:]}")
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        if summary.get("iterations_done", -1) >= done:
+            return summary
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no progress to iteration {done} in {timeout}s")
+
+
+def _weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "model.pt", weights_only=True)
+
+
+def _assert_identical_runs(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+    ra, rb = load_run(a), load_run(b)
+    assert ra.history.drop(columns="wall_time").equals(rb.history.drop(columns="wall_time"))
+    assert ra.lr_trace.equals(rb.lr_trace)
+
+
+def _no_complete_record(runs_dir: Path) -> None:
+    for path in Path(runs_dir).rglob("summary.json"):
+        assert json.loads(path.read_text())["status"] != "complete", path
+
+
+# ---------------------------------------------------------------- checkpoints and resume
+
+def test_checkpoints_every_k_iterations_atomically(tiny, dataset, monkeypatch):
+    saved = []
+    real_save = T._save_atomic
+
+    def spy(obj, path):
+        real_save(obj, path)
+        assert not path.with_name(path.name + ".tmp").exists()
+        if path.name == "checkpoint.pt":
+            saved.append(torch.load(path, weights_only=True)["iteration"])
+
+    monkeypatch.setattr(T, "_save_atomic", spy)
+    train(name="ck", dataset=dataset, **{**tiny, "iterations": 7, "checkpoint_every": 2})
+    assert saved == [2, 4, 6, 7]  # every 2 iterations, and the final state
+
+
+def test_checkpoint_write_failure_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    T._save_atomic({"iteration": 1}, path)
+
+    def dies_half_way(obj, f):
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError):
+        T._save_atomic({"iteration": 2}, path)
+    assert torch.load(path, weights_only=True) == {"iteration": 1}
+
+
+def _interrupt_at(monkeypatch, iteration: int):
+    """Make the next training run raise KeyboardInterrupt (Ctrl-C) when it reaches `iteration`."""
+    real_step = T._Trainer._step
+
+    def step(self, it):
+        if it == iteration:
+            raise KeyboardInterrupt
+        return real_step(self, it)
+
+    monkeypatch.setattr(T._Trainer, "_step", step)
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny, dataset, tmp_path):
+    settings = {**tiny, "iterations": 10, "eval_every": 3, "checkpoint_every": 2}
+    with pytest.MonkeyPatch.context() as mp:
+        _interrupt_at(mp, 5)
+        with pytest.raises(KeyboardInterrupt):
+            train(name="r", dataset=dataset, **settings)
+    run_dir = Path(tiny["runs_dir"]) / "r"
+    summary = load_run(run_dir).summary
+    assert summary["status"] == "failed" and summary["status_detail"] == "interrupted at iteration 5"
+    assert not (run_dir / "model.pt").exists() and not (run_dir / ".lock").exists()
+    assert T._decide(TrainConfig(name="r", **settings), run_dir) == "resume"
+    resumed = train(name="r", dataset=dataset, **settings)
+    assert resumed.status == "complete" and resumed.summary["iterations_done"] == 10
+    straight = train(name="r", dataset=dataset, **{**settings, "runs_dir": str(tmp_path / "straight")})
+    _assert_identical_runs(resumed.run_dir, straight.run_dir)
+
+
+def test_resume_false_refuses_an_unfinished_run(tiny, dataset):
+    with pytest.MonkeyPatch.context() as mp:
+        _interrupt_at(mp, 3)
+        with pytest.raises(KeyboardInterrupt):
+            train(name="r", dataset=dataset, **tiny)
+    with pytest.raises(RunError, match=r"is failed \(not finished\); pass resume=True .* or force=True"):
+        train(name="r", dataset=dataset, resume=False, **tiny)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(tiny, dataset, training_data, tmp_path):
+    """Kill -9 a training process mid-run; the resumed run ends with the same weights,
+    history and learning-rate trace as a run that was never interrupted."""
+    settings = {**tiny, "name": "killed", "iterations": 60, "eval_every": 5, "checkpoint_every": 5}
+    run_dir = Path(tiny["runs_dir"]) / "killed"
+    proc = _start(training_data, **settings)
+    try:
+        _wait_for(proc, run_dir, 10)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "running" and 10 <= summary["iterations_done"] < 60
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["iteration"] == summary["iterations_done"] and checkpoint["iteration"] % 5 == 0
+    assert not (run_dir / "model.pt").exists()
+    assert (run_dir / ".lock").read_text() == str(proc.pid)  # left behind by the dead process
+    config = TrainConfig(**settings)
+    assert T._decide(config, run_dir) == "resume"  # not reused as finished
+
+    resumed = train(config, dataset=dataset)  # takes over the stale lock
+    assert resumed.status == "complete" and resumed.summary["iterations_done"] == 60
+    assert not (run_dir / ".lock").exists()
+    assert resumed.history["iteration"].tolist() == list(range(5, 61, 5))
+    straight = train(config, dataset=dataset, runs_dir=str(tmp_path / "straight"))
+    _assert_identical_runs(resumed.run_dir, straight.run_dir)
+
+
+# ---------------------------------------------------------------- one process per run
+
+def test_lock_held_by_a_live_process(tiny, dataset):
+    run_dir = Path(tiny["runs_dir"]) / "locked"
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (run_dir / ".lock").write_text(str(holder.pid))
+        with pytest.raises(RunError, match=rf"being trained by process {holder.pid}; wait for it, or pick another"):
+            train(name="locked", dataset=dataset, **tiny)
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+        assert (run_dir / ".lock").read_text() == str(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
+    # its owner is gone: the lock is stale and taken over
+    assert train(name="locked", dataset=dataset, **tiny).status == "complete"
+    assert not (run_dir / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_second_process_on_a_running_run_fails_and_the_first_finishes(tiny, dataset, training_data):
+    settings = {**tiny, "name": "busy", "iterations": 40, "eval_every": 10}
+    run_dir = Path(tiny["runs_dir"]) / "busy"
+    proc = _start(training_data, **settings)
+    try:
+        _wait_for(proc, run_dir, 0)
+        with pytest.raises(RunError, match=rf"being trained by process {proc.pid}"):
+            train(dataset=dataset, **settings)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert "STATUS complete" in out
+    run = load_run(run_dir)
+    assert run.status == "complete" and run.summary["iterations_done"] == 40
+    assert run.history["iteration"].tolist() == [10, 20, 30, 40]
+
+
+# ---------------------------------------------------------------- divergence
+
+def test_divergence_is_a_result_not_a_crash(tiny, dataset):
+    run = train(name="boom", dataset=dataset, **{**tiny, "lr": 1e6, "iterations": 40, "eval_every": 2})
+    assert run.status == "diverged" and run.diverged
+    detail = run.summary["status_detail"]
+    assert detail.startswith("diverged at iteration ")
+    k = int(detail.rsplit(" ", 1)[1])
+    assert 1 <= k < 40 and run.summary["iterations_done"] == k
+    assert run.history["iteration"].iloc[-1] == k and run.history["iteration"].max() == k
+    assert np.isnan(run.history["train_loss"].iloc[-1])
+    assert len(run.lr_trace) == k
+    assert not (run.run_dir / "model.pt").exists()
+    # a diverged run is a finished result: asked again, it is returned, not retrained
+    assert train(name="boom", dataset=dataset, **{**tiny, "lr": 1e6, "iterations": 40, "eval_every": 2}
+                 ).summary == run.summary
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_missing_data_folder(tiny, tmp_path):
+    runs = Path(tiny["runs_dir"])
+    with pytest.raises(D.DataError) as info:
+        train(name="nodata", **{**tiny, "data_dir": str(tmp_path / "empty")})
+    message = str(info.value)
+    assert "CIFAR-10 not found" in message and str(tmp_path / "empty" / D.FOLDER) in message
+    assert "python -m resnet_cifar download" in message and "RESNET_CIFAR_DATA" in message
+    assert not (runs / "nodata").exists()
+
+
+def _copy(cifar_folder, tmp_path) -> Path:
+    target = tmp_path / "broken"
+    shutil.copytree(cifar_folder, target)
+    return target
+
+
+def _rewrite(path: Path, **changes) -> None:
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    batch.update({k.encode(): v for k, v in changes.items()})
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+
+
+def test_truncated_batch(cifar_folder, tmp_path, tiny):
+    root = _copy(cifar_folder, tmp_path)
+    path = root / D.FOLDER / "data_batch_3"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(D.DataError, match=r"data_batch_3 is not a readable CIFAR-10 batch .*truncated or "
+                                          r"corrupted: download or rebuild"):
+        D.load_cifar10(root, expect_counts=None)
+    with pytest.raises(D.DataError, match="data_batch_3"):
+        train(name="bad", **{**tiny, "data_dir": str(root)})
+    assert not (Path(tiny["runs_dir"]) / "bad").exists()
+
+
+def test_corrupted_batch(cifar_folder, tmp_path):
+    root = _copy(cifar_folder, tmp_path)
+    path = root / D.FOLDER / "test_batch"
+    raw = bytearray(path.read_bytes())
+    raw[:64] = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(D.DataError, match=r"test_batch is not a readable CIFAR-10 batch"):
+        D.load_cifar10(root, expect_counts=None)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(data=np.zeros((20, 1024), np.uint8)), r"'data' must be uint8 of shape \(N, 3072\), got uint8 \(20, 1024\)"),
+    (dict(data=np.zeros((20, 3072), np.float32)), r"'data' must be uint8 of shape \(N, 3072\), got float32"),
+    (dict(labels=[0] * 19), r"19 labels for 20 images"),
+    (dict(labels=[0] * 19 + [10]), r"labels must be in 0\.\.9, found 0\.\.10"),
+    (dict(labels=[-1] + [0] * 19), r"labels must be in 0\.\.9, found -1\.\.0"),
+])
+def test_wrong_contents(cifar_folder, tmp_path, change, message):
+    root = _copy(cifar_folder, tmp_path)
+    _rewrite(root / D.FOLDER / "data_batch_1", **change)
+    with pytest.raises(D.DataError, match=r"data_batch_1: " + message + r".*rebuild the data folder"):
+        D.load_cifar10(root, expect_counts=None)
+
+
+def test_missing_class_names(cifar_folder, tmp_path):
+    root = _copy(cifar_folder, tmp_path)
+    with open(root / D.FOLDER / D.META_FILE, "wb") as f:
+        pickle.dump({b"label_names": [b"cat", b"dog"]}, f)
+    with pytest.raises(D.DataError, match="expected 10 class names, found 2"):
+        D.load_cifar10(root, expect_counts=None)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(depth=21), r"depth must be 6n\+2 .*20, 32, 44, 56, 110"),
+    (dict(optimizer="rmsprop"), r"optimizer must be one of \('sgd', 'adam', 'adamw', 'nadam'\)"),
+    (dict(schedule="step"), r"schedule must be one of \('multistep', 'plateau', 'cosine', 'constant'\)"),
+    (dict(batch_size=0), r"batch_size must be a positive number"),
+    (dict(device="gpu"), r"device must be auto, cpu, cuda\[:k\] or mps"),
+])
+def test_bad_config_fails_before_anything_is_written(tiny, dataset, change, message):
+    with pytest.raises(ValueError, match=message):
+        train(name="bad", dataset=dataset, **{**tiny, **change})
+    assert not Path(tiny["runs_dir"]).exists()
+
+
+def test_bad_profile_name():
+    with pytest.raises(ValueError, match=r"profile must be one of \('smoke', 'quick', 'paper'\), got 'fast'"):
+        book.profile_config("fast")
+    with pytest.raises(ValueError, match=r"parameter profile must be one of \('smoke', 'quick', 'paper'\)"):
+        book.chapter(profile="fast")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(profile=3), TypeError, r"parameter profile must be str, got 3 \(int\)"),
+    (dict(seed="1"), TypeError, r"parameter seed must be int, got '1' \(str\)"),
+    (dict(seed=True), TypeError, r"parameter seed must be int"),
+    (dict(seed=-1), ValueError, r"parameter seed must be >= 0, got -1"),
+    (dict(runs_dir=5), TypeError, r"parameter runs_dir must be a path string"),
+    (dict(device="tpu"), ValueError, r"device must be auto, cpu"),
+])
+def test_bad_chapter_parameters(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        book.chapter(**kwargs)
+
+
+def _interrupted_run(tiny, dataset, name="r"):
+    settings = {**tiny, "iterations": 8, "checkpoint_every": 2}
+    with pytest.MonkeyPatch.context() as mp:
+        _interrupt_at(mp, 4)
+        with pytest.raises(KeyboardInterrupt):
+            train(name=name, dataset=dataset, **settings)
+    return settings, Path(tiny["runs_dir"]) / name
+
+
+def test_corrupted_checkpoint(tiny, dataset):
+    settings, run_dir = _interrupted_run(tiny, dataset)
+    (run_dir / "checkpoint.pt").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(RunError, match=r"checkpoint .*checkpoint.pt is corrupted or unreadable .*pass force=True"):
+        train(name="r", dataset=dataset, **settings)
+    assert load_run(run_dir).status == "failed"
+    assert not (run_dir / ".lock").exists() and not (run_dir / "model.pt").exists()
+    assert train(name="r", dataset=dataset, force=True, **settings).status == "complete"
+
+
+def test_checkpoint_of_another_model(tiny, dataset):
+    """A depth-8 run's checkpoint under a depth-14 run of the same name."""
+    settings, run_dir = _interrupted_run(tiny, dataset)
+    other = Path(tiny["runs_dir"]) / "other"
+    shutil.copytree(run_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "name": "other", "depth": 14}))
+    with pytest.raises(RunError, match=r"checkpoint .*other/checkpoint.pt was written by a different config; "
+                                       r"pass force=True"):
+        train(name="other", dataset=dataset, **{**settings, "depth": 14})
+    _no_complete_record(tiny["runs_dir"])
+    assert not (other / ".lock").exists()
+
+
+def test_unreadable_run_record(tiny, dataset):
+    settings, run_dir = _interrupted_run(tiny, dataset)
+    (run_dir / "summary.json").write_text("{ half a json")
+    with pytest.raises(RunError, match=r"run record .* is unreadable .*pass force=True"):
+        train(name="r", dataset=dataset, **settings)
+
+
+def test_runs_folder_not_writable(tmp_path, dataset, tiny):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    runs = blocker / "runs"
+    with pytest.raises(RunError, match=rf"runs folder {runs} is not writable .*pass runs_dir= \(--runs-dir\)"):
+        train(name="w", dataset=dataset, **{**tiny, "runs_dir": str(runs)})
+    assert blocker.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_load_run_of_a_non_run_folder(tmp_path):
+    with pytest.raises(RunError, match="is not a run folder \\(no summary.json\\); train it first"):
+        load_run(tmp_path)
