@@ -64,8 +64,13 @@ class Chapter:
         return train(self.config(name, **overrides), dataset=self.dataset)
 
     def source(self, *runs: RunResult) -> str:
-        """'profile smoke · CIFAR-10 (JPEG q75 copy) · cpu (...)': where a figure came from."""
-        devices = sorted({f"{r.summary['device']} ({r.summary['device_name']})" for r in runs}) or ["no runs"]
+        """'profile smoke · CIFAR-10 (JPEG q75 copy) · cpu (...)': where a figure came from
+        (with no runs: the device this chapter would train on, marked 'no training')."""
+        devices = sorted({f"{r.summary['device']} ({r.summary['device_name']})" for r in runs})
+        if not runs:  # a data-only figure: name the device this chapter would train on
+            from .train import _device_name, pick_device
+            device = pick_device(self.device)
+            devices = [f"{device} ({_device_name(device)}), no training"]
         return f"profile {self.profile} · {self.dataset.label} · {', '.join(devices)}"
 
     def caption(self, text: str, *runs: RunResult) -> str:

@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Execute the book's notebooks with papermill, then build the HTML with jupyter-book.
+
+    python scripts/build_book.py                          # smoke profile, every chapter, HTML
+    python scripts/build_book.py --profile quick --device cuda
+    python scripts/build_book.py --chapters 02_model --no-html   # one chapter, executed only
+
+Stage: <out>/stage/ holds copies of _config.yml, _toc.yml and book/ (other files copied,
+notebooks executed there by papermill). The source notebooks stay output-free. Papermill
+runs each notebook with the source book/ folder as working directory, so relative paths
+(data/, runs/) resolve from the project root exactly as in `jupyter lab book/`.
+
+Order: the toc's chapters (01..06, appendix), then the root page (intro) last, because it
+reads chapter 6's finished runs from disk. A failing chapter does not stop the others; the
+failed notebook (with papermill's error cell) is kept in the stage, the script names it and
+exits 1 without building HTML. The HTML build treats Sphinx warnings as errors (-W) and
+writes its log to <out>/build.log. HTML lands in <out>/html.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNEL = "python3"
+
+
+def toc_files(root: Path = ROOT) -> tuple[str, list[str]]:
+    """(root page, [chapter pages]) from _toc.yml, as 'book/xx.ipynb' paths."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    chapters = []
+    for entry in toc.get("chapters", []) + [e for part in toc.get("parts", []) for e in part.get("chapters", [])]:
+        chapters.append(entry["file"])
+    as_ipynb = lambda f: f if f.endswith(".ipynb") else f + ".ipynb"  # noqa: E731
+    return as_ipynb(toc["root"]), [as_ipynb(c) for c in chapters]
+
+
+def select(names: list[str] | None, root_page: str, chapters: list[str]) -> list[str]:
+    """The pages to execute, in execution order (chapters, then the root page)."""
+    order = chapters + [root_page]
+    if not names:
+        return order
+    chosen = set()
+    for name in names:
+        matches = [p for p in order if name in (p, Path(p).name, Path(p).stem) or Path(p).stem.startswith(name + "_")]
+        if len(matches) != 1:
+            raise SystemExit(f"error: --chapters {name!r} matches {len(matches)} pages of _toc.yml; "
+                             f"use one of: {', '.join(order)}")
+        chosen.add(matches[0])
+    return [p for p in order if p in chosen]
+
+
+def ensure_kernel() -> None:
+    """Make `python3` resolve to this interpreter: register ipykernel's spec in this
+    environment (sys.prefix) if absent, and put that folder first on JUPYTER_PATH so a
+    user-level python3 kernel of another Python cannot shadow it."""
+    share = Path(sys.prefix) / "share" / "jupyter"
+    if not (share / "kernels" / KERNEL / "kernel.json").is_file():
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL],
+                       check=True, stdout=subprocess.DEVNULL)
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(share)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])
+
+
+def stage_files(stage: Path, pages: list[str]) -> None:
+    """Copy _config.yml, _toc.yml and book/'s non-notebook files into the stage; a
+    fresh stage keeps no executed notebooks of an earlier build."""
+    if (stage / "book").exists():
+        shutil.rmtree(stage / "book")
+    stage.mkdir(parents=True, exist_ok=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, stage / name)
+    for path in (ROOT / "book").rglob("*"):
+        rel = path.relative_to(ROOT)
+        if ".ipynb_checkpoints" in rel.parts or path.is_dir() or path.suffix == ".ipynb":
+            continue
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, stage / rel)
+
+
+def execute(page: str, stage: Path, parameters: dict) -> str | None:
+    """Run one notebook into the stage; None on success, else the error message."""
+    import papermill as pm
+    source, target = ROOT / page, stage / page
+    if not source.is_file():
+        return f"{source} does not exist"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(str(source), str(target), parameters=parameters, kernel_name=KERNEL,
+                            cwd=str(source.parent), progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as e:
+        return f"{e.ename}: {e.evalue}"
+    except Exception as e:  # kernel died, notebook unreadable, ...
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def build_html(stage: Path, out: Path) -> int:
+    """jupyter-book build with warnings as errors; log to <out>/build.log."""
+    # jupyter-book writes to <path-output>/_build/html; make that <out>/html.
+    if out.name == "_build":
+        path_output = out.parent
+    else:
+        path_output = out / "jb"
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(stage), "--path-output", str(path_output),
+           "--builder", "html", "-W", "--keep-going"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "build.log"
+    log.write_text(" ".join(cmd) + "\n" + proc.stdout)
+    html = path_output / "_build" / "html"
+    if out.name != "_build" and html.is_dir():
+        shutil.rmtree(out / "html", ignore_errors=True)
+        shutil.move(str(html), str(out / "html"))
+    warnings = [line for line in proc.stdout.splitlines() if "WARNING" in line or "ERROR" in line]
+    if proc.returncode or warnings:
+        print("\n".join(warnings[:30]), file=sys.stderr)
+        print(f"error: jupyter-book build failed (exit {proc.returncode}, {len(warnings)} warnings); see {log}",
+              file=sys.stderr)
+        return 1
+    print(f"HTML: {out / 'html' / 'index.html'}  (log: {log})")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="smoke", help="smoke (CPU, seconds) | quick | paper (default: smoke)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:k] | mps (default: auto)")
+    parser.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ "
+                        "(default: the notebooks' default: $RESNET_CIFAR_DATA, then ./data)")
+    parser.add_argument("--runs-dir", default=None, help="run records folder (default: ./runs)")
+    parser.add_argument("--chapters", nargs="+", default=None, metavar="PAGE",
+                        help="execute only these pages (book/02_model.ipynb, 02_model or 02); with HTML, "
+                             "the stage's toc lists just them and the root page (executed too)")
+    parser.add_argument("--out", default=str(ROOT / "_build"), help="output folder (default: _build)")
+    parser.add_argument("--no-html", action="store_true", help="execute the notebooks only")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out).resolve()
+    stage = out / "stage"
+    root_page, chapters = toc_files()
+    pages = select(args.chapters, root_page, chapters)
+    if args.chapters and not args.no_html and root_page not in pages:
+        pages.append(root_page)  # a book needs its root page
+    parameters = dict(profile=args.profile, device=args.device)
+    for key in ("data_dir", "runs_dir"):
+        if getattr(args, key) is not None:
+            parameters[key] = str(Path(getattr(args, key)).resolve())
+
+    ensure_kernel()
+    stage_files(stage, pages)
+    if args.chapters:  # the stage's toc lists only what was executed
+        toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+        keep = {p.removesuffix(".ipynb") for p in pages}
+        toc["chapters"] = [c for c in toc.get("chapters", []) if c["file"].removesuffix(".ipynb") in keep]
+        (stage / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+
+    failures = []
+    for page in pages:
+        start = time.perf_counter()
+        print(f"executing {page} (profile {args.profile}, device {args.device}) ...", flush=True)
+        error = execute(page, stage, parameters)
+        took = time.perf_counter() - start
+        if error:
+            failures.append(f"chapter {page} failed: {error}")
+            print(f"  FAILED after {took:.0f}s: {error}", flush=True)
+        else:
+            print(f"  ok ({took:.0f}s)", flush=True)
+    if failures:
+        print("\n".join(failures), file=sys.stderr)
+        print(f"error: {len(failures)} of {len(pages)} notebooks failed; the executed notebooks (with the "
+              f"error cell) are in {stage / 'book'}. HTML not built.", file=sys.stderr)
+        return 1
+    if args.no_html:
+        print(f"executed {len(pages)} notebooks into {stage / 'book'}")
+        return 0
+    return build_html(stage, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
