@@ -1,19 +1,47 @@
-# Lab-notebook book: `make book` executes every chapter (papermill) and builds the HTML.
-PYTHON ?= python
+# make book   set up (.venv, data) and build the book on PROFILE (default smoke) -> _build/html
+# make test   run the tests (README's test command)
+# make lab    JupyterLab on the book
 PROFILE ?= smoke
 DEVICE ?= auto
-BUILD_ARGS ?=
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED_JPEG := ../shared/data/make_cifar10_batches.py
+export RESNET_CIFAR_DATA ?= $(CURDIR)/data
 
-.PHONY: book lab test clean
+.PHONY: setup data book lab test bench clean
 
-book:  ## execute the chapters with PROFILE/DEVICE and build _build/html
-	$(PYTHON) scripts/build_book.py --profile $(PROFILE) --device $(DEVICE) $(BUILD_ARGS)
+setup: $(VENV)/.installed
 
-lab:  ## open the notebooks in JupyterLab
-	jupyter lab book/
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[book,test]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
 
-test:  ## the test suite (add PYTEST_ARGS="-m 'not book'" to skip the book build)
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+# The official CIFAR-10 when it can be downloaded; on this project's own machines (offline, with
+# ../shared beside the checkout) the JPEG q75 copy, which every figure then labels as such.
+data: setup
+	@if [ -d "$(RESNET_CIFAR_DATA)/cifar-10-batches-py" ]; then \
+	  echo "data: using $(RESNET_CIFAR_DATA)/cifar-10-batches-py"; \
+	elif [ -f "$(SHARED_JPEG)" ]; then \
+	  echo "data: building the CIFAR-10 JPEG q75 copy from ../shared (NOT the official dataset)"; \
+	  $(PY) $(SHARED_JPEG) "$(RESNET_CIFAR_DATA)"; \
+	else \
+	  $(PY) -m resnet_cifar download --data-dir "$(RESNET_CIFAR_DATA)"; \
+	fi
 
-clean:  ## remove the built book (run records in runs/ are kept)
+book: data
+	$(PY) scripts/build_book.py --profile $(PROFILE) --device $(DEVICE)
+
+lab: setup
+	$(VENV)/bin/jupyter lab book/
+
+test: setup
+	$(PY) -m pytest -ra
+
+bench: setup
+	$(PY) -m resnet_cifar bench --device $(DEVICE)
+
+clean:
 	rm -rf _build
