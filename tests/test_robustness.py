@@ -311,6 +311,11 @@ def test_missing_class_names(cifar_folder, tmp_path):
     (dict(optimizer="rmsprop"), r"optimizer must be one of \('sgd', 'adam', 'adamw', 'nadam'\)"),
     (dict(schedule="step"), r"schedule must be one of \('multistep', 'plateau', 'cosine', 'constant'\)"),
     (dict(batch_size=0), r"batch_size must be a positive number"),
+    (dict(subset=0), r"subset must be a positive number, got 0"),
+    (dict(subset=5), r"subset must be at least 10 \(one image per class\)"),
+    (dict(eval_every=0), r"eval_every must be a positive number, got 0"),
+    (dict(checkpoint_every=-1), r"checkpoint_every must be a positive number"),
+    (dict(val_size=-5), r"val_size must be an integer >= 0, got -5"),
     (dict(device="gpu"), r"device must be auto, cpu, cuda\[:k\] or mps"),
 ])
 def test_bad_config_fails_before_anything_is_written(tiny, dataset, change, message):

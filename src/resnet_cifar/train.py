@@ -113,11 +113,16 @@ class TrainConfig:
         if self.arch != "resnet34-imagenet":
             check_depth(self.depth)
         positive = dict(lr=self.lr, batch_size=self.batch_size, iterations=self.iterations,
-                        bn_eps=self.bn_eps, eval_every=self.eval_every or 1,
-                        checkpoint_every=self.checkpoint_every or 1, subset=self.subset or 1)
+                        bn_eps=self.bn_eps)
+        positive.update({k: getattr(self, k) for k in ("eval_every", "checkpoint_every", "subset")
+                         if getattr(self, k) is not None})  # None = the default; 0 is an error
         for key, value in positive.items():
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
                 raise ValueError(f"{key} must be a positive number, got {value!r}")
+        if self.subset is not None and self.subset < 10:
+            raise ValueError(f"subset must be at least 10 (one image per class) or None (all), got {self.subset}")
+        if not (isinstance(self.val_size, int) and self.val_size >= 0):
+            raise ValueError(f"val_size must be an integer >= 0, got {self.val_size!r}")
         if self.schedule == "plateau" and self.warmup:
             raise ValueError("warmup is not supported with schedule='plateau'; set warmup=0")
         if not (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")):
