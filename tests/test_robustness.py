@@ -189,6 +189,12 @@ def test_lock_held_by_a_live_process(tiny, dataset):
             train(name="locked", dataset=dataset, **tiny)
         assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
         assert (run_dir / ".lock").read_text() == str(holder.pid)
+        # force=True does not let a second process wipe a run that is being trained
+        (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
+        (run_dir / "config.json").write_text(json.dumps(dict(TrainConfig(name="locked", **tiny).__dict__)))
+        with pytest.raises(RunError, match=rf"being trained by process {holder.pid}"):
+            train(name="locked", dataset=dataset, force=True, **tiny)
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "config.json", "summary.json"]
     finally:
         holder.kill()
         holder.wait()
@@ -231,6 +237,8 @@ def test_divergence_is_a_result_not_a_crash(tiny, dataset):
     assert np.isnan(run.history["train_loss"].iloc[-1])
     assert len(run.lr_trace) == k
     assert not (run.run_dir / "model.pt").exists()
+    with pytest.raises(RunError, match=rf"has no final weights \(model.pt\): it is diverged at iteration {k}"):
+        run.load_model()
     # a diverged run is a finished result: asked again, it is returned, not retrained
     assert train(name="boom", dataset=dataset, **{**tiny, "lr": 1e6, "iterations": 40, "eval_every": 2}
                  ).summary == run.summary

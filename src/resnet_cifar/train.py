@@ -162,6 +162,10 @@ class RunResult:
         return self.summary["status"] == "diverged"
 
     def load_model(self, map_location="cpu") -> nn.Module:
+        if not (self.run_dir / "model.pt").is_file():
+            raise RunError(f"run {self.run_dir} has no final weights (model.pt): it is "
+                           f"{self.summary.get('status_detail', self.summary.get('status'))}; "
+                           f"only a complete run has them.")
         cfg = TrainConfig(**self.config)
         model = build_model(cfg.arch, cfg.depth, cfg.shortcut, final_relu=cfg.final_relu,
                             bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum)
