@@ -1,0 +1,217 @@
+"""The book: every chapter executes on the smoke profile, the HTML builds without Sphinx
+warnings, and a real browser (headless Debian chromium) renders its pages with figures.
+
+The build runs once per session (`scripts/build_book.py --profile smoke`, into _build/),
+with the data of $RESNET_CIFAR_DATA or ./data. Without data or chromium the tests skip,
+except in CI (CI=true), where they fail. `RESNET_CIFAR_BOOK_CHAPTERS="01 02"` builds only
+those chapters (and the root page), for working on a few chapters.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "_build"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+pytestmark = pytest.mark.book
+
+
+def _load_build_script():
+    spec = importlib.util.spec_from_file_location("build_book", ROOT / "scripts" / "build_book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_book = _load_build_script()
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip with `reason` when `condition` fails, or fail in CI (CI=true)."""
+    if not condition:
+        if in_ci():
+            pytest.fail(f"{reason} (required when CI=true)")
+        pytest.skip(reason)
+
+
+def data_dir() -> Path | None:
+    candidate = Path(os.environ.get("RESNET_CIFAR_DATA") or ROOT / "data")
+    return candidate if (candidate / "cifar-10-batches-py").is_dir() else None
+
+
+def run_build(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "build_book.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def book():
+    """Build the book once (smoke profile): the finished process and the pages it built."""
+    data = data_dir()
+    require(data is not None, f"no CIFAR-10 folder at $RESNET_CIFAR_DATA or {ROOT / 'data'} "
+                              f"(build one with `python ../shared/data/make_cifar10_batches.py data`)")
+    args = ["--profile", "smoke", "--data-dir", str(data), "--out", str(BUILD)]
+    if os.environ.get("RESNET_CIFAR_BOOK_CHAPTERS"):
+        args += ["--chapters", *os.environ["RESNET_CIFAR_BOOK_CHAPTERS"].split()]
+    proc = run_build(*args)
+    print(proc.stdout[-3000:], proc.stderr[-3000:])
+    stage = BUILD / "stage"
+    toc = yaml.safe_load((stage / "_toc.yml").read_text()) if (stage / "_toc.yml").is_file() else {}
+    pages = [toc["root"]] + [c["file"] for c in toc.get("chapters", [])] if toc else []
+    return dict(proc=proc, stage=stage, pages=[p.removesuffix(".ipynb") for p in pages],
+                html=BUILD / "html", log=BUILD / "build.log")
+
+
+def test_build_succeeds_with_every_toc_page(book):
+    proc = book["proc"]
+    assert proc.returncode == 0, f"build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    root_page, chapters = build_book.toc_files()
+    expected = [root_page] + chapters
+    if os.environ.get("RESNET_CIFAR_BOOK_CHAPTERS"):
+        expected = build_book.select(os.environ["RESNET_CIFAR_BOOK_CHAPTERS"].split(), root_page, chapters)
+        expected += [] if root_page in expected else [root_page]  # the build adds the root page
+    assert sorted(book["pages"]) == sorted(p.removesuffix(".ipynb") for p in expected)
+
+
+def test_every_chapter_executed_without_errors(book):
+    assert book["pages"], "the build staged no pages"
+    for page in book["pages"]:
+        nb = nbformat.read(book["stage"] / f"{page}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        errors = [o for c in code for o in c.get("outputs", []) if o.output_type == "error"]
+        assert not errors, f"{page}: {errors[0].ename}: {errors[0].evalue}"
+        assert all(c.execution_count for c in code), f"{page}: not every code cell was executed"
+        injected = [c for c in code if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and 'profile = "smoke"' in injected[0].source, f"{page}: papermill parameters missing"
+        assert nb.metadata["papermill"]["exception"] in (None, False)
+
+
+def test_build_log_has_no_sphinx_warnings(book):
+    assert book["log"].is_file()
+    log = book["log"].read_text()
+    warnings = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]
+    assert not warnings, "\n".join(warnings[:20])
+    assert "build succeeded" in log
+
+
+def test_every_chapter_has_an_html_page(book):
+    assert (book["html"] / "index.html").is_file()
+    for page in book["pages"]:
+        html = book["html"] / f"{page}.html"
+        assert html.is_file(), f"missing {html}"
+        assert "Traceback" not in html.read_text(), f"{html} shows a traceback"
+
+
+@pytest.fixture(scope="module")
+def browser(book, tmp_path_factory):
+    """Headless Debian chromium driven by selenium, and the HTML served on 127.0.0.1."""
+    require(CHROMIUM.is_file() and CHROMEDRIVER.is_file(),
+            f"{CHROMIUM} / {CHROMEDRIVER} not installed (apt-get install chromium chromium-driver)")
+    assert book["proc"].returncode == 0 and (book["html"] / "index.html").is_file(), "the book did not build"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    handler = functools.partial(QuietHandler, directory=str(book["html"]))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1400,2400",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def load(driver, url: str, screenshot: str) -> list[dict]:
+    """Open `url`, scroll through it, wait for every image; save a screenshot; return the images."""
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver.get(url)
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    driver.execute_script("window.scrollTo(0, document.body.scrollHeight);")
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script("return Array.from(document.images).every(img => img.complete)"))
+    driver.execute_script("window.scrollTo(0, 0);")
+    (BUILD / "screenshots").mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(BUILD / "screenshots" / screenshot))
+    return driver.execute_script(
+        "return Array.from(document.images).map(img => ({src: img.currentSrc || img.src, complete: img.complete, "
+        "width: img.naturalWidth, inFigure: !!img.closest('figure, .cell_output')}))")
+
+
+@pytest.mark.parametrize("page, screenshot", [("", "intro.png"), ("book/02_model.html", "02_model.png")])
+def test_browser_renders_pages_with_figures(browser, book, page, screenshot):
+    driver, base = browser
+    if page and page.removesuffix(".html") not in book["pages"]:
+        pytest.skip(f"{page} was not part of this build (RESNET_CIFAR_BOOK_CHAPTERS)")
+    images = load(driver, f"{base}/{page}", screenshot)
+    if not page:  # index.html redirects to the root page
+        assert driver.current_url.endswith("book/intro.html"), driver.current_url
+    broken = [img["src"] for img in images if not (img["complete"] and img["width"] > 0)]
+    assert not broken, f"images that did not load: {broken}"
+    figures = [img for img in images if img["inFigure"]]
+    assert figures, f"no figure on {driver.current_url}"
+    assert "Traceback" not in driver.find_element("tag name", "body").text
+
+
+def test_model_chapter_shows_resnet32_parameter_count(browser, book):
+    if "book/02_model" not in book["pages"]:
+        pytest.skip("book/02_model was not part of this build")
+    driver, base = browser
+    load(driver, f"{base}/book/02_model.html", "02_model.png")
+    cells = driver.find_elements("xpath", "//tr[th[normalize-space()='ResNet-32']]/td")
+    assert cells, "no table row for ResNet-32 on the model chapter"
+    assert "464,154" in [c.text.strip() for c in cells], [c.text for c in cells]
+
+
+def test_bad_parameter_fails_with_a_clear_message(tmp_path):
+    """A chapter executed with `-p profile nonsense` stops in its `chapter(...)` call with the
+    message of resnet_cifar.book.chapter, and the build exits non-zero naming the chapter
+    without building HTML. (The profile is checked before the data is read: no data needed.)"""
+    out = tmp_path / "out"
+    proc = run_build("--chapters", "01_setup", "--profile", "nonsense", "--no-html", "--out", str(out),
+                     timeout=600)
+    message = "parameter profile must be one of ('smoke', 'quick', 'paper'), got 'nonsense'"
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"chapter book/01_setup.ipynb failed: ValueError: {message}" in proc.stderr
+    nb = nbformat.read(out / "stage" / "book" / "01_setup.ipynb", as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert [(e.ename, e.evalue) for e in errors] == [("ValueError", message)]
+    assert not (out / "html").exists() and not (out / "build.log").exists()
+
+
+def test_unknown_chapter_name_lists_the_valid_ones():
+    root_page, chapters = build_book.toc_files()
+    assert build_book.select(["02"], root_page, chapters) == ["book/02_model.ipynb"]
+    assert build_book.select(None, root_page, chapters)[-1] == root_page  # the root page runs last
+    with pytest.raises(SystemExit, match="'07_nothing' matches 0 pages of _toc.yml; use one of: book/01_setup"):
+        build_book.select(["07_nothing"], root_page, chapters)
