@@ -1,9 +1,551 @@
-"""Training throughput benchmark (issue 5). Work in progress: being written."""
+"""Training throughput: `python -m resnet_cifar bench` (the book's "Performance" appendix).
+
+Everything is in images per second, the best of `rounds` timed windows of `steps` steps
+each, after `warmup` untimed steps (torch.compile's compilation happens there). Contestants
+take turns window by window, so a machine that other work slows down slows them alike.
+
+library   end to end, as `train()` runs: the training images as normalized tensors on the
+          device, `data.augment` on the whole batch there, and the step: the very
+          `train._Trainer._step` that `train()` calls.
+baseline  the conventional pipeline of most reference repositories: uint8 HWC arrays made
+          into a PIL image per item (as `torchvision.datasets.CIFAR10` does), then
+          RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize (per-channel),
+          batched by a DataLoader (shuffle, drop_last; num_workers 0, 1 and 2 tried and the
+          fastest kept; pin_memory on CUDA; the main process keeps its torch threads, each
+          worker has one), then the same step (`_Trainer._update`): same model, initial
+          weights, optimizer, batch, dtype, memory format and device.
+model     `_Trainer._update` alone on one fixed, pre-made batch: the step with no data work.
+peak      torch.matmul of two n x n matrices (n = 2048 on a CPU, 8192 on a GPU) in the
+          step's compute dtype (bfloat16 for autocast), best of 3 after a warm-up: 2 n^3 / s.
+
+FLOP convention: fvcore counts one multiply-add as one FLOP; here a FLOP is one multiply
+or one add, so a forward pass is 2 x fvcore's count and a training step about 3 forward
+passes (the backward pass costs about two): step GFLOP/s = 6 x fvcore x images/s / 1e9.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import importlib
+import itertools
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import data as D
+
+T = importlib.import_module(__package__ + ".train")  # the module (the package's `train` is the function)
+
+PAPER_ITERATIONS = 64_000
+WORKERS = (0, 1, 2)
 
 
-def add_arguments(parser):
-    parser.add_argument("--device", default="auto")
+@dataclass(frozen=True)
+class Variant:
+    """How the step runs: dtype (bfloat16 = fp32 weights under bf16 autocast), memory format, compile."""
+    dtype: str = "float32"
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def label(self) -> str:
+        parts = [{"float32": "fp32", "float64": "fp64", "bfloat16": "bf16 autocast"}[self.dtype]]
+        parts += ["channels_last"] if self.channels_last else []
+        parts += ["compile"] if self.compile else []
+        return " + ".join(parts)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+PAPER_DEFAULT = Variant()  # what `train()` runs unless told otherwise
+
+
+def default_variants(quick: bool = False, compile: bool = True) -> list[Variant]:
+    """fp32 / fp64 / bf16 autocast, channels_last off and on (fp64: off), torch.compile on for
+    fp32 and bf16. --quick: no compile, no fp64."""
+    grid = [Variant("float32"), Variant("float32", True), Variant("bfloat16"), Variant("bfloat16", True)]
+    if not quick:
+        grid.insert(2, Variant("float64"))
+        if compile:
+            grid += [Variant("float32", False, True), Variant("float32", True, True),
+                     Variant("bfloat16", True, True)]
+    return grid
+
+
+# ---------------------------------------------------------------- the conventional pipeline
+
+class PILCIFAR(torch.utils.data.Dataset):
+    """What `torchvision.datasets.CIFAR10` does per item: an HWC uint8 array, made into a
+    PIL image, through `transform`."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.data = images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.targets = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def conventional_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, num_workers: int,
+                        pin_memory: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+    """The reference-repository pipeline: PIL images, torchvision transforms, a DataLoader."""
+    from torchvision import transforms
+    x = images.double() / 255
+    mean, std = x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
+    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                    transforms.ToTensor(), transforms.Normalize(mean, std)])
+    return torch.utils.data.DataLoader(
+        PILCIFAR(images, labels, transform), batch_size=batch_size, shuffle=True, drop_last=True,
+        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed))
+
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+# ---------------------------------------------------------------- timing
+
+def _sync(device: torch.device, *trainers) -> None:
+    for t in trainers:
+        if t._pending:
+            t._flush()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _race(contestants: dict[str, tuple[Callable[[], None], Callable[[], None]]], images: int, steps: int,
+          rounds: int, warmup: int, seconds: float) -> dict[str, dict]:
+    """Time each contestant's step function (`fn`, `sync`): `warmup` untimed steps each (at
+    least one), then `rounds` rounds in which every contestant runs its timed window in turn:
+    as many steps as fit in about `seconds` by the last warm-up step's time, 1 to `steps`."""
+    out = {name: dict(warmup_s=0.0, rates=[]) for name in contestants}
+    for name, (fn, sync) in contestants.items():
+        t0 = time.perf_counter()
+        for _ in range(max(warmup, 1) - 1):
+            fn()
+        sync()
+        t1 = time.perf_counter()
+        fn()
+        sync()
+        t2 = time.perf_counter()
+        out[name].update(warmup_s=t2 - t0, steps=max(1, min(steps, round(seconds / max(t2 - t1, 1e-6)))))
+    for _ in range(rounds):
+        for name, (fn, sync) in contestants.items():
+            n = out[name]["steps"]
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            sync()
+            out[name]["rates"].append(images * n / (time.perf_counter() - t0))
+    for r in out.values():
+        r["images_per_s"] = max(r["rates"])
+    return out
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, reps: int = 3) -> float:
+    """GFLOP/s of an n x n x n torch.matmul (2 n^3 FLOPs), best of `reps` after a warm-up."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    a @ b
+    best = math.inf
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+# ---------------------------------------------------------------- set-up
+
+def _bench_dataset(dataset: D.CIFAR10, train_images: int) -> D.CIFAR10:
+    """The first `train_images` training images (all training, no val split) and a token test set."""
+    n = min(train_images, len(dataset.train_labels))
+    return dataclasses.replace(dataset, train_images=dataset.train_images[:n], train_labels=dataset.train_labels[:n],
+                               test_images=dataset.test_images[:10], test_labels=dataset.test_labels[:10])
+
+
+@contextlib.contextmanager
+def _flops_computed_once():
+    """fvcore's count depends on the architecture only: trace it once for all the trainers."""
+    cache, original = {}, T.flop_count
+
+    def cached(model):
+        key = (type(model).__name__, T.count_parameters(model), len(list(model.modules())))
+        if key not in cache:
+            cache[key] = original(model)
+        return cache[key]
+    T.flop_count = cached
+    try:
+        yield
+    finally:
+        T.flop_count = original
+
+
+def _trainer(variant: Variant, dataset: D.CIFAR10, device: torch.device, batch_size: int, depth: int,
+             seed: int) -> T._Trainer:
+    config = T.TrainConfig(depth=depth, batch_size=batch_size, val_size=0, device=str(device), seed=seed,
+                           dtype=variant.dtype, channels_last=variant.channels_last, compile=variant.compile,
+                           progress="none").validate()
+    run_dir = Path(tempfile.gettempdir()) / "resnet-cifar-bench"  # never written: the bench calls no _save
+    trainer = T._Trainer(config, run_dir, 0, 1, dataset, resume=False)
+    trainer.model.train()
+    return trainer
+
+
+def _library_fn(trainer: T._Trainer):
+    counter = itertools.count()
+    return lambda: trainer._step(next(counter)), lambda: _sync(trainer.device, trainer)
+
+
+def _model_only_fn(trainer: T._Trainer):
+    x, y = trainer._batch(0)
+    counter = itertools.count()
+    return lambda: trainer._update(x, y, next(counter)), lambda: _sync(trainer.device, trainer)
+
+
+def _baseline_fn(trainer: T._Trainer, loader):
+    batches, counter, device = _forever(loader), itertools.count(), trainer.device
+
+    def step():
+        x, y = next(batches)
+        x = trainer._to_step_format(x.to(device, non_blocking=True))
+        trainer._update(x, y.to(device, non_blocking=True), next(counter))
+    return step, lambda: _sync(device, trainer)
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"  # runs anywhere; fast only with avx512_bf16 / AMX (see cpu_flags)
+
+
+# ---------------------------------------------------------------- the benchmark
+
+@dataclass
+class Benchmark:
+    """What `run_benchmark` measured. `table`: one row per variant; `pipelines`: library vs
+    baseline rows; `profile`: where the library's step spends its time."""
+    info: dict
+    table: "object"
+    pipelines: "object"
+    ratio: float
+    paper: dict
+    best: dict
+    peak_gflops: dict
+    evaluation: dict
+    profile: "object" = None
+    notes: list = field(default_factory=list)
+
+    def report(self) -> str:
+        import pandas as pd
+        i = self.info
+        lines = [f"Training throughput, ResNet-{i['depth']}, batch {i['batch_size']}, {i['device']} "
+                 f"({i['device_name']}), torch {i['torch']}, {i['threads']} threads"
+                 + (f", CPU flags {' '.join(i['cpu_flags'])}" if i.get("cpu_flags") else ""),
+                 f"timing: best of {i['rounds']} windows of ~{i['seconds']} s (at most {i['steps']} steps) per "
+                 f"measurement, after {i['warmup']} untimed warm-up steps; measurements take turns window by window",
+                 ""]
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            lines += [self.table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"), ""]
+            lines += [self.pipelines.to_string(index=False, float_format=lambda v: f"{v:,.1f}"), ""]
+        lines.append(self.ratio_line())
+        for kind, b in self.best.items():
+            if kind == "any" and b["variant"] == self.best.get("fp32", {}).get("variant"):
+                continue
+            lines.append(f"fastest {'fp32 (paper numerics) ' if kind == 'fp32' else ''}library variant "
+                         f"({b['variant']}): {b['library']:,.1f} images/s = {b['ratio_vs_conventional']:.2f}x the "
+                         f"conventional fp32 eager pipeline, {b['ratio_same_settings']:.2f}x the conventional "
+                         f"pipeline with the same step settings; the paper's {PAPER_ITERATIONS:,} iterations "
+                         f"at this rate: {b['paper_schedule_min']:,.1f} min of steps")
+        e = self.evaluation
+        lines.append(f"evaluation (inference mode, batches of 1000): {e['images_per_s']:,.0f} images/s; val+test "
+                     f"({e['eval_images']:,} images) takes {e['eval_s']:,.1f} s = {100 * e['share_of_epoch']:.1f} % "
+                     f"of a {e['epoch_images']:,}-image training epoch ({e['epoch_s']:,.1f} s, fp32)")
+        peaks = ", ".join(f"{k} {v:,.0f}" for k, v in self.peak_gflops.items())
+        lines.append(f"matmul peak (GFLOP/s, {i['peak_n']}^3 torch.matmul, best of 3): {peaks}")
+        if self.profile is not None and len(self.profile):
+            lines += ["", f"where the library's fp32 step spends its time (torch.profiler, {i['profile_steps']} steps, "
+                          f"self CPU time):", self.profile.to_string(index=False, float_format=lambda v: f"{v:,.1f}")]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def ratio_line(self) -> str:
+        p = self.paper
+        return (f"paper settings ({PAPER_DEFAULT.label}, eager): library {p['library']:,.1f} images/s vs "
+                f"conventional {p['baseline']:,.1f} images/s (its best num_workers={p['baseline_workers']}) "
+                f"-> ratio {self.ratio:.2f}x")
+
+    def to_dict(self) -> dict:
+        def records(df):
+            return None if df is None else json.loads(df.to_json(orient="records"))
+        return dict(info=self.info, variants=records(self.table), pipelines=records(self.pipelines),
+                    ratio=self.ratio, paper=self.paper, best=self.best, peak_gflops=self.peak_gflops, evaluation=self.evaluation,
+                    profile=records(self.profile), notes=self.notes)
+
+
+def _flops_once(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _flops_computed_once():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_flops_once
+def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, steps: int = 10, rounds: int = 3,
+                  warmup: int = 2, seconds: float = 1.5, variants: list[Variant] | None = None, quick: bool = False, compile: bool = True,
+                  workers: tuple[int, ...] = WORKERS, train_images: int = 10_000, data_dir: str | None = None,
+                  dataset: D.CIFAR10 | None = None, threads: int | None = None, profile_steps: int = 3,
+                  seed: int = 0, log: Callable[[str], None] | None = print) -> Benchmark:
+    """Measure the library's pipeline against the conventional one (see the module doc).
+
+    1. every variant: library end to end and model-only step rate (-> GFLOP/s, share of peak);
+    2. paper settings (fp32, eager, NCHW): library vs baseline with num_workers in `workers`;
+    3. the fastest library variant vs the conventional fp32 baseline (its best num_workers)
+       and vs the baseline with that variant's step settings."""
+    import pandas as pd
+    log = log or (lambda text: None)
+    if threads:
+        torch.set_num_threads(threads)
+    dev = T.pick_device(device)
+    if quick:
+        rounds, warmup, seconds = min(rounds, 2), min(warmup, 1), min(seconds, 0.5)
+    variants = list(variants or default_variants(quick, compile and not quick))
+    if not all(isinstance(v, Variant) for v in variants):
+        raise TypeError("variants must be a list of bench.Variant")
+    if dev.type != "cuda" and not bf16_supported(dev):
+        variants = [v for v in variants if v.dtype != "bfloat16"]
+    if dev.type == "mps":
+        variants = [v for v in variants if v.dtype != "float64"]  # MPS has no float64
+    for key, value in dict(batch_size=batch_size, steps=steps, rounds=rounds, train_images=train_images).items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    if train_images < batch_size:
+        raise ValueError(f"train_images ({train_images}) must be at least one batch ({batch_size})")
+    ds = _bench_dataset(dataset or D.load_cifar10(data_dir), train_images)
+    notes = []
+    info = dict(device=str(dev), device_name=T._device_name(dev), torch=torch.__version__,
+                threads=torch.get_num_threads(), cpu_flags=_cpu_flags() if dev.type == "cpu" else [],
+                batch_size=batch_size, depth=depth, steps=steps, seconds=seconds, rounds=rounds, warmup=warmup,
+                train_images=len(ds.train_labels), dataset=ds.label, workers=list(workers),
+                peak_n=8192 if dev.type == "cuda" else 2048, profile_steps=profile_steps, python=platform.python_version())
+    if not bf16_supported(dev):
+        notes.append(f"bf16 autocast is not supported on {dev}; its variants are left out")
+
+    # peaks
+    peak = {}
+    for dt in sorted({v.dtype for v in variants} | {"float32"}):
+        log(f"matmul peak {dt} ...")
+        peak[dt] = matmul_peak(dev, getattr(torch, dt))
+
+    # 1. variants
+    rows, trainer0, flops = [], None, 0
+    for v in variants:
+        log(f"variant {v.label} ...")
+        try:
+            trainer = _trainer(v, ds, dev, batch_size, depth, seed)
+            res = _race({"library": _library_fn(trainer), "model": _model_only_fn(trainer)},
+                        batch_size, steps, rounds, warmup, seconds)
+        except Exception as e:  # a variant this device cannot run: say so in the table
+            notes.append(f"{v.label} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        flops = trainer.flops
+        lib, model = res["library"]["images_per_s"], res["model"]["images_per_s"]
+        gflops = 6 * flops * model / 1e9
+        rows.append({"variant": v.label, "dtype": v.dtype, "channels_last": v.channels_last, "compile": v.compile,
+                     "library e2e images/s": lib, "model-only images/s": model,
+                     "data share %": 100 * max(0.0, 1 - lib / model), "step GFLOP/s": gflops,
+                     "% of matmul peak": 100 * gflops / peak[v.dtype],
+                     "warm-up s": res["library"]["warmup_s"] + res["model"]["warmup_s"]})
+        if v == PAPER_DEFAULT:
+            trainer0 = trainer
+        del trainer
+    table = pd.DataFrame(rows)
+    if table.empty:
+        raise RuntimeError("no variant ran on " + str(dev) + ": " + "; ".join(notes))
+    info["fvcore_flops_per_image"] = flops
+    info["train_gflop_per_image"] = 6 * flops / 1e9
+
+    # 2. paper settings: library vs baseline
+    log("paper settings: library vs the conventional pipeline ...")
+    pin = dev.type == "cuda"
+    lib_trainer = trainer0 or _trainer(PAPER_DEFAULT, ds, dev, batch_size, depth, seed)
+    base_trainer = _trainer(PAPER_DEFAULT, ds, dev, batch_size, depth, seed)
+    loaders = {w: conventional_loader(ds.train_images, ds.train_labels, batch_size, w, pin, seed) for w in workers}
+    contestants = {"library": _library_fn(lib_trainer)}
+    contestants.update({f"baseline w{w}": _baseline_fn(base_trainer, loaders[w]) for w in workers})
+    res = _race(contestants, batch_size, steps, rounds, warmup, seconds)
+    base_rates = {w: res[f"baseline w{w}"]["images_per_s"] for w in workers}
+    best_w = max(base_rates, key=base_rates.get)
+    prow = _pipeline_rows("paper settings", PAPER_DEFAULT, res["library"]["images_per_s"], PAPER_DEFAULT,
+                          base_rates)
+    ratio = res["library"]["images_per_s"] / base_rates[best_w]
+    paper = dict(library=res["library"]["images_per_s"], baseline=base_rates[best_w], baseline_workers=best_w,
+                 baseline_by_workers=base_rates)
+
+    # evaluation cost (fp32, the paper settings)
+    n_eval = min(2000, len(lib_trainer.data.train_y))
+    x, y = lib_trainer.data.train_x[:n_eval], lib_trainer.data.train_y[:n_eval]
+    T.evaluate(lib_trainer.model, x[:batch_size], y[:batch_size])
+    _sync(dev)
+    t0 = time.perf_counter()
+    T.evaluate(lib_trainer.model, x, y)
+    _sync(dev)
+    eval_rate = n_eval / (time.perf_counter() - t0)
+    epoch_s = 45_000 / res["library"]["images_per_s"]
+    evaluation = dict(images_per_s=eval_rate, eval_images=15_000, eval_s=15_000 / eval_rate, epoch_images=45_000,
+                      epoch_s=epoch_s, share_of_epoch=(15_000 / eval_rate) / (epoch_s + 15_000 / eval_rate))
+
+    # profile of the library's paper-settings step
+    prof = None
+    if profile_steps:
+        log("profiling the library step ...")
+        prof = profile_step(lib_trainer, profile_steps)
+    del loaders, contestants, lib_trainer, base_trainer, trainer0
+
+    # 3. the fastest fp32 variant (the paper's numerics) and the fastest of all vs the baseline
+    best = {}
+    by_rate = table.sort_values("library e2e images/s", ascending=False)
+    picks = [by_rate[by_rate["dtype"] == "float32"]["variant"].iloc[0], by_rate["variant"].iloc[0]]
+    for kind, label in zip(("fp32", "any"), picks):
+        fv = next(v for v in variants if v.label == label)
+        if label in (b_["variant"] for b_ in best.values()):
+            best[kind] = dict(best["fp32"])
+            continue
+        if fv == PAPER_DEFAULT:
+            best[kind] = dict(variant=fv.label, library=paper["library"], baseline_same_settings=paper["baseline"],
+                              baseline_same_workers=best_w, conventional=paper["baseline"],
+                              ratio_vs_conventional=ratio, ratio_same_settings=ratio)
+        else:
+            log(f"fastest {'fp32 ' if kind == 'fp32' else ''}variant ({fv.label}) vs the baseline ...")
+            best[kind], rows = _versus(fv, ds, dev, batch_size, depth, seed, workers, best_w, pin,
+                                       dict(steps=steps, rounds=rounds, warmup=warmup, seconds=seconds))
+            prow += rows
+        best[kind]["paper_schedule_min"] = PAPER_ITERATIONS * batch_size / best[kind]["library"] / 60
+    pipelines = pd.DataFrame(prow)
+    return Benchmark(info, table, pipelines, ratio, paper, best, peak, evaluation, prof, notes)
+
+
+def _versus(fv: Variant, ds, dev, batch_size, depth, seed, workers, best_w, pin, timing) -> tuple[dict, list]:
+    """Library with variant `fv` vs the conventional pipeline with the same step settings
+    (num_workers in `workers`) and vs the conventional fp32 eager one (`best_w` workers)."""
+    lib_trainer = _trainer(fv, ds, dev, batch_size, depth, seed)
+    conv_trainer = _trainer(PAPER_DEFAULT, ds, dev, batch_size, depth, seed)
+    same_trainer = _trainer(fv, ds, dev, batch_size, depth, seed)
+    conv_loader = conventional_loader(ds.train_images, ds.train_labels, batch_size, best_w, pin, seed)
+    same_loaders = {w: conventional_loader(ds.train_images, ds.train_labels, batch_size, w, pin, seed)
+                    for w in workers}
+    contestants = {"library": _library_fn(lib_trainer), "conventional": _baseline_fn(conv_trainer, conv_loader)}
+    contestants.update({f"same w{w}": _baseline_fn(same_trainer, same_loaders[w]) for w in workers})
+    res = _race(contestants, batch_size, **timing)
+    same_rates = {w: res[f"same w{w}"]["images_per_s"] for w in workers}
+    same_w = max(same_rates, key=same_rates.get)
+    lib, conv = res["library"]["images_per_s"], res["conventional"]["images_per_s"]
+    name = f"fastest {'fp32 ' if fv.dtype == 'float32' else ''}variant"
+    rows = _pipeline_rows(name, fv, lib, fv, same_rates)
+    rows += _pipeline_rows(name, fv, lib, PAPER_DEFAULT, {best_w: conv}, library_row=False)
+    return dict(variant=fv.label, library=lib, baseline_same_settings=same_rates[same_w],
+                baseline_same_workers=same_w, conventional=conv, ratio_vs_conventional=lib / conv,
+                ratio_same_settings=lib / same_rates[same_w]), rows
+
+
+def _pipeline_rows(name: str, variant: Variant, library: float, base_variant: Variant, base_rates: dict,
+                   library_row: bool = True) -> list[dict]:
+    rows = [dict(round=name, pipeline="library", step=variant.label, num_workers="", **{"images/s": library,
+                 "library / this": 1.0})] if library_row else []
+    return rows + [dict(round=name, pipeline="conventional", step=base_variant.label, num_workers=str(w),
+                        **{"images/s": r, "library / this": library / r}) for w, r in base_rates.items()]
+
+
+def profile_step(trainer: T._Trainer, steps: int = 3, top: int = 12):
+    """torch.profiler over `steps` library steps: the ops with the most self time (CPU, or
+    CUDA on a GPU), as a DataFrame with each op's share of the total."""
+    import pandas as pd
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    start = len(trainer.lr_trace)
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            trainer._step(start + i)
+        _sync(trainer.device, trainer)
+    key = "self_device_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in events) or 1
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return pd.DataFrame([{"op": e.key, "calls": e.count, "self ms / step": getattr(e, key) / 1000 / steps,
+                          "share %": 100 * getattr(e, key) / total} for e in events[:top]])
+
+
+# ---------------------------------------------------------------- command line
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Training throughput (images/s, end to end) of this library's pipeline vs the "
+                          "conventional torchvision/PIL/DataLoader pipeline, the model-only step rate, its share "
+                          "of a measured matmul peak, and a table of variants (fp32/fp64/bf16 autocast, "
+                          "channels_last, torch.compile). See `pydoc resnet_cifar.bench`.")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:k] | mps (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=128, help="(default: 128, the paper's)")
+    parser.add_argument("--depth", type=int, default=32, help="ResNet depth (default: 32)")
+    parser.add_argument("--seconds", type=float, default=1.5, help="length of a timed window (default: 1.5)")
+    parser.add_argument("--steps", "--iterations", dest="steps", type=int, default=10,
+                        help="at most this many steps in a timed window (default: 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed windows per measurement; the best counts "
+                                                              "(default: 3)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    parser.add_argument("--quick", action="store_true", help="2 windows of 0.5 s, no fp64, no torch.compile")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="leave out the torch.compile variants (slow to warm up on a CPU)")
+    parser.add_argument("--workers", type=int, nargs="+", default=list(WORKERS),
+                        help="DataLoader num_workers tried for the baseline (default: 0 1 2)")
+    parser.add_argument("--train-images", type=int, default=10_000, help="training images used (default: 10000)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--profile-steps", type=int, default=3, help="library steps under torch.profiler (0: off)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON to OUT")
 
 
 def main(args) -> int:
-    raise NotImplementedError("bench is being written")
+    result = run_benchmark(device=args.device, batch_size=args.batch_size, depth=args.depth, steps=args.steps,
+                           seconds=args.seconds, rounds=args.rounds, warmup=args.warmup, quick=args.quick, compile=args.compile,
+                           workers=tuple(args.workers), train_images=args.train_images, data_dir=args.data_dir,
+                           threads=args.threads, profile_steps=args.profile_steps,
+                           log=lambda text: print(text, file=sys.stderr, flush=True))
+    print(result.report())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    return 0
