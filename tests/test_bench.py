@@ -1,0 +1,116 @@
+"""The benchmark's pieces (bench.py) and the CUDA-style deferred loss reads of train.py,
+exercised on the CPU. Speeds are printed by `python -m resnet_cifar bench`, never asserted."""
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+
+from resnet_cifar import bench as B
+from resnet_cifar import train
+
+T = importlib.import_module("resnet_cifar.train")
+
+
+def test_conventional_loader_matches_torchvision_recipe(dataset):
+    """PIL images through RandomCrop(32, padding=4), flip, ToTensor, Normalize: float
+    batches of the right shape, per-channel normalized (mean ~0, std ~1 without the crop's
+    zero border), labels unchanged."""
+    images, labels = dataset.train_images[:64], dataset.train_labels[:64]
+    loader = B.conventional_loader(images, labels, batch_size=32, num_workers=0)
+    assert len(loader) == 2
+    x, y = next(iter(loader))
+    assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (32,)
+    assert set(y.tolist()) <= set(labels.tolist())
+    ds = loader.dataset
+    assert len(ds) == 64 and ds.data.shape == (64, 32, 32, 3)
+    # without augmentation the transform is exact: item 0 is image 0, normalized per channel
+    from torchvision import transforms
+    ds.transform.transforms = [t for t in ds.transform.transforms
+                               if isinstance(t, (transforms.ToTensor, transforms.Normalize))]
+    x0, y0 = ds[0]
+    norm = ds.transform.transforms[-1]
+    expected = (images[0].float() / 255 - torch.tensor(norm.mean).view(3, 1, 1)) / torch.tensor(norm.std).view(3, 1, 1)
+    assert y0 == labels[0].item() and torch.allclose(x0, expected, atol=1e-5)
+
+
+def test_matmul_peak_is_a_plausible_rate():
+    gflops = B.matmul_peak(torch.device("cpu"), torch.float32, n=256, reps=2)
+    assert 0.1 < gflops < 1e5
+
+
+def test_variants_grid():
+    labels = [v.label for v in B.default_variants()]
+    assert labels[0] == "fp32" and "fp64" in labels and "bf16 autocast + channels_last" in labels
+    assert "fp32 + compile" in labels and len(set(labels)) == len(labels)
+    quick = [v.label for v in B.default_variants(quick=True)]
+    assert not any("compile" in q or "fp64" in q for q in quick)
+    assert not any(v.compile for v in B.default_variants(compile=False))
+
+
+@pytest.mark.slow
+def test_run_benchmark_tiny(dataset, tmp_path):
+    """A tiny benchmark: both pipelines measured, ratio consistent with them, table and
+    JSON complete. (Seconds on an idle CPU; speeds themselves are not asserted.)"""
+    result = B.run_benchmark(device="cpu", batch_size=16, depth=8, steps=2, rounds=1, warmup=1, seconds=0.05,
+                             variants=[B.Variant(), B.Variant("float32", True)], workers=(0, 1),
+                             train_images=64, dataset=dataset, profile_steps=1, log=None)
+    assert list(result.table["variant"]) == ["fp32", "fp32 + channels_last"]
+    assert (result.table["library e2e images/s"] > 0).all() and (result.table["model-only images/s"] > 0).all()
+    p = result.paper
+    assert p["library"] > 0 and p["baseline"] > 0 and set(p["baseline_by_workers"]) == {0, 1}
+    assert p["baseline"] == max(p["baseline_by_workers"].values())
+    assert result.ratio == pytest.approx(p["library"] / p["baseline"])
+    assert result.peak_gflops["float32"] > 0 and 0 < result.table["% of matmul peak"].iloc[0]
+    assert result.info["fvcore_flops_per_image"] > 0 and result.evaluation["images_per_s"] > 0
+    assert set(result.best) == {"fp32", "any"} and result.best["fp32"]["ratio_vs_conventional"] > 0
+    assert len(result.profile) > 0 and result.profile["share %"].sum() <= 100.0 + 1e-6
+    text = result.report()
+    assert "ratio" in text and "conventional" in text
+    out = tmp_path / "bench.json"
+    out.write_text(json.dumps(result.to_dict(), default=str))
+    back = json.loads(out.read_text())
+    assert back["ratio"] == pytest.approx(result.ratio) and len(back["variants"]) == 2
+
+
+def test_bench_rejects_bad_sizes(dataset):
+    with pytest.raises(ValueError, match="train_images"):
+        B.run_benchmark(device="cpu", batch_size=128, train_images=64, dataset=dataset, log=None)
+
+
+def _force_deferred(monkeypatch):
+    """Run train()'s CUDA code path (losses stay on the device, read every SYNC_EVERY
+    steps and before evaluations) on the CPU."""
+    init = T._Trainer.__init__
+
+    def deferred_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.defer_sync = True
+    monkeypatch.setattr(T._Trainer, "__init__", deferred_init)
+    monkeypatch.setattr(T._Trainer, "SYNC_EVERY", 4)
+
+
+def test_deferred_loss_reads_give_the_same_record(tiny, dataset, monkeypatch):
+    settings = {**tiny, "iterations": 10, "eval_every": 5}
+    ref = train(name="per-step", dataset=dataset, **settings)
+    _force_deferred(monkeypatch)
+    deferred = train(name="deferred", dataset=dataset, **settings)
+    cols = ["iteration", "lr", "train_loss", "train_error", "val_error", "test_error"]
+    assert deferred.status == "complete" and deferred.summary["iterations_done"] == 10
+    assert deferred.history[cols].equals(ref.history[cols])
+    assert deferred.lr_trace.equals(ref.lr_trace)
+
+
+def test_deferred_loss_reads_name_the_diverging_iteration(tiny, dataset, monkeypatch):
+    """lr 1e6 blows up within a few steps; with losses read only every 4 steps the run
+    still reports the exact iteration, as the per-step path does."""
+    settings = {**tiny, "iterations": 12, "eval_every": 12, "lr": 1e6, "momentum": 0.0}
+    ref = train(name="per-step", dataset=dataset, **settings)
+    assert ref.diverged, ref.summary
+    _force_deferred(monkeypatch)
+    deferred = train(name="deferred", dataset=dataset, **settings)
+    assert deferred.diverged
+    assert deferred.summary["status_detail"] == ref.summary["status_detail"]
+    assert deferred.summary["iterations_done"] == ref.summary["iterations_done"]
