@@ -114,3 +114,10 @@ def test_deferred_loss_reads_name_the_diverging_iteration(tiny, dataset, monkeyp
     assert deferred.diverged
     assert deferred.summary["status_detail"] == ref.summary["status_detail"]
     assert deferred.summary["iterations_done"] == ref.summary["iterations_done"]
+
+
+def test_parse_variant():
+    assert B.parse_variant("bf16+cl+compile") == B.Variant("bfloat16", True, True)
+    assert B.parse_variant("fp64") == B.Variant("float64") and B.parse_variant("FP32+CL").channels_last
+    with pytest.raises(ValueError, match=r"fp32, fp64 or bf16.*\+cl"):
+        B.parse_variant("fp16+cl")

@@ -73,6 +73,23 @@ class Variant:
 PAPER_DEFAULT = Variant()  # what `train()` runs unless told otherwise
 
 
+def parse_variant(spec: str) -> Variant:
+    """'fp32', 'fp64', 'bf16', with '+cl' (channels_last) and/or '+compile': 'bf16+cl+compile'."""
+    parts = [p.strip().lower() for p in spec.split("+")]
+    dtypes = {"fp32": "float32", "float32": "float32", "fp64": "float64", "float64": "float64",
+              "bf16": "bfloat16", "bfloat16": "bfloat16"}
+    extras = set(parts[1:])
+    if parts[0] not in dtypes or not extras <= {"cl", "channels_last", "compile"}:
+        raise ValueError(f"variant {spec!r}: write fp32, fp64 or bf16, optionally followed by +cl and/or "
+                         f"+compile (e.g. bf16+cl+compile)")
+    return Variant(dtypes[parts[0]], bool(extras & {"cl", "channels_last"}), "compile" in extras)
+
+
+def default_workers() -> tuple[int, ...]:
+    """num_workers tried for the baseline: 0, 1, 2, and 4 and 8 where there are more cores."""
+    return WORKERS + tuple(w for w in (4, 8) if w < (os.cpu_count() or 1))
+
+
 def default_variants(quick: bool = False, compile: bool = True) -> list[Variant]:
     """fp32 / fp64 / bf16 autocast, channels_last off and on (fp64: off), torch.compile on for
     fp32 and bf16. --quick: no compile, no fp64."""
@@ -326,9 +343,9 @@ def _flops_once(fn):
 
 
 @_flops_once
-def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, steps: int = 10, rounds: int = 3,
+def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, steps: int | None = None, rounds: int = 3,
                   warmup: int = 2, seconds: float = 1.5, variants: list[Variant] | None = None, quick: bool = False, compile: bool = True,
-                  workers: tuple[int, ...] = WORKERS, train_images: int = 10_000, data_dir: str | None = None,
+                  workers: tuple[int, ...] | None = None, train_images: int = 10_000, data_dir: str | None = None,
                   dataset: D.CIFAR10 | None = None, threads: int | None = None, profile_steps: int = 3,
                   seed: int = 0, log: Callable[[str], None] | None = print) -> Benchmark:
     """Measure the library's pipeline against the conventional one (see the module doc).
@@ -342,11 +359,14 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
     if threads:
         torch.set_num_threads(threads)
     dev = T.pick_device(device)
+    steps = steps or (1000 if dev.type == "cuda" else 10)
+    workers = tuple(workers or default_workers())
     if quick:
         rounds, warmup, seconds = min(rounds, 2), min(warmup, 1), min(seconds, 0.5)
-    variants = list(variants or default_variants(quick, compile and not quick))
+    variants = [parse_variant(v) if isinstance(v, str) else v
+                for v in (variants or default_variants(quick, compile and not quick))]
     if not all(isinstance(v, Variant) for v in variants):
-        raise TypeError("variants must be a list of bench.Variant")
+        raise TypeError("variants must be bench.Variant objects or specs such as 'bf16+cl+compile'")
     if dev.type != "cuda" and not bf16_supported(dev):
         variants = [v for v in variants if v.dtype != "bfloat16"]
     if dev.type == "mps":
@@ -391,6 +411,9 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
                      "data share %": 100 * max(0.0, 1 - lib / model), "step GFLOP/s": gflops,
                      "% of matmul peak": 100 * gflops / peak[v.dtype],
                      "warm-up s": res["library"]["warmup_s"] + res["model"]["warmup_s"]})
+        r = rows[-1]
+        log(f"  {v.label}: library {lib:,.1f} images/s, model-only {model:,.1f} images/s, "
+            f"{r['% of matmul peak']:.1f} % of the {v.dtype} matmul peak, warm-up {r['warm-up s']:.1f} s")
         if v == PAPER_DEFAULT:
             trainer0 = trainer
         del trainer
@@ -411,6 +434,8 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
     res = _race(contestants, batch_size, steps, rounds, warmup, seconds)
     base_rates = {w: res[f"baseline w{w}"]["images_per_s"] for w in workers}
     best_w = max(base_rates, key=base_rates.get)
+    log(f"  library {res['library']['images_per_s']:,.1f} images/s; conventional "
+        + ", ".join(f"num_workers={w}: {r:,.1f}" for w, r in base_rates.items()))
     prow = _pipeline_rows("paper settings", PAPER_DEFAULT, res["library"]["images_per_s"], PAPER_DEFAULT,
                           base_rates)
     ratio = res["library"]["images_per_s"] / base_rates[best_w]
@@ -452,9 +477,11 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
                               ratio_vs_conventional=ratio, ratio_same_settings=ratio)
         else:
             log(f"fastest {'fp32 ' if kind == 'fp32' else ''}variant ({fv.label}) vs the baseline ...")
-            best[kind], rows = _versus(fv, ds, dev, batch_size, depth, seed, workers, best_w, pin,
+            best[kind], rows_ = _versus(fv, ds, dev, batch_size, depth, seed, workers, best_w, pin,
                                        dict(steps=steps, rounds=rounds, warmup=warmup, seconds=seconds))
-            prow += rows
+            prow += rows_
+            log(f"  library {best[kind]['library']:,.1f} images/s; conventional, same settings "
+                f"{best[kind]['baseline_same_settings']:,.1f}; conventional fp32 {best[kind]['conventional']:,.1f}")
         best[kind]["paper_schedule_min"] = PAPER_ITERATIONS * batch_size / best[kind]["library"] / 60
     pipelines = pd.DataFrame(prow)
     return Benchmark(info, table, pipelines, ratio, paper, best, peak, evaluation, prof, notes)
@@ -521,16 +548,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="(default: 128, the paper's)")
     parser.add_argument("--depth", type=int, default=32, help="ResNet depth (default: 32)")
     parser.add_argument("--seconds", type=float, default=1.5, help="length of a timed window (default: 1.5)")
-    parser.add_argument("--steps", "--iterations", dest="steps", type=int, default=10,
-                        help="at most this many steps in a timed window (default: 10)")
+    parser.add_argument("--steps", "--iterations", dest="steps", type=int, default=None,
+                        help="at most this many steps in a timed window (default: 10 on a CPU, 1000 on a GPU)")
+    parser.add_argument("--variants", nargs="+", type=_variant_arg, default=None, metavar="SPEC",
+                        help="step variants to time, e.g. fp32 fp32+cl bf16+cl+compile (default: fp32, fp32+cl, "
+                             "fp64, bf16, bf16+cl, fp32+compile, fp32+cl+compile, bf16+cl+compile)")
     parser.add_argument("--rounds", type=int, default=3, help="timed windows per measurement; the best counts "
                                                               "(default: 3)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     parser.add_argument("--quick", action="store_true", help="2 windows of 0.5 s, no fp64, no torch.compile")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="leave out the torch.compile variants (slow to warm up on a CPU)")
-    parser.add_argument("--workers", type=int, nargs="+", default=list(WORKERS),
-                        help="DataLoader num_workers tried for the baseline (default: 0 1 2)")
+    parser.add_argument("--workers", type=int, nargs="+", default=None,
+                        help="DataLoader num_workers tried for the baseline (default: 0 1 2, and 4 8 where there "
+                             "are more cores)")
     parser.add_argument("--train-images", type=int, default=10_000, help="training images used (default: 10000)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--profile-steps", type=int, default=3, help="library steps under torch.profiler (0: off)")
@@ -538,10 +569,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON to OUT")
 
 
+def _variant_arg(spec: str) -> Variant:
+    try:
+        return parse_variant(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(args) -> int:
     result = run_benchmark(device=args.device, batch_size=args.batch_size, depth=args.depth, steps=args.steps,
                            seconds=args.seconds, rounds=args.rounds, warmup=args.warmup, quick=args.quick, compile=args.compile,
-                           workers=tuple(args.workers), train_images=args.train_images, data_dir=args.data_dir,
+                           variants=args.variants, workers=args.workers, train_images=args.train_images, data_dir=args.data_dir,
                            threads=args.threads, profile_steps=args.profile_steps,
                            log=lambda text: print(text, file=sys.stderr, flush=True))
     print(result.report())
