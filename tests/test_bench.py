@@ -63,6 +63,8 @@ def test_run_benchmark_tiny(dataset, tmp_path):
     assert p["library"] > 0 and p["baseline"] > 0 and set(p["baseline_by_workers"]) == {0, 1}
     assert p["baseline"] == max(p["baseline_by_workers"].values())
     assert result.ratio == pytest.approx(p["library"] / p["baseline"])
+    assert p["model_only"] > 0 and p["ceiling"] == pytest.approx(p["model_only"] / p["baseline"])
+    assert 0 <= p["baseline_data_share"] < 1 and 0 <= p["library_data_share"] < 1
     assert result.peak_gflops["float32"] > 0 and 0 < result.table["% of matmul peak"].iloc[0]
     assert result.info["fvcore_flops_per_image"] > 0 and result.evaluation["images_per_s"] > 0
     assert set(result.best) == {"fp32", "any"} and result.best["fp32"]["ratio_vs_conventional"] > 0
