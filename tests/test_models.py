@@ -136,3 +136,13 @@ def test_he_initialization():
     stem = model.conv1  # fan_out = 16 * 9 = 144
     assert abs(stem.weight.std().item() - math.sqrt(2 / 144)) < 0.15 * math.sqrt(2 / 144)
     assert not model.fc.bias.any()
+
+
+def test_layer_table_counts_32_weighted_layers_and_shapes():
+    from resnet_cifar.analysis import layer_table
+    table = layer_table(resnet(32), ["conv1", "stage1", "stage2", "stage3", "fc"])
+    assert table.loc["total", "weighted layers"] == 32          # 6n+2 with n=5
+    assert table.loc["total", "parameters"] == 464_154
+    assert table.loc["stage2", "output (C×H×W)"] == "32×16×16"  # stride 2 entering stage 2
+    assert table.loc["stage3", "output (C×H×W)"] == "64×8×8"
+    assert table.loc[["conv1", "stage1", "stage2", "stage3", "fc"], "parameters"].sum() == 464_154 - 32  # + stem BN

@@ -124,3 +124,31 @@ def weight_stats(model: nn.Module) -> pd.DataFrame:
             g[0] += p.numel()
             g[1] += p.detach().double().pow(2).sum().item()
     return pd.DataFrame([dict(group=k, weights=n, rms=(s / n) ** 0.5) for k, (n, s) in groups.items()]).set_index("group")
+
+
+def layer_table(model: nn.Module, parts: list[str], image_size: int = 32) -> pd.DataFrame:
+    """Output shape (C×H×W), weighted layers (conv + linear) and parameters of each named
+    top-level part of `model` for one 3×image_size×image_size input, plus a total row."""
+    shapes, hooks = {}, []
+    for name in parts:
+        hooks.append(getattr(model, name).register_forward_hook(
+            lambda module, inputs, output, name=name: shapes.__setitem__(name, tuple(output.shape[1:]))))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+
+    def weighted(module):
+        return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in module.modules())
+
+    rows = [{"part": name, "output (C×H×W)": "×".join(map(str, shapes[name])),
+             "weighted layers": weighted(getattr(model, name)), "parameters": count_parameters(getattr(model, name))}
+            for name in parts]
+    rows.append({"part": "total", "output (C×H×W)": "", "weighted layers": weighted(model),
+                 "parameters": count_parameters(model)})
+    return pd.DataFrame(rows).set_index("part")
