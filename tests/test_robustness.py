@@ -405,3 +405,17 @@ def test_runs_folder_not_writable(tmp_path, dataset, tiny):
 def test_load_run_of_a_non_run_folder(tmp_path):
     with pytest.raises(RunError, match="is not a run folder \\(no summary.json\\); train it first"):
         load_run(tmp_path)
+
+
+def test_killed_run_reads_back_as_interrupted(tmp_path):
+    """A record left 'running' by a process that is gone says so when read back."""
+    from resnet_cifar.train import load_run
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "summary.json").write_text(json.dumps({"status": "running", "status_detail": "running",
+                                                      "iterations_done": 7}))
+    (run_dir / ".lock").write_text("999999999")  # no such process
+    run = load_run(run_dir)
+    assert run.status == "running"
+    assert run.summary["status_detail"].startswith("interrupted at iteration 7")

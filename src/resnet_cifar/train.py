@@ -185,7 +185,19 @@ def load_run(run_dir) -> RunResult:
     summary = json.loads((run_dir / "summary.json").read_text())
     history = pd.read_csv(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else pd.DataFrame()
     lr_trace = pd.read_csv(run_dir / "lr_trace.csv") if (run_dir / "lr_trace.csv").is_file() else pd.DataFrame()
+    if summary.get("status") == "running" and not _lock_owner(run_dir):  # its process was killed
+        summary["status_detail"] = (f"interrupted at iteration {summary.get('iterations_done')} (no process "
+                                    f"is training it; train() with resume=True continues it)")
     return RunResult(run_dir, config, summary, history, lr_trace)
+
+
+def _lock_owner(run_dir: Path) -> int:
+    """The pid of the live process holding the run's lock, or 0."""
+    try:
+        pid = int((run_dir / ".lock").read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+    return pid if pid and _alive(pid) else 0
 
 
 # ---------------------------------------------------------------- learning rate
@@ -287,11 +299,8 @@ class RunLock:
                 os.close(fd)
                 return self
             except FileExistsError:
-                try:
-                    pid = int(self.path.read_text() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
+                pid = _lock_owner(self.path.parent)
+                if pid and pid != os.getpid():
                     raise RunError(f"run {self.path.parent} is being trained by process {pid}; wait for it, "
                                    f"or pick another run name.") from None
                 self.path.unlink(missing_ok=True)  # stale: its owner is gone
