@@ -91,7 +91,11 @@ def download(data_dir=None) -> Path:
         download_and_extract_archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                                      str(root), md5="c58f30108f718f92721af3b95e74349a")
     except Exception as e:  # offline, proxy, disk: all end the same way for the user
-        raise DataError(f"download of CIFAR-10 failed ({type(e).__name__}: {e}). " + _missing_message(root)) from e
+        raise DataError(
+            f"download of CIFAR-10 failed ({type(e).__name__}: {e}). On a machine without internet, copy "
+            f"cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) and unpack it into {root}/, "
+            f"so that {root / FOLDER}/ holds {', '.join(TRAIN_FILES)}, {TEST_FILE}, {META_FILE}; or point "
+            f"RESNET_CIFAR_DATA / --data-dir at a folder that already holds {FOLDER}/.") from e
     return root
 
 
