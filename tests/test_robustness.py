@@ -419,3 +419,14 @@ def test_killed_run_reads_back_as_interrupted(tmp_path):
     run = load_run(run_dir)
     assert run.status == "running"
     assert run.summary["status_detail"].startswith("interrupted at iteration 7")
+
+
+def test_chapter_caveats_name_the_budget_and_the_data(dataset, tmp_path):
+    """Every chapter's warning boxes: smoke says it is noise, a non-official copy says it is not comparable."""
+    import dataclasses
+    ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
+    notes = ch.caveats()
+    assert any("Profile <b>smoke</b>" in n and "20 iterations" in n for n in notes)
+    assert any(dataset.label in n and "not comparable" in n for n in notes)
+    official = book.Chapter("paper", "cpu", dataclasses.replace(dataset, identity="official"), tmp_path, 0)
+    assert official.caveats() == []

@@ -79,6 +79,28 @@ class Chapter:
     def caption(self, text: str, *runs: RunResult) -> str:
         return f"{text} — {self.source(*runs)}"
 
+    def caveats(self) -> list[str]:
+        """What a reader must know before reading this chapter's numbers (HTML fragments):
+        the smoke budget, and data that is not the official CIFAR-10."""
+        budget, notes = self.config("budget"), []
+        if self.profile == "smoke":
+            notes.append(f"Profile <b>smoke</b>: every run in this chapter is {budget.iterations} iterations of batch "
+                         f"{budget.batch_size} on {budget.subset}-image subsets, so every error below is noise from "
+                         "seconds of training. It shows that the code runs end to end; it does not rank the methods "
+                         "and it is <b>not</b> a result of the paper. Rebuild with profile <code>quick</code> or "
+                         "<code>paper</code> on a GPU for numbers that mean something.")
+        if self.dataset.identity != "official":
+            notes.append(f"Data: <b>{self.dataset.label}</b>, not the official CIFAR-10. Error rates on it are "
+                         "not comparable with the paper's.")
+        return notes
+
+    def show_caveats(self) -> None:
+        """Display `caveats()` as warning boxes in the notebook."""
+        from IPython.display import HTML, display
+        for text in self.caveats():
+            display(HTML('<div class="admonition warning"><p class="admonition-title">Read the numbers with care'
+                         f"</p><p>{text}</p></div>"))
+
 
 def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None = None,
             runs_dir: str | None = None, seed: int = 0) -> Chapter:
