@@ -429,4 +429,5 @@ def test_chapter_caveats_name_the_budget_and_the_data(dataset, tmp_path):
     assert any("Profile <b>smoke</b>" in n and "20 iterations" in n for n in notes)
     assert any(dataset.label in n and "not comparable" in n for n in notes)
     official = book.Chapter("paper", "cpu", dataclasses.replace(dataset, identity="official"), tmp_path, 0)
-    assert official.caveats() == []
+    assert official.caveats() == [] and official.caveats_box() == ""
+    assert "Read the numbers with care" in ch.caveats_box()._repr_html_()

@@ -94,12 +94,17 @@ class Chapter:
                          "not comparable with the paper's.")
         return notes
 
-    def show_caveats(self) -> None:
-        """Display `caveats()` as warning boxes in the notebook."""
-        from IPython.display import HTML, display
-        for text in self.caveats():
-            display(HTML('<div class="admonition warning"><p class="admonition-title">Read the numbers with care'
-                         f"</p><p>{text}</p></div>"))
+    def caveats_box(self) -> "HTML":
+        """`caveats()` as warning boxes: the last expression of a notebook cell shows them."""
+        return HTML("".join('<div class="admonition warning"><p class="admonition-title">Read the numbers with '
+                            f"care</p><p>{text}</p></div>" for text in self.caveats()))
+
+
+class HTML(str):
+    """A string that Jupyter displays as HTML (through `_repr_html_`; no IPython import)."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
 
 
 def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None = None,
