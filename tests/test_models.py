@@ -146,3 +146,16 @@ def test_layer_table_counts_32_weighted_layers_and_shapes():
     assert table.loc["stage2", "output (C×H×W)"] == "32×16×16"  # stride 2 entering stage 2
     assert table.loc["stage3", "output (C×H×W)"] == "64×8×8"
     assert table.loc[["conv1", "stage1", "stage2", "stage3", "fc"], "parameters"].sum() == 464_154 - 32  # + stem BN
+
+
+def test_architecture_flops_is_cached_and_leaves_the_rng_alone():
+    from resnet_cifar.train import architecture_flops
+    torch.manual_seed(0)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(0)
+    architecture_flops.cache_clear()
+    flops = architecture_flops("resnet", 32, "A")   # a miss: builds and traces a model
+    assert torch.equal(torch.rand(3), expected_draw)  # ... without consuming the caller's RNG
+    assert flops == 69_468_800
+    assert architecture_flops("resnet", 32, "A") == flops and architecture_flops.cache_info().hits >= 1
+    assert architecture_flops("resnet", 32, "B") == flop_count(resnet(32, "B"))

@@ -25,9 +25,7 @@ passes (the backward pass costs about two): step GFLOP/s = 6 x fvcore x images/s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import functools
 import importlib
 import itertools
 import json
@@ -206,23 +204,6 @@ def _bench_dataset(dataset: D.CIFAR10, train_images: int) -> D.CIFAR10:
                                test_images=dataset.test_images[:10], test_labels=dataset.test_labels[:10])
 
 
-@contextlib.contextmanager
-def _flops_computed_once():
-    """fvcore's count depends on the architecture only: trace it once for all the trainers."""
-    cache, original = {}, T.flop_count
-
-    def cached(model):
-        key = (type(model).__name__, T.count_parameters(model), len(list(model.modules())))
-        if key not in cache:
-            cache[key] = original(model)
-        return cache[key]
-    T.flop_count = cached
-    try:
-        yield
-    finally:
-        T.flop_count = original
-
-
 def _trainer(variant: Variant, dataset: D.CIFAR10, device: torch.device, batch_size: int, depth: int,
              seed: int) -> T._Trainer:
     config = T.TrainConfig(depth=depth, batch_size=batch_size, val_size=0, device=str(device), seed=seed,
@@ -338,15 +319,6 @@ class Benchmark:
                     profile=records(self.profile), notes=self.notes)
 
 
-def _flops_once(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with _flops_computed_once():
-            return fn(*args, **kwargs)
-    return wrapper
-
-
-@_flops_once
 def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, steps: int | None = None, rounds: int = 3,
                   warmup: int = 2, seconds: float = 1.5, variants: list[Variant] | None = None, quick: bool = False, compile: bool = True,
                   workers: tuple[int, ...] | None = None, train_images: int = 10_000, data_dir: str | None = None,

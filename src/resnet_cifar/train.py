@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -350,6 +351,15 @@ def flop_count(model: nn.Module) -> int:
     return int(analysis.total())
 
 
+@functools.lru_cache(maxsize=None)
+def architecture_flops(arch: str, depth: int, shortcut: str) -> int:
+    """`flop_count` of `build_model(arch, depth, shortcut)`. It depends on the architecture
+    only (fvcore counts neither ReLUs nor BN's eps), so it is traced once per process; the
+    model is built under a forked RNG so that a cache miss leaves the caller's RNG alone."""
+    with torch.random.fork_rng(devices=[]):
+        return flop_count(build_model(arch, depth, shortcut))
+
+
 # ---------------------------------------------------------------- data on the device
 
 @dataclass
@@ -486,7 +496,8 @@ class _Trainer:
         torch.manual_seed(config.seed)
         model = build_model(config.arch, config.depth, config.shortcut, final_relu=config.final_relu,
                             bn_eps=config.bn_eps, bn_momentum=config.bn_momentum)
-        self.params, self.flops = count_parameters(model), flop_count(model)
+        self.params = count_parameters(model)
+        self.flops = architecture_flops(config.arch, config.depth, config.shortcut)
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
         model = model.to(device=device, dtype=self.dtype)
         if config.channels_last:
