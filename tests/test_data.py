@@ -226,3 +226,21 @@ def test_augment_switches_and_determinism():
     b = D.augment(x, torch.Generator().manual_seed(5))
     c = D.augment(x, torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_draws_then_gather_is_augment():
+    """`augment` = `augment_draws` (CPU) + `apply_augment` (one gather on the device): the
+    split lets the trainer draw a whole epoch at once and copy it to a GPU in one go."""
+    x = torch.randn(64, 3, 32, 32)
+    for crop, flip in [(True, True), (True, False), (False, True)]:
+        draws = D.augment_draws(64, torch.Generator().manual_seed(3), 4, crop, flip)
+        assert draws.shape == (64, 3) and draws.dtype == torch.long
+        assert torch.equal(D.apply_augment(x, draws, 4), D.augment(x, torch.Generator().manual_seed(3), 4, crop, flip))
+    dy, dx, mirror = D.augment_draws(2000, torch.Generator().manual_seed(4)).unbind(1)
+    assert dy.min() == dx.min() == 0 and dy.max() == dx.max() == 8 and set(mirror.tolist()) == {0, 1}
+    still = D.augment_draws(10, torch.Generator().manual_seed(4), pad=4, crop=False, flip=False)
+    assert still.tolist() == [[4, 4, 0]] * 10  # the centre window: the original image
+    assert torch.equal(D.apply_augment(x[:10], still, 4), x[:10])
+    one = torch.tensor([[0, 8, 1]])  # top-right window of the padded image, mirrored
+    expected = F.pad(x[:1], (4, 4, 4, 4))[:, :, 0:32, 8:40].flip(3)
+    assert torch.equal(D.apply_augment(x[:1], one, 4), expected)

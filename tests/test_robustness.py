@@ -325,6 +325,8 @@ def test_missing_class_names(cifar_folder, tmp_path):
     (dict(checkpoint_every=-1), r"checkpoint_every must be a positive number"),
     (dict(val_size=-5), r"val_size must be an integer >= 0, got -5"),
     (dict(device="gpu"), r"device must be auto, cpu, cuda\[:k\] or mps"),
+    (dict(compile=True, compile_mode="fast"), r"compile_mode must be one of \('default', 'reduce-overhead'"),
+    (dict(compile_mode="reduce-overhead"), r"compile_mode='reduce-overhead' needs compile=True \(--compile\)"),
 ])
 def test_bad_config_fails_before_anything_is_written(tiny, dataset, change, message):
     with pytest.raises(ValueError, match=message):

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from resnet_cifar import data as D
 from resnet_cifar.models import resnet
 from resnet_cifar.train import RunError, TrainConfig, evaluate, load_run, lr_at, prepare_data, train
 
@@ -188,3 +189,19 @@ def test_training_lowers_the_loss(tiny, dataset):
     assert last["train_loss"] < 0.85 * first["train_loss"]
     assert last["train_error"] < first["train_error"] - 0.08
     assert last["val_error"] < 0.8  # clearly better than chance (0.9) on held-out images
+
+
+def test_trainer_batches_are_the_per_iteration_augmentation(dataset, tmp_path):
+    """The trainer draws an epoch's augmentation at once (one copy to a GPU); each batch must
+    still be exactly `augment` of that iteration's images with that iteration's generator,
+    in the first epoch and after the epoch boundary."""
+    config = TrainConfig(depth=8, subset=256, batch_size=32, device="cpu", progress="none", seed=3).validate()
+    trainer = T._Trainer(config, tmp_path / "run", 0, 1, dataset, resume=False)
+    ipe = trainer.iters_per_epoch
+    for it in (0, ipe - 1, ipe, 2 * ipe + 1):
+        x, y = trainer._batch(it)
+        epoch, position = divmod(it, ipe)
+        perm = torch.randperm(len(trainer.data.train_y), generator=torch.Generator().manual_seed(3 * 100_003 + epoch))
+        index = perm[position * 32:(position + 1) * 32]
+        g = torch.Generator().manual_seed((3 * 1_000_003 + it) * 64)
+        assert torch.equal(x, D.augment(trainer.data.train_x[index], g)) and torch.equal(y, trainer.data.train_y[index])

@@ -18,7 +18,9 @@ HELP = {
     "milestones": "lr drops (iterations, or epochs with --schedule-unit epoch)",
     "schedule": "multistep | plateau | cosine | constant", "optimizer": "sgd | adam | adamw | nadam",
     "device": "auto (cuda, then mps, then cpu) | cpu | cuda[:k] | mps",
-    "dtype": "float32 | float64 | bfloat16 (autocast)", "eval_every": "iterations (default: one epoch)",
+    "dtype": "float32 | float64 | bfloat16 (autocast)",
+    "compile_mode": "with --compile: default | reduce-overhead (CUDA graphs) | max-autotune | "
+                    "max-autotune-no-cudagraphs", "eval_every": "iterations (default: one epoch)",
     "checkpoint_every": "iterations (default: every evaluation)",
     "resume": "continue an interrupted run from its checkpoint", "force": "retrain even if a record exists",
 }

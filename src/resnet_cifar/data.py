@@ -212,22 +212,41 @@ class Normalizer:
         return (images_uint8.float() / 255 - mean) / std
 
 
+def augment_draws(n: int, generator: torch.Generator, pad: int = 4, crop: bool = True,
+                  flip: bool = True) -> torch.Tensor:
+    """The random choices of `augment` for n images, drawn from `generator` (on the CPU,
+    so a run is the same on every device and can resume mid-epoch): an (n, 3) int64
+    tensor of (row offset, column offset, mirrored) into the `pad`-padded image; offset
+    `pad` everywhere when there is no crop (the original 32x32 view)."""
+    dy = dx = torch.full((n,), pad)
+    if crop and pad > 0:
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    mirror = (torch.rand(n, generator=generator) < 0.5).long() if flip else torch.zeros(n, dtype=torch.long)
+    return torch.stack([dy, dx, mirror], 1)
+
+
+def apply_augment(x: torch.Tensor, draws: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Zero-pad the batch x by `pad` pixels, then take each image's 32x32 window at its
+    drawn offset, mirrored where drawn: one gather on x's device (`draws` must be there
+    too, so a GPU step copies nothing from the host)."""
+    n, c, h, w = x.shape
+    dy, dx, mirror = draws.unbind(1)
+    padded = F.pad(x, (pad, pad, pad, pad)) if pad > 0 else x
+    i, j = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    rows = (dy[:, None] + i)[:, None, :, None]
+    cols = (dx[:, None] + torch.where(mirror[:, None].bool(), w - 1 - j, j))[:, None, None, :]
+    return padded[torch.arange(n, device=x.device)[:, None, None, None],
+                  torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+
+
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, crop: bool = True,
             flip: bool = True) -> torch.Tensor:
     """Random `pad`-pixel zero-pad + 32x32 crop and horizontal flip, for a whole batch at
-    once on x's device. Random draws come from `generator` (on the CPU) so a run is the
-    same on every device and can resume mid-epoch. Zero padding happens after the mean
-    is subtracted (as in fb.resnet.torch), so the border is the mean image."""
-    n, _, h, w = x.shape
-    if crop and pad > 0:
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device, non_blocking=True)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device, non_blocking=True)
-        padded = F.pad(x, (pad, pad, pad, pad))
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        x = padded[torch.arange(n, device=x.device)[:, None, None, None],
-                   torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
-    if flip:
-        mirror = (torch.rand(n, generator=generator) < 0.5).to(x.device, non_blocking=True)
-        x = torch.where(mirror[:, None, None, None], x.flip(3), x)
-    return x
+    once on x's device; the draws come from `generator` (see `augment_draws`). Zero
+    padding happens after the mean is subtracted (as in fb.resnet.torch), so the border
+    is the mean image."""
+    if not flip and not (crop and pad > 0):
+        return x
+    draws = augment_draws(len(x), generator, pad, crop, flip).to(x.device)
+    return apply_augment(x, draws, pad)

@@ -38,9 +38,10 @@ from .models import ARCHS, SHORTCUTS, build_model, check_depth, count_parameters
 OPTIMIZERS = ("sgd", "adam", "adamw", "nadam")
 SCHEDULES = ("multistep", "plateau", "cosine", "constant")
 DTYPES = ("float32", "float64", "bfloat16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Fields that say where/how a run executes, not what it computes: a finished run is
 # reused whatever they are (train on a GPU, rebuild the book on a laptop).
-EXECUTION_FIELDS = ("name", "device", "data_dir", "runs_dir", "resume", "force", "compile",
+EXECUTION_FIELDS = ("name", "device", "data_dir", "runs_dir", "resume", "force", "compile", "compile_mode",
                     "channels_last", "checkpoint_every", "progress")
 FINISHED = ("complete", "diverged")
 
@@ -94,6 +95,7 @@ class TrainConfig:
     dtype: str = "float32"                # float32 | float64 | bfloat16 (autocast)
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"         # torch.compile mode; reduce-overhead: CUDA graphs (GPU)
     sync_bn: bool = False                 # DistributedDataParallel only
     seed: int = 0
     runs_dir: str = "runs"
@@ -107,6 +109,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         choices = dict(arch=ARCHS, shortcut=SHORTCUTS, normalization=D.NORMALIZATIONS, optimizer=OPTIMIZERS,
                        schedule=SCHEDULES, schedule_unit=("iteration", "epoch"), dtype=DTYPES,
+                       compile_mode=COMPILE_MODES,
                        progress=("auto", "bar", "log", "none"))
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
@@ -126,6 +129,8 @@ class TrainConfig:
             raise ValueError(f"val_size must be an integer >= 0, got {self.val_size!r}")
         if self.schedule == "plateau" and self.warmup:
             raise ValueError("warmup is not supported with schedule='plateau'; set warmup=0")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True (--compile)")
         if not (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")):
             raise ValueError(f"device must be auto, cpu, cuda[:k] or mps, got {self.device!r}")
         return self
@@ -504,14 +509,16 @@ class _Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model  # the plain module: evaluation and saving
         if world > 1:
-            if config.sync_bn and device.type != "cuda":
-                raise RunError("sync_bn needs CUDA devices (SyncBatchNorm only runs on GPUs); drop --sync-bn "
-                               "for a CPU run.")
             if config.sync_bn:
+                if device.type != "cuda":
+                    raise RunError("sync_bn needs CUDA devices (SyncBatchNorm only runs on GPUs); drop --sync-bn "
+                                   "for a CPU run.")
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 self.model = model
             model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-        self.step_model = torch.compile(model) if config.compile else model
+        self.step_model = torch.compile(model, mode=config.compile_mode) if config.compile else model
+        # CUDA graphs replay into fixed buffers: mark where each step begins (see _update)
+        self.graph_steps = config.compile and config.compile_mode in ("reduce-overhead", "max-autotune")
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=config.gamma, patience=config.plateau_patience,
@@ -644,15 +651,24 @@ class _Trainer:
         step's dtype and memory format."""
         cfg, data = self.config, self.data
         epoch, position = divmod(it, self.iters_per_epoch)
-        if getattr(self, "_perm_epoch", None) != epoch:
-            g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            perm = torch.randperm(len(data.train_y), generator=g)
-            self._perm, self._perm_epoch = perm.to(self.device), epoch  # one copy an epoch
+        if getattr(self, "_epoch", None) != epoch:
+            self._start_epoch(epoch)
         batch = self._perm[position * cfg.batch_size:(position + 1) * cfg.batch_size]
         batch = batch.chunk(self.world)[self.rank]
-        g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 64 + self.rank)
-        return self._to_step_format(D.augment(data.train_x[batch], g, cfg.pad, cfg.crop, cfg.flip)), \
-            data.train_y[batch]
+        x = D.apply_augment(data.train_x[batch], self._draws[position], cfg.pad)
+        return self._to_step_format(x), data.train_y[batch]
+
+    def _start_epoch(self, epoch: int) -> None:
+        """The epoch's image order and every iteration's augmentation draws, each seeded by
+        (seed, epoch) or (seed, iteration, rank) alone (so a resumed run sees the same data),
+        moved to the device in one copy each: a GPU step then needs nothing from the host."""
+        cfg, ipe = self.config, self.iters_per_epoch
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        self._perm = torch.randperm(len(self.data.train_y), generator=g).to(self.device)
+        share = len(torch.arange(cfg.batch_size).chunk(self.world)[self.rank])
+        draws = [D.augment_draws(share, torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 64 + self.rank),
+                                 cfg.pad, cfg.crop, cfg.flip) for it in range(epoch * ipe, (epoch + 1) * ipe)]
+        self._draws, self._epoch = torch.stack(draws).to(self.device), epoch
 
     def _to_step_format(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype)
@@ -664,6 +680,8 @@ class _Trainer:
         lr = lr_at(cfg, it, self.iters_per_epoch) if self.plateau is None else self.optimizer.param_groups[0]["lr"]
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.graph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         with _autocast(self.device, cfg.dtype == "bfloat16"):
             logits = self.step_model(x)
         loss = F.cross_entropy(logits.float(), y)
