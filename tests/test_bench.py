@@ -123,3 +123,70 @@ def test_parse_variant():
     assert B.parse_variant("fp64") == B.Variant("float64") and B.parse_variant("FP32+CL").channels_last
     with pytest.raises(ValueError, match=r"fp32, fp64 or bf16.*\+cl"):
         B.parse_variant("fp16+cl")
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(dataset):
+    """One tiny real benchmark (two fp32 variants, one worker setting) shared by the tests
+    of its sentences."""
+    return B.run_benchmark(device="cpu", batch_size=32, depth=8, steps=2, seconds=0.1, quick=True,
+                           variants=["fp32", "fp32+cl"], workers=(0,), train_images=256, dataset=dataset,
+                           profile_steps=1, log=None)
+
+
+@pytest.mark.slow
+def test_benchmark_sentences_carry_its_numbers(tiny_bench):
+    """The book's paragraphs (and the command's report) quote the measured numbers."""
+    r = tiny_bench
+    p, b32, e, i = r.paper, r.best["fp32"], r.evaluation, r.info
+    findings = r.markdown("findings")
+    for number in (f"**{p['library']:,.0f}** images/s", f"**{p['baseline']:,.0f}** images/s",
+                   f"`num_workers={p['baseline_workers']}`", f"ratio **{r.ratio:.2f}×**",
+                   f"{p['model_only']:,.0f} images/s, {p['ceiling']:.2f}×",
+                   f"{100 * p['baseline_data_share']:.0f} % of the conventional",
+                   f"({b32['variant']}; the paper's fp32 numerics): {b32['library']:,.0f} images/s",
+                   f"**{b32['ratio_vs_conventional']:.2f}×**", f"{b32['ratio_same_settings']:.2f}× the conventional"):
+        assert number in findings, number
+    # only fp32 variants ran: the fastest variant is the fastest fp32 one, said once
+    assert r.best["any"]["variant"] == b32["variant"] and "**Fastest variant**" not in findings
+    assert "target is met at the paper's settings" in r.markdown("findings", target=0.0)
+    assert f"target is **not** met: {r.ratio:.2f}× at equal" in r.markdown("findings", target=1e9)
+
+    evaluation = r.markdown("evaluation")
+    assert f"**{e['images_per_s']:,.0f}** images/s" in evaluation and f"{e['eval_s']:,.1f} s against" in evaluation
+    assert f"**{100 * e['share_of_epoch']:.0f} %**" in evaluation and "15,000 images" in evaluation
+    peaks = r.markdown("peaks")
+    assert f"float32 {r.peak_gflops['float32']:,.0f} GFLOP/s" in peaks and "2048³" in peaks
+    assert f"{i['train_gflop_per_image']:.2f} GFLOP per image" in peaks and "ResNet-8" in peaks
+    conv = r.profile[r.profile["op"].str.contains("convolution")]["share %"].sum()
+    assert 0 < conv <= 100 and f"**{conv:.0f} %**" in r.markdown("profile")
+    schedule = r.markdown("schedule")
+    assert f"{b32['paper_schedule_min']:,.0f} min (fastest fp32 variant, {b32['variant']})" in schedule
+    assert "64,000 iterations of batch 32" in schedule and i["device_name"] in schedule
+    assert b32["paper_schedule_min"] == pytest.approx(64_000 * 32 / b32["library"] / 60)
+    with pytest.raises(ValueError, match="findings"):
+        r.markdown("speed")
+
+    # the command prints the same sentences as plain text
+    report = r.report()
+    assert f"ratio {r.ratio:.2f}x" in report and f"{p['library']:,.0f} images/s" in report
+    assert f"{e['images_per_s']:,.0f} images/s" in report and f"{conv:.0f} %" in report
+    assert "**" not in report and "×" not in report
+
+
+@pytest.mark.slow
+def test_benchmark_notes_and_captions(tiny_bench, dataset):
+    r = tiny_bench
+    notes = r.measurement_notes("smoke")
+    assert notes[0].startswith("Measured on **cpu**") and dataset.label in notes[0]
+    assert f"best of {r.info['rounds']} timed windows of about {r.info['seconds']} s" in notes[0]
+    assert any("shared with other work" in n for n in notes)
+    cut = next(n for n in notes if "cut-down" in n)  # quick: neither float64 nor torch.compile ran
+    assert cut.startswith("Profile **smoke**: a cut-down benchmark: 2 variants")
+    assert "no float64, no torch.compile" in cut
+    assert not any("Profile" in n for n in r.measurement_notes())
+    box = r.notes_html("smoke")
+    assert box._repr_html_().count("<div class='admonition note'>") == len(notes)
+    assert "<b>cpu</b>" in box and "<code>python -m resnet_cifar bench</code>" in box and "**" not in box
+    caption = r.caption("Training throughput", "smoke")
+    assert caption == f"Training throughput — profile smoke · {dataset.label} · cpu ({r.info['device_name']})"

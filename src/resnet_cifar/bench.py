@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import html
 import importlib
 import itertools
 import json
 import math
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -253,6 +255,23 @@ def bf16_supported(device: torch.device) -> bool:
 
 # ---------------------------------------------------------------- the benchmark
 
+def _plain(markdown: str) -> str:
+    """The Markdown sentences above as terminal text: no emphasis markers, ASCII signs."""
+    text = re.sub(r"\*\*(.+?)\*\*", r"\1", markdown)
+    text = re.sub(r"(?<![\w*])\*(\S.*?)\*", r"\1", text)
+    for sign, ascii_ in (("×", "x"), ("≥", ">="), ("³", "^3"), ("—", "-"), ("·", "|")):
+        text = text.replace(sign, ascii_)
+    return text
+
+
+def _markdown_to_html(markdown: str) -> str:
+    """**bold**, *italic* and `code` of one Markdown sentence as HTML (for the note boxes)."""
+    text = html.escape(markdown, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"(?<![\w*])\*(\S.*?)\*", r"<i>\1</i>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
 @dataclass
 class Benchmark:
     """What `run_benchmark` measured. `table`: one row per variant; `pipelines`: library vs
@@ -269,6 +288,7 @@ class Benchmark:
     notes: list = field(default_factory=list)
 
     def report(self) -> str:
+        """The command's text: the set-up, the tables, and the book's sentences as plain text."""
         import pandas as pd
         i = self.info
         lines = [f"Training throughput, ResNet-{i['depth']}, batch {i['batch_size']}, {i['device']} "
@@ -280,36 +300,138 @@ class Benchmark:
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             lines += [self.table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"), ""]
             lines += [self.pipelines.to_string(index=False, float_format=lambda v: f"{v:,.1f}"), ""]
-        lines.append(self.ratio_line())
-        for kind, b in self.best.items():
-            if kind == "any" and b["variant"] == self.best.get("fp32", {}).get("variant"):
-                continue
-            lines.append(f"fastest {'fp32 (paper numerics) ' if kind == 'fp32' else ''}library variant "
-                         f"({b['variant']}): {b['library']:,.1f} images/s = {b['ratio_vs_conventional']:.2f}x the "
-                         f"conventional fp32 eager pipeline, {b['ratio_same_settings']:.2f}x the conventional "
-                         f"pipeline with the same step settings; the paper's {PAPER_ITERATIONS:,} iterations "
-                         f"at this rate: {b['paper_schedule_min']:,.1f} min of steps")
-        e = self.evaluation
-        lines.append(f"evaluation (inference mode, batches of 1000): {e['images_per_s']:,.0f} images/s; val+test "
-                     f"({e['eval_images']:,} images) takes {e['eval_s']:,.1f} s = {100 * e['share_of_epoch']:.1f} % "
-                     f"of a {e['epoch_images']:,}-image training epoch ({e['epoch_s']:,.1f} s, fp32)")
-        peaks = ", ".join(f"{k} {v:,.0f}" for k, v in self.peak_gflops.items())
-        lines.append(f"matmul peak (GFLOP/s, {i['peak_n']}^3 torch.matmul, best of 3, at the start and at the end): {peaks}")
-        if self.profile is not None and len(self.profile):
-            lines += ["", f"where the library's fp32 step spends its time (torch.profiler, {i['profile_steps']} steps, "
-                          f"self CPU time):", self.profile.to_string(index=False, float_format=lambda v: f"{v:,.1f}")]
-        lines += [f"note: {n}" for n in self.notes]
+            lines += [_plain(self.markdown("findings")), "", _plain(self.markdown("evaluation")),
+                      _plain(self.markdown("peaks")), _plain(self.markdown("schedule"))]
+            if self.profile is not None and len(self.profile):
+                lines += ["", f"where the library's fp32 step spends its time (torch.profiler, {i['profile_steps']} "
+                              f"steps, self CPU time):",
+                          self.profile.to_string(index=False, float_format=lambda v: f"{v:,.1f}"),
+                          _plain(self.markdown("profile"))]
+        lines += [""] + [f"note: {_plain(n)}" for n in self.measurement_notes()]
         return "\n".join(lines)
 
-    def ratio_line(self) -> str:
-        p = self.paper
-        line = (f"paper settings ({PAPER_DEFAULT.label}, eager): library {p['library']:,.1f} images/s vs "
-                f"conventional {p['baseline']:,.1f} images/s (its best num_workers={p['baseline_workers']}) "
-                f"-> ratio {self.ratio:.2f}x")
+    # ---------------------------------------------------------- what the numbers say
+    # The sentences below are Markdown (the book shows them as they are); `report()` prints
+    # the same sentences as plain text, so the command line and the book say the same thing.
+
+    SECTIONS = ("findings", "peaks", "profile", "evaluation", "schedule")
+
+    def markdown(self, section: str, target: float = 1.5) -> str:
+        """The measurements of one part of the benchmark in sentences (Markdown):
+
+        findings    library vs conventional at the paper settings, the model-only ceiling,
+                    the fastest fp32 and fastest variants, and whether `target` (library /
+                    conventional) is met;
+        peaks       the measured matmul peaks and a step's GFLOP per image;
+        profile     the convolutions' share of the profiled step ('' when not profiled);
+        evaluation  evaluation rate and its share of an epoch;
+        schedule    the paper's 64k iterations at the fastest rates, in minutes."""
+        parts = {"findings": lambda: self._findings(target), "peaks": self._peaks, "profile": self._profile,
+                 "evaluation": self._evaluation, "schedule": self._schedule}
+        if section not in parts:
+            raise ValueError(f"section {section!r}: choose one of {', '.join(self.SECTIONS)}")
+        return parts[section]()
+
+    def _findings(self, target: float) -> str:
+        p, best32, best = self.paper, self.best["fp32"], self.best["any"]
+        lines = [f"**Paper settings** ({PAPER_DEFAULT.label}, eager, NCHW: what `train()` runs by default): library "
+                 f"**{p['library']:,.0f}** images/s, conventional **{p['baseline']:,.0f}** images/s at its best "
+                 f"`num_workers={p['baseline_workers']}`: ratio **{self.ratio:.2f}×**."]
         if "ceiling" in p:  # measured in the same round
-            line += (f"\n  the same step with no data work at all (model only): {p['model_only']:,.1f} images/s, "
-                     f"{p['ceiling']:.2f}x the conventional pipeline: the most a data pipeline can gain here")
-        return line
+            lines.append(f"In the same round the step with no data work at all (model only) ran at "
+                         f"{p['model_only']:,.0f} images/s, {p['ceiling']:.2f}× the conventional pipeline: the most "
+                         f"*any* data pipeline could gain with this step on this device. Data work is "
+                         f"{100 * p['baseline_data_share']:.0f} % of the conventional pipeline's time and "
+                         f"{100 * p['library_data_share']:.0f} % of the library's.")
+        lines.append(f"**Fastest fp32 variant** ({best32['variant']}; the paper's fp32 numerics): "
+                     f"{best32['library']:,.0f} images/s, **{best32['ratio_vs_conventional']:.2f}×** the conventional "
+                     f"fp32 eager pipeline, and {best32['ratio_same_settings']:.2f}× the conventional pipeline given "
+                     f"the same step settings.")
+        if best["variant"] != best32["variant"]:
+            numerics = ("bf16 arithmetic, not the paper's numerics" if best["variant"].startswith("bf16")
+                        else "not the paper's fp32 numerics")
+            lines.append(f"**Fastest variant** ({best['variant']}; {numerics}): {best['library']:,.0f} images/s, "
+                         f"**{best['ratio_vs_conventional']:.2f}×** the conventional fp32 eager pipeline, "
+                         f"{best['ratio_same_settings']:.2f}× the conventional pipeline with the same step settings.")
+        if self.ratio >= target:
+            lines.append(f"The ≥ {target}× target is met at the paper's settings.")
+        elif best32["ratio_vs_conventional"] >= target:
+            lines.append(f"The ≥ {target}× target is **not** met at equal step settings ({self.ratio:.2f}×); it is "
+                         f"met ({best32['ratio_vs_conventional']:.2f}×) only by speeding up the step itself with "
+                         f"{best32['variant']}, which the conventional pipeline could switch on too.")
+        else:
+            lines.append(f"The ≥ {target}× target is **not** met: {self.ratio:.2f}× at equal step settings, "
+                         f"{best32['ratio_vs_conventional']:.2f}× with the fastest fp32 step against the conventional "
+                         f"fp32 eager pipeline.")
+        return "\n\n".join(lines)
+
+    def _peaks(self) -> str:
+        i = self.info
+        peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in self.peak_gflops.items())
+        return (f"Measured peaks ({i['peak_n']}³ torch.matmul, best of 3 at the start and at the end): {peaks}. "
+                f"One ResNet-{i['depth']} training step: {i['train_gflop_per_image']:.2f} GFLOP per image (fvcore: "
+                f"{i['fvcore_flops_per_image'] / 1e6:.1f} M multiply-adds per forward pass).")
+
+    def conv_share(self) -> float | None:
+        """Percent of the profiled step's self time in convolutions (forward and backward)."""
+        if self.profile is None or not len(self.profile):
+            return None
+        return float(self.profile[self.profile["op"].str.contains("convolution")]["share %"].sum())
+
+    def _profile(self) -> str:
+        conv = self.conv_share()
+        if conv is None:
+            return ""
+        return (f"Convolutions (forward and backward) take **{conv:.0f} %** of the profiled step's time "
+                f"({self.info['profile_steps']} fp32 step(s), torch.profiler); batch norm, ReLU and the element-wise "
+                f"optimizer updates most of the rest; the augmentation (`aten::index`, the gather) is a small share.")
+
+    def _evaluation(self) -> str:
+        e = self.evaluation
+        return (f"Evaluation rate (inference mode, batches of 1000): **{e['images_per_s']:,.0f}** images/s, so "
+                f"validation + test ({e['eval_images']:,} images) take {e['eval_s']:,.1f} s against "
+                f"{e['epoch_s']:,.1f} s for a {e['epoch_images']:,}-image training epoch at the library's fp32 rate: "
+                f"evaluation is **{100 * e['share_of_epoch']:.0f} %** of an epoch's time.")
+
+    def _schedule(self) -> str:
+        b32, b = self.best["fp32"], self.best["any"]
+        rates = f"{b32['paper_schedule_min']:,.0f} min (fastest fp32 variant, {b32['variant']})"
+        if b["variant"] != b32["variant"]:
+            rates += f" or {b['paper_schedule_min']:,.0f} min (fastest variant, {b['variant']})"
+        return (f"For scale: at these fastest measured rates the paper's {PAPER_ITERATIONS:,} iterations of batch "
+                f"{self.info['batch_size']} would take {rates} of training steps on {self.info['device_name']}.")
+
+    def measurement_notes(self, profile: str | None = None) -> list[str]:
+        """How to read the figures (Markdown sentences): where and how they were measured,
+        a shared CPU's noise, a cut-down run (`profile`: the book's profile name, if any),
+        and what the benchmark had to leave out."""
+        i = self.info
+        notes = [f"Measured on **{i['device']}** ({i['device_name']}), torch {i['torch']}, {i['threads']} threads, "
+                 f"ResNet-{i['depth']}, batch {i['batch_size']}; each figure is the best of {i['rounds']} timed "
+                 f"windows of about {i['seconds']} s after {i['warmup']} untimed step(s). Images: {i['dataset']} (the pixels "
+                 f"do not change the speed)."]
+        if i["device"] == "cpu":
+            notes.append("On a CPU shared with other work, repeated runs move individual figures by 10-30 %, the "
+                         "ratios (measured in alternation) less.")
+        missing = [name for name, ran in (("float64", (self.table["dtype"] == "float64").any()),
+                                          ("torch.compile", self.table["compile"].any())) if not ran]
+        if missing:
+            who = f"Profile **{profile}**: a" if profile else "A"
+            notes.append(f"{who} cut-down benchmark: {len(self.table)} variants, windows of about {i['seconds']} s, "
+                         f"no {', no '.join(missing)}. Run `python -m resnet_cifar bench` for the full table.")
+        return notes + list(self.notes)
+
+    def notes_html(self, profile: str | None = None):
+        """`measurement_notes()` as note boxes (HTML that Jupyter displays; no IPython import)."""
+        from .book import HTML
+        return HTML("".join(f"<div class='admonition note'><p>{_markdown_to_html(n)}</p></div>"
+                            for n in self.measurement_notes(profile)))
+
+    def caption(self, text: str, profile: str | None = None) -> str:
+        """'text — profile smoke · CIFAR-10 (JPEG q75 copy) · cpu (...)': a figure's source."""
+        i = self.info
+        where = ([f"profile {profile}"] if profile else []) + [i["dataset"], f"{i['device']} ({i['device_name']})"]
+        return f"{text} — {' · '.join(where)}"
 
     def to_dict(self) -> dict:
         def records(df):
