@@ -155,6 +155,7 @@ def test_benchmark_sentences_carry_its_numbers(tiny_bench):
     evaluation = r.markdown("evaluation")
     assert f"**{e['images_per_s']:,.0f}** images/s" in evaluation and f"{e['eval_s']:,.1f} s against" in evaluation
     assert f"**{100 * e['share_of_epoch']:.0f} %**" in evaluation and "15,000 images" in evaluation
+    assert e["batch_size"] == 256 and "batches of 256" in evaluation  # train.eval_batch_size on a CPU
     peaks = r.markdown("peaks")
     assert f"float32 {r.peak_gflops['float32']:,.0f} GFLOP/s" in peaks and "2048³" in peaks
     assert f"{i['train_gflop_per_image']:.2f} GFLOP per image" in peaks and "ResNet-8" in peaks

@@ -231,11 +231,18 @@ def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
 
 # ---------------------------------------------------------------- evaluation
 
+def eval_batch_size(device: torch.device) -> int:
+    """Evaluation's batch: 1000 images on a GPU; 256 on a CPU, where a 1000-image batch's
+    activations spill the caches (ResNet-32, 2 cores: 904 vs 643 images/s)."""
+    return 256 if device.type == "cpu" else 1000
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None,
              num_classes: int = 10, bf16: bool = False) -> dict:
     """Loss, error, per-class accuracy and confusion matrix (rows: true, columns:
-    predicted) of `model` on normalized `images`, in large batches."""
+    predicted) of `model` on normalized `images`, in large batches (`eval_batch_size`)."""
+    batch_size = batch_size or eval_batch_size(images.device)
     was_training = model.training
     model.eval()
     dtype = next(model.parameters()).dtype
@@ -524,6 +531,7 @@ class _Trainer:
             self.optimizer, factor=config.gamma, patience=config.plateau_patience,
             threshold=config.plateau_threshold) if config.schedule == "plateau" else None)
         self.iteration, self.history, self.lr_trace, self.wall_time = 0, [], [], 0.0
+        self._epoch = None  # the epoch whose order and augmentation draws are on the device (_start_epoch)
         self.window = torch.zeros(3, dtype=torch.float64)  # loss sum, wrong, count since last eval
         # CUDA: a step's loss stays on the GPU (no host sync per step); `_flush` reads the pending
         # ones in one sync every SYNC_EVERY steps and before every evaluation / checkpoint.
@@ -651,7 +659,7 @@ class _Trainer:
         step's dtype and memory format."""
         cfg, data = self.config, self.data
         epoch, position = divmod(it, self.iters_per_epoch)
-        if getattr(self, "_epoch", None) != epoch:
+        if self._epoch != epoch:
             self._start_epoch(epoch)
         batch = self._perm[position * cfg.batch_size:(position + 1) * cfg.batch_size]
         batch = batch.chunk(self.world)[self.rank]
