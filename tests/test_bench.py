@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -179,7 +180,8 @@ def test_benchmark_sentences_carry_its_numbers(tiny_bench):
 def test_benchmark_notes_and_captions(tiny_bench, dataset):
     r = tiny_bench
     notes = r.measurement_notes("smoke")
-    assert notes[0].startswith("Measured on **cpu**") and dataset.label in notes[0]
+    assert notes[0].startswith(f"Measured {r.info['date']} (commit ") and "on **cpu**" in notes[0]
+    assert dataset.label in notes[0]
     assert f"best of {r.info['rounds']} timed windows of about {r.info['seconds']} s" in notes[0]
     assert any("shared with other work" in n for n in notes)
     cut = next(n for n in notes if "cut-down" in n)  # quick: neither float64 nor torch.compile ran
@@ -191,3 +193,21 @@ def test_benchmark_notes_and_captions(tiny_bench, dataset):
     assert "<b>cpu</b>" in box and "<code>python -m resnet_cifar bench</code>" in box and "**" not in box
     caption = r.caption("Training throughput", "smoke")
     assert caption == f"Training throughput — profile smoke · {dataset.label} · cpu ({r.info['device_name']})"
+
+
+@pytest.mark.slow
+def test_recorded_benchmark_reads_back_the_same(tiny_bench, tmp_path):
+    """`bench --json` records load back (`load_records`) into a Benchmark that says exactly
+    what the measured one said: the book shows recorded full benchmarks this way."""
+    r = tiny_bench
+    (tmp_path / "bench-cpu.json").write_text(json.dumps(r.to_dict(), default=str))
+    (tmp_path / "other.json").write_text("{}")  # not a record: ignored
+    records = B.load_records(tmp_path)
+    assert list(records) == ["bench-cpu"]
+    back = records["bench-cpu"]
+    for section in B.Benchmark.SECTIONS:
+        assert back.markdown(section) == r.markdown(section)
+    assert back.measurement_notes() == r.measurement_notes()
+    pd.testing.assert_frame_equal(back.table, r.table, rtol=1e-12)  # JSON keeps 15 significant digits
+    pd.testing.assert_frame_equal(back.pipelines, r.pipelines, rtol=1e-12)
+    assert B.load_records(tmp_path / "missing") == {}

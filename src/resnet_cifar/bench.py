@@ -406,7 +406,8 @@ class Benchmark:
         a shared CPU's noise, a cut-down run (`profile`: the book's profile name, if any),
         and what the benchmark had to leave out."""
         i = self.info
-        notes = [f"Measured on **{i['device']}** ({i['device_name']}), torch {i['torch']}, {i['threads']} threads, "
+        when = f" {i['date']} (commit {i.get('git_commit') or 'unknown'})" if i.get("date") else ""
+        notes = [f"Measured{when} on **{i['device']}** ({i['device_name']}), torch {i['torch']}, {i['threads']} threads, "
                  f"ResNet-{i['depth']}, batch {i['batch_size']}; each figure is the best of {i['rounds']} timed "
                  f"windows of about {i['seconds']} s after {i['warmup']} untimed step(s). Images: {i['dataset']} (the pixels "
                  f"do not change the speed)."]
@@ -434,11 +435,28 @@ class Benchmark:
         return f"{text} — {' · '.join(where)}"
 
     def to_dict(self) -> dict:
+        """Everything measured, as JSON-ready data (`bench --json OUT` writes it)."""
         def records(df):
-            return None if df is None else json.loads(df.to_json(orient="records"))
+            return None if df is None else json.loads(df.to_json(orient="records", double_precision=15))
         return dict(info=self.info, variants=records(self.table), pipelines=records(self.pipelines),
                     ratio=self.ratio, paper=self.paper, best=self.best, peak_gflops=self.peak_gflops, evaluation=self.evaluation,
                     profile=records(self.profile), notes=self.notes)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Benchmark":
+        """A benchmark written by `to_dict` (the book shows recorded ones: `load_records`)."""
+        import pandas as pd
+
+        def frame(rows):
+            return None if rows is None else pd.DataFrame(rows)
+        return cls(d["info"], frame(d["variants"]), frame(d["pipelines"]), d["ratio"], d["paper"], d["best"],
+                   d["peak_gflops"], d["evaluation"], frame(d["profile"]), list(d.get("notes", [])))
+
+
+def load_records(folder: str | Path) -> dict[str, Benchmark]:
+    """The benchmarks recorded as `bench-*.json` in `folder` (`bench --json OUT`), by file
+    stem; {} when there are none."""
+    return {p.stem: Benchmark.from_dict(json.loads(p.read_text())) for p in sorted(Path(folder).glob("bench-*.json"))}
 
 
 def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, steps: int | None = None, rounds: int = 3,
@@ -480,7 +498,8 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
                 threads=torch.get_num_threads(), cpu_flags=_cpu_flags() if dev.type == "cpu" else [],
                 batch_size=batch_size, depth=depth, steps=steps, seconds=seconds, rounds=rounds, warmup=warmup,
                 train_images=len(ds.train_labels), dataset=ds.label, workers=list(workers),
-                peak_n=8192 if dev.type == "cuda" else 2048, profile_steps=profile_steps, python=platform.python_version())
+                peak_n=8192 if dev.type == "cuda" else 2048, profile_steps=profile_steps, python=platform.python_version(),
+                date=time.strftime("%Y-%m-%d %H:%M"), git_commit=T._git_commit())
     if not bf16_supported(dev):
         notes.append(f"bf16 autocast is not supported on {dev}; its variants are left out")
 
