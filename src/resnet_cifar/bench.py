@@ -25,6 +25,7 @@ passes (the backward pass costs about two): step GFLOP/s = 6 x fvcore x images/s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import html
 import importlib
@@ -645,6 +646,22 @@ def _pipeline_rows(name: str, variant: Variant, library: float, base_variant: Va
                         **{"images/s": r, "library / this": library / r}) for w, r in base_rates.items()]
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null for a while: torch.profiler's C++ side prints
+    'profiler_start/stop' and (without a GPU) 'gpuGetDeviceCount failed' lines there,
+    which a notebook would show in the book."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def profile_step(trainer: T._Trainer, steps: int = 3, top: int = 12):
     """torch.profiler over `steps` library steps: the ops with the most self time (CPU, or
     CUDA on a GPU), as a DataFrame with each op's share of the total."""
@@ -652,7 +669,7 @@ def profile_step(trainer: T._Trainer, steps: int = 3, top: int = 12):
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
     start = len(trainer.lr_trace)
-    with profile(activities=activities) as prof:
+    with _native_stderr_silenced(), profile(activities=activities) as prof:
         for i in range(steps):
             trainer._step(start + i)
         _sync(trainer.device, trainer)
