@@ -211,3 +211,15 @@ def test_recorded_benchmark_reads_back_the_same(tiny_bench, tmp_path):
     pd.testing.assert_frame_equal(back.table, r.table, rtol=1e-12)  # JSON keeps 15 significant digits
     pd.testing.assert_frame_equal(back.pipelines, r.pipelines, rtol=1e-12)
     assert B.load_records(tmp_path / "missing") == {}
+
+
+@pytest.mark.slow
+def test_styled_tables_for_the_book(tiny_bench):
+    r = tiny_bench
+    html = r.styled("variants", "Step variants — here").to_html()
+    assert "Step variants — here" in html and "fp32 + channels_last" in html
+    assert "channels_last</th>" not in html and "dtype</th>" not in html  # spelled out by the variant names
+    assert f"{r.table['library e2e images/s'].iloc[0]:,.1f}" in html
+    assert f"{r.pipelines['images/s'].iloc[0]:,.1f}" in r.styled("pipelines", "x").to_html()
+    with pytest.raises(ValueError, match="table 'peaks': choose one of variants, pipelines, profile"):
+        r.styled("peaks", "x")

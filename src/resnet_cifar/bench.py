@@ -435,6 +435,20 @@ class Benchmark:
         where = ([f"profile {profile}"] if profile else []) + [i["dataset"], f"{i['device']} ({i['device_name']})"]
         return f"{text} — {' · '.join(where)}"
 
+    def styled(self, which: str, caption: str):
+        """One of the tables ('variants', 'pipelines', 'profile') as a pandas Styler for the
+        book: one decimal, no index; the variants table without the dtype / channels_last /
+        compile columns that its variant names already spell out (it fits a page)."""
+        formats = {"variants": None, "pipelines": {"images/s": "{:,.1f}", "library / this": "{:.2f}"},
+                   "profile": {"self ms / step": "{:,.1f}", "share %": "{:.1f}"}}
+        if which not in formats:
+            raise ValueError(f"table {which!r}: choose one of {', '.join(formats)}")
+        df = {"variants": self.table, "pipelines": self.pipelines, "profile": self.profile}[which]
+        if which == "variants":
+            df = df.drop(columns=["dtype", "channels_last", "compile"])
+        fmt = formats[which] or {c: "{:,.1f}" for c in df.columns if df[c].dtype.kind == "f"}
+        return df.style.format(fmt).hide(axis="index").set_caption(caption)
+
     def to_dict(self) -> dict:
         """Everything measured, as JSON-ready data (`bench --json OUT` writes it)."""
         def records(df):
