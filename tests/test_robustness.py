@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -185,7 +186,8 @@ def test_lock_held_by_a_live_process(tiny, dataset):
     holder = subprocess.Popen(["sleep", "60"])
     try:
         (run_dir / ".lock").write_text(str(holder.pid))
-        with pytest.raises(RunError, match=rf"being trained by process {holder.pid}; wait for it, or pick another"):
+        with pytest.raises(RunError, match=rf"being trained by process {holder.pid}; wait for it \(wait=True, "
+                                           rf"--wait\), or pick another"):
             train(name="locked", dataset=dataset, **tiny)
         assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
         assert (run_dir / ".lock").read_text() == str(holder.pid)
@@ -220,6 +222,49 @@ def test_second_process_on_a_running_run_fails_and_the_first_finishes(tiny, data
     assert proc.returncode == 0, err[-3000:]
     assert "STATUS complete" in out
     run = load_run(run_dir)
+    assert run.status == "complete" and run.summary["iterations_done"] == 40
+    assert run.history["iteration"].tolist() == [10, 20, 30, 40]
+
+
+def test_wait_polls_until_the_holder_is_gone(tiny, dataset, monkeypatch, capsys):
+    """wait=True (what the book's chapters pass): a run locked by a live process is waited
+    for, not failed; once the holder is gone the lock is taken over and the run trains."""
+    monkeypatch.setattr(T.RunLock, "POLL_S", 0.1)
+    run_dir = Path(tiny["runs_dir"]) / "held"
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen(["sleep", "1.5"])
+    threading.Thread(target=holder.wait, daemon=True).start()  # reap it: a zombie's pid stays "alive"
+    (run_dir / ".lock").write_text(str(holder.pid))
+    start = time.monotonic()
+    try:
+        run = train(name="held", dataset=dataset, wait=True, **tiny)
+    finally:
+        holder.kill()
+    assert time.monotonic() - start >= 1.0 and run.status == "complete"
+    assert f"[held] process {holder.pid} is training this run: waiting for it" in capsys.readouterr().out
+    assert not (run_dir / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_wait_reuses_the_run_another_process_finished(tiny, dataset, training_data, monkeypatch):
+    """Two chapters reaching the same run at once (one per GPU): the second waits for the
+    first, then reuses its finished record instead of training the run again."""
+    monkeypatch.setattr(T.RunLock, "POLL_S", 0.1)
+    settings = {**tiny, "name": "shared", "iterations": 40, "eval_every": 10}
+    run_dir = Path(tiny["runs_dir"]) / "shared"
+    proc = _start(training_data, **settings)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the waiting process trained the run itself")
+    try:
+        _wait_for(proc, run_dir, 0)
+        monkeypatch.setattr(T, "_Trainer", no_training)
+        run = train(dataset=dataset, wait=True, **settings)  # returns once the other process is done
+        assert proc.wait(timeout=300) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert run.status == "complete" and run.summary["iterations_done"] == 40
     assert run.history["iteration"].tolist() == [10, 20, 30, 40]
 
@@ -433,3 +478,10 @@ def test_chapter_caveats_name_the_budget_and_the_data(dataset, tmp_path):
     official = book.Chapter("paper", "cpu", dataclasses.replace(dataset, identity="official"), tmp_path, 0)
     assert official.caveats() == [] and official.caveats_box() == ""
     assert "Read the numbers with care" in ch.caveats_box()._repr_html_()
+
+
+def test_chapter_runs_wait_for_a_shared_run(dataset, tmp_path):
+    """Chapters run in parallel (one per GPU) share runs: theirs wait instead of failing."""
+    config = book.Chapter("smoke", "cpu", dataset, tmp_path, 0).config("resnet32-seed0", depth=32)
+    assert config.wait and "wait" not in config.identity()  # how it runs, not what it computes
+    assert config.run_name() == "resnet32-seed0" and config.runs_dir == str(tmp_path)

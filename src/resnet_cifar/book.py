@@ -59,7 +59,7 @@ class Chapter:
 
     def config(self, name: str, **overrides) -> TrainConfig:
         settings = dict(name=name, device=self.device, data_dir=str(self.dataset.root),
-                        runs_dir=str(self.runs_dir), seed=self.seed, progress="log")
+                        runs_dir=str(self.runs_dir), seed=self.seed, progress="log", wait=True)
         return profile_config(self.profile, **{**settings, **overrides})
 
     def run(self, name: str, **overrides) -> RunResult:

@@ -23,6 +23,7 @@ HELP = {
                     "max-autotune-no-cudagraphs", "eval_every": "iterations (default: one epoch)",
     "checkpoint_every": "iterations (default: every evaluation)",
     "resume": "continue an interrupted run from its checkpoint", "force": "retrain even if a record exists",
+    "wait": "if another process is training this run, wait for it, then reuse or resume the run",
 }
 
 

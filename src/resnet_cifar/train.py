@@ -41,7 +41,7 @@ DTYPES = ("float32", "float64", "bfloat16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Fields that say where/how a run executes, not what it computes: a finished run is
 # reused whatever they are (train on a GPU, rebuild the book on a laptop).
-EXECUTION_FIELDS = ("name", "device", "data_dir", "runs_dir", "resume", "force", "compile", "compile_mode",
+EXECUTION_FIELDS = ("name", "device", "data_dir", "runs_dir", "resume", "force", "wait", "compile", "compile_mode",
                     "channels_last", "checkpoint_every", "progress")
 FINISHED = ("complete", "diverged")
 
@@ -101,6 +101,7 @@ class TrainConfig:
     runs_dir: str = "runs"
     resume: bool = True                   # continue an interrupted run from its checkpoint
     force: bool = False                   # retrain even if a record exists
+    wait: bool = False                    # another process trains this run: wait for it, then reuse/resume
     progress: str = "auto"                # auto: tqdm on a terminal, log lines otherwise | bar | log | none
 
     def __post_init__(self):
@@ -299,13 +300,16 @@ HISTORY_COLUMNS = ["iteration", "epoch", "lr", "train_loss", "train_error", "val
 
 class RunLock:
     """runs/<name>/.lock holds the pid of the process training the run; a second
-    process fails at once. A lock left by a killed process (dead pid) is taken over."""
+    process fails at once, or with `wait` polls until the lock is free. A lock left by a
+    killed process (dead pid) is taken over."""
+    POLL_S = 2.0
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+    def __init__(self, run_dir: Path, wait: bool = False):
+        self.path, self.wait = run_dir / ".lock", wait
 
     def __enter__(self):
-        for _ in range(2):
+        stale, waiting_for = 0, None
+        while stale < 2:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                 os.write(fd, str(os.getpid()).encode())
@@ -314,9 +318,17 @@ class RunLock:
             except FileExistsError:
                 pid = _lock_owner(self.path.parent)
                 if pid and pid != os.getpid():
-                    raise RunError(f"run {self.path.parent} is being trained by process {pid}; wait for it, "
-                                   f"or pick another run name.") from None
+                    if not self.wait:
+                        raise RunError(f"run {self.path.parent} is being trained by process {pid}; wait for it "
+                                       f"(wait=True, --wait), or pick another run name.") from None
+                    if pid != waiting_for:
+                        print(f"[{self.path.parent.name}] process {pid} is training this run: waiting for it",
+                              flush=True)
+                        waiting_for = pid
+                    time.sleep(self.POLL_S)
+                    continue
                 self.path.unlink(missing_ok=True)  # stale: its owner is gone
+                stale += 1
         raise RunError(f"could not take the lock {self.path}; remove it if no process is training this run.")
 
     def __exit__(self, *exc):
@@ -420,11 +432,17 @@ def train(config: TrainConfig | None = None, dataset: D.CIFAR10 | None = None, *
         return load_run(run_dir)
     if dataset is None:  # missing or bad data fails here, before the run folder is touched
         dataset = D.load_cifar10(config.data_dir)
+    if config.wait and world > 1:
+        raise RunError("wait=True is for single-process runs; a torchrun job cannot wait on another process's run")
     _barrier(world)
-    lock = RunLock(run_dir) if rank == 0 else contextlib.nullcontext()
+    lock = RunLock(run_dir, config.wait) if rank == 0 else contextlib.nullcontext()
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     with lock:
+        if world == 1:  # decided before the lock: the run's last holder may have finished or advanced it
+            action = _decide(config, run_dir)
+            if action == "reuse":
+                return load_run(run_dir)
         if rank == 0 and action == "fresh":
             for name in ("summary.json", "history.csv", "lr_trace.csv", "checkpoint.pt", "model.pt"):
                 (run_dir / name).unlink(missing_ok=True)
