@@ -215,7 +215,7 @@ class Normalizer:
 def augment_draws(n: int, generator: torch.Generator, pad: int = 4, crop: bool = True,
                   flip: bool = True) -> torch.Tensor:
     """The random choices of `augment` for n images, drawn from `generator` (on the CPU,
-    so a run is the same on every device and can resume mid-epoch): an (n, 3) int64
+    so every device sees the same batches and a run can resume mid-epoch): an (n, 3) int64
     tensor of (row offset, column offset, mirrored) into the `pad`-padded image; offset
     `pad` everywhere when there is no crop (the original 32x32 view)."""
     dy = dx = torch.full((n,), pad)
