@@ -425,9 +425,8 @@ class Benchmark:
 
     def notes_html(self, profile: str | None = None):
         """`measurement_notes()` as note boxes (HTML that Jupyter displays; no IPython import)."""
-        from .book import HTML
-        return HTML("".join(f"<div class='admonition note'><p>{_markdown_to_html(n)}</p></div>"
-                            for n in self.measurement_notes(profile)))
+        from .book import admonitions
+        return admonitions([_markdown_to_html(n) for n in self.measurement_notes(profile)], "note")
 
     def caption(self, text: str, profile: str | None = None) -> str:
         """'text — profile smoke · CIFAR-10 (JPEG q75 copy) · cpu (...)': a figure's source."""

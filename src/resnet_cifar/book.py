@@ -96,8 +96,7 @@ class Chapter:
 
     def caveats_box(self) -> "HTML":
         """`caveats()` as warning boxes: the last expression of a notebook cell shows them."""
-        return HTML("".join('<div class="admonition warning"><p class="admonition-title">Read the numbers with '
-                            f"care</p><p>{text}</p></div>" for text in self.caveats()))
+        return admonitions(self.caveats(), "warning", "Read the numbers with care")
 
 
 class HTML(str):
@@ -105,6 +104,12 @@ class HTML(str):
 
     def _repr_html_(self) -> str:
         return str(self)
+
+
+def admonitions(texts: list[str], kind: str = "note", title: str | None = None) -> HTML:
+    """HTML fragments as the book theme's admonition boxes (`kind`: note, warning, ...)."""
+    head = f"<p class='admonition-title'>{title}</p>" if title else ""
+    return HTML("".join(f"<div class='admonition {kind}'>{head}<p>{text}</p></div>" for text in texts))
 
 
 def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None = None,
