@@ -2,7 +2,6 @@
 exercised on the CPU. Speeds are printed by `python -m resnet_cifar bench`, never asserted."""
 from __future__ import annotations
 
-import importlib
 import json
 
 import pandas as pd
@@ -10,9 +9,8 @@ import pytest
 import torch
 
 from resnet_cifar import bench as B
-from resnet_cifar import train
-
-T = importlib.import_module("resnet_cifar.train")
+from resnet_cifar import train as T
+from resnet_cifar.train import train
 
 
 def test_conventional_loader_matches_torchvision_recipe(dataset):
@@ -84,15 +82,9 @@ def test_bench_rejects_bad_sizes(dataset):
 
 
 def _force_deferred(monkeypatch):
-    """Run train()'s CUDA code path (losses stay on the device, read every SYNC_EVERY
-    steps and before evaluations) on the CPU."""
-    init = T._Trainer.__init__
-
-    def deferred_init(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        self.defer_sync = True
-    monkeypatch.setattr(T._Trainer, "__init__", deferred_init)
-    monkeypatch.setattr(T._Trainer, "SYNC_EVERY", 4)
+    """Run train()'s GPU rhythm on the CPU: step results stay on the device and are read
+    every 4 steps (and before evaluations and checkpoints)."""
+    monkeypatch.setattr(T, "loss_read_interval", lambda device: 4)
 
 
 def test_deferred_loss_reads_give_the_same_record(tiny, dataset, monkeypatch):

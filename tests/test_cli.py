@@ -9,7 +9,7 @@ import pytest
 
 from conftest import THREADS, real_data_dir
 from resnet_cifar import cli
-from resnet_cifar.train import TrainConfig
+from resnet_cifar.config import TrainConfig
 
 
 def _cli(*args, timeout=300):
@@ -40,12 +40,15 @@ def test_train_help_lists_every_config_field(capsys):
 
 @pytest.mark.slow
 def test_summary_table(capsys):
+    """A formatted table (thousands separators, '-' where the paper gives no count), no warnings."""
     assert cli.main(["summary"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     rows = {line.rsplit("  ", 1)[0].split("  ")[0].strip(): line.split() for line in out.splitlines()[2:]}
-    assert "464154" in rows["ResNet-32"] and "69468800" in rows["ResNet-32"]
-    assert "269722" in rows["ResNet-20"] and "1727962" in rows["ResNet-110"]
-    assert "21289802" in out
+    assert rows["ResNet-32"][-3:] == ["464,154", "69,468,800", "460,000"]
+    assert "269,722" in rows["ResNet-20"] and "1,727,962" in rows["ResNet-110"]
+    assert "21,289,802" in out and rows["Plain-32"][-1] == "-" and "NaN" not in out
+    assert "Warning" not in captured.err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from conftest import CLASSES, real_data_dir
 from resnet_cifar import data as D
-from resnet_cifar.train import TrainConfig, prepare_data
+from resnet_cifar.config import TrainConfig
+from resnet_cifar.data import prepare_data
 
 
 # ---------------------------------------------------------------- loading

@@ -15,13 +15,13 @@ from resnet_cifar import load_run
 # `python -m resnet_cifar` with one addition: on a rank other than 0, writing a run record
 # file (json, csv, checkpoint, weights) raises, so the run fails if rank 1 writes anything.
 GUARDED_MAIN = textwrap.dedent("""
-    import importlib, os, sys
-    T = importlib.import_module("resnet_cifar.train")
+    import os, sys
+    from resnet_cifar import runs
     rank = int(os.environ["RANK"])
     if rank != 0:
         def refuse(*args, **kwargs):
             raise AssertionError(f"rank {rank} wrote a run file: {args[-1]}")
-        T._write_json = T._write_csv = T._save_atomic = refuse
+        runs.write_json = runs.write_csv = runs.save_atomic = refuse
     from resnet_cifar.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

@@ -7,7 +7,7 @@ from torch import nn
 
 from resnet_cifar.models import (PadShortcut, build_model, count_parameters, plain, resnet,
                                  resnet34_imagenet)
-from resnet_cifar.train import flop_count
+from resnet_cifar.models import flop_count
 
 # Option A (parameter-free shortcuts), 10 classes: exact counts. The paper's Table 6
 # rounds them to 0.27M, 0.46M, 0.66M, 0.85M, 1.7M and 19.4M.
@@ -149,7 +149,7 @@ def test_layer_table_counts_32_weighted_layers_and_shapes():
 
 
 def test_architecture_flops_is_cached_and_leaves_the_rng_alone():
-    from resnet_cifar.train import architecture_flops
+    from resnet_cifar.models import architecture_flops
     torch.manual_seed(0)
     expected_draw = torch.rand(3)
     torch.manual_seed(0)

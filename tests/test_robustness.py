@@ -20,15 +20,18 @@ import torch
 from conftest import THREADS, write_cifar
 from resnet_cifar import book
 from resnet_cifar import data as D
-from resnet_cifar.train import RunError, TrainConfig, load_run, train
-
-T = importlib.import_module("resnet_cifar.train")  # the module; the package exports the function `train`
+from resnet_cifar import runs as R
+from resnet_cifar import train as T
+from resnet_cifar.config import TrainConfig
+from resnet_cifar.runs import RunError, load_run
+from resnet_cifar.train import train
 
 # A training process the tests can kill or race: the config comes as JSON in argv[1].
 SCRIPT = textwrap.dedent(f"""
     import json, sys, torch
     torch.set_num_threads({THREADS})
-    from resnet_cifar import load_cifar10, train
+    from resnet_cifar import load_cifar10
+    from resnet_cifar.train import train
     kw = json.loads(sys.argv[1])
     dataset = load_cifar10(kw.pop("data_dir"), expect_counts=tuple(kw.pop("expect_counts")))
     print("STATUS", train(dataset=dataset, **kw).status, flush=True)
@@ -83,7 +86,7 @@ def _no_complete_record(runs_dir: Path) -> None:
 
 def test_checkpoints_every_k_iterations_atomically(tiny, dataset, monkeypatch):
     saved = []
-    real_save = T._save_atomic
+    real_save = R.save_atomic
 
     def spy(obj, path):
         real_save(obj, path)
@@ -91,14 +94,14 @@ def test_checkpoints_every_k_iterations_atomically(tiny, dataset, monkeypatch):
         if path.name == "checkpoint.pt":
             saved.append(torch.load(path, weights_only=True)["iteration"])
 
-    monkeypatch.setattr(T, "_save_atomic", spy)
+    monkeypatch.setattr(R, "save_atomic", spy)
     train(name="ck", dataset=dataset, **{**tiny, "iterations": 7, "checkpoint_every": 2})
     assert saved == [2, 4, 6, 7]  # every 2 iterations, and the final state
 
 
 def test_checkpoint_write_failure_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    T._save_atomic({"iteration": 1}, path)
+    R.save_atomic({"iteration": 1}, path)
 
     def dies_half_way(obj, f):
         Path(f).write_bytes(b"PK\x03\x04 half a zip")
@@ -106,20 +109,22 @@ def test_checkpoint_write_failure_keeps_the_old_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(OSError):
-        T._save_atomic({"iteration": 2}, path)
+        R.save_atomic({"iteration": 2}, path)
     assert torch.load(path, weights_only=True) == {"iteration": 1}
 
 
 def _interrupt_at(monkeypatch, iteration: int):
-    """Make the next training run raise KeyboardInterrupt (Ctrl-C) when it reaches `iteration`."""
-    real_step = T._Trainer._step
+    """Make the next (fresh) training run raise KeyboardInterrupt (Ctrl-C) when it reaches
+    `iteration`: the step of iteration k is the loop's (k+1)-th call of `train_step`."""
+    real_step, calls = T.train_step, []
 
-    def step(self, it):
-        if it == iteration:
+    def step(*args, **kwargs):
+        if len(calls) == iteration:
             raise KeyboardInterrupt
-        return real_step(self, it)
+        calls.append(1)
+        return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(T._Trainer, "_step", step)
+    monkeypatch.setattr(T, "train_step", step)
 
 
 def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny, dataset, tmp_path):
@@ -132,7 +137,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny, dataset, tmp_path)
     summary = load_run(run_dir).summary
     assert summary["status"] == "failed" and summary["status_detail"] == "interrupted at iteration 5"
     assert not (run_dir / "model.pt").exists() and not (run_dir / ".lock").exists()
-    assert T._decide(TrainConfig(name="r", **settings), run_dir) == "resume"
+    assert R.decide(TrainConfig(name="r", **settings), run_dir) == "resume"
     resumed = train(name="r", dataset=dataset, **settings)
     assert resumed.status == "complete" and resumed.summary["iterations_done"] == 8
     straight = train(name="r", dataset=dataset, **{**settings, "runs_dir": str(tmp_path / "straight")})
@@ -168,7 +173,7 @@ def test_sigkill_then_resume_is_bit_identical(tiny, dataset, training_data, tmp_
     assert not (run_dir / "model.pt").exists()
     assert (run_dir / ".lock").read_text() == str(proc.pid)  # left behind by the dead process
     config = TrainConfig(**settings)
-    assert T._decide(config, run_dir) == "resume"  # not reused as finished
+    assert R.decide(config, run_dir) == "resume"  # not reused as finished
 
     resumed = train(config, dataset=dataset)  # takes over the stale lock
     assert resumed.status == "complete" and resumed.summary["iterations_done"] == 60
@@ -229,7 +234,7 @@ def test_second_process_on_a_running_run_fails_and_the_first_finishes(tiny, data
 def test_wait_polls_until_the_holder_is_gone(tiny, dataset, monkeypatch, capsys):
     """wait=True (what the book's chapters pass): a run locked by a live process is waited
     for, not failed; once the holder is gone the lock is taken over and the run trains."""
-    monkeypatch.setattr(T.RunLock, "POLL_S", 0.1)
+    monkeypatch.setattr(R.RunLock, "POLL_S", 0.1)
     run_dir = Path(tiny["runs_dir"]) / "held"
     run_dir.mkdir(parents=True)
     holder = subprocess.Popen(["sleep", "1.5"])
@@ -249,7 +254,7 @@ def test_wait_polls_until_the_holder_is_gone(tiny, dataset, monkeypatch, capsys)
 def test_wait_reuses_the_run_another_process_finished(tiny, dataset, training_data, monkeypatch):
     """Two chapters reaching the same run at once (one per GPU): the second waits for the
     first, then reuses its finished record instead of training the run again."""
-    monkeypatch.setattr(T.RunLock, "POLL_S", 0.1)
+    monkeypatch.setattr(R.RunLock, "POLL_S", 0.1)
     settings = {**tiny, "name": "shared", "iterations": 40, "eval_every": 10}
     run_dir = Path(tiny["runs_dir"]) / "shared"
     proc = _start(training_data, **settings)
@@ -258,7 +263,7 @@ def test_wait_reuses_the_run_another_process_finished(tiny, dataset, training_da
         raise AssertionError("the waiting process trained the run itself")
     try:
         _wait_for(proc, run_dir, 0)
-        monkeypatch.setattr(T, "_Trainer", no_training)
+        monkeypatch.setattr(T, "fit", no_training)
         run = train(dataset=dataset, wait=True, **settings)  # returns once the other process is done
         assert proc.wait(timeout=300) == 0
     finally:
@@ -456,7 +461,7 @@ def test_load_run_of_a_non_run_folder(tmp_path):
 
 def test_killed_run_reads_back_as_interrupted(tmp_path):
     """A record left 'running' by a process that is gone says so when read back."""
-    from resnet_cifar.train import load_run
+    from resnet_cifar.runs import load_run
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     (run_dir / "config.json").write_text("{}")

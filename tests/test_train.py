@@ -1,5 +1,4 @@
 """Training: the schedule, run records, reuse, determinism, evaluation."""
-import importlib
 import json
 import math
 
@@ -8,9 +7,12 @@ import torch
 
 from resnet_cifar import data as D
 from resnet_cifar.models import resnet
-from resnet_cifar.train import RunError, TrainConfig, evaluate, load_run, lr_at, prepare_data, train
-
-T = importlib.import_module("resnet_cifar.train")  # the module; the package exports the function `train`
+from resnet_cifar import runs as R
+from resnet_cifar import train as T
+from resnet_cifar.config import TrainConfig, lr_at
+from resnet_cifar.data import prepare_data
+from resnet_cifar.runs import RunError, load_run
+from resnet_cifar.train import evaluate, train
 
 
 def _weights(run):
@@ -90,7 +92,7 @@ def test_summary_and_records(run32, dataset):
     assert {"config.json", "history.csv", "lr_trace.csv", "summary.json", "checkpoint.pt", "model.pt"} <= files
     assert not {f for f in files if f.endswith(".tmp") or f == ".lock"}
     assert json.loads((run.run_dir / "config.json").read_text())["depth"] == 32
-    assert list(run.history.columns) == T.HISTORY_COLUMNS
+    assert list(run.history.columns) == R.HISTORY_COLUMNS
     assert run.history["iteration"].tolist() == [2, 4]
     assert run.history["epoch"].tolist() == pytest.approx([2 / 7, 4 / 7])  # 250 // 32 = 7 batches an epoch
     assert run.history[["train_loss", "val_loss", "test_loss"]].notna().all().all()
@@ -106,7 +108,7 @@ def test_finished_run_is_reused(run32, dataset, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was retrained")
 
-    monkeypatch.setattr(T, "_Trainer", no_training)
+    monkeypatch.setattr(T, "fit", no_training)
     again = train(config, dataset=dataset)
     assert again.summary == run.summary
     assert again.history.equals(run.history)
@@ -196,12 +198,13 @@ def test_trainer_batches_are_the_per_iteration_augmentation(dataset, tmp_path):
     still be exactly `augment` of that iteration's images with that iteration's generator,
     in the first epoch and after the epoch boundary."""
     config = TrainConfig(depth=8, subset=256, batch_size=32, device="cpu", progress="none", seed=3).validate()
-    trainer = T._Trainer(config, tmp_path / "run", 0, 1, dataset, resume=False)
-    ipe = trainer.iters_per_epoch
+    data = prepare_data(config, torch.device("cpu"), dataset)
+    batches = D.TrainBatches(data, config)
+    ipe = batches.per_epoch
     for it in (0, ipe - 1, ipe, 2 * ipe + 1):
-        x, y = trainer._batch(it)
+        x, y = batches(it)
         epoch, position = divmod(it, ipe)
-        perm = torch.randperm(len(trainer.data.train_y), generator=torch.Generator().manual_seed(3 * 100_003 + epoch))
+        perm = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(3 * 100_003 + epoch))
         index = perm[position * 32:(position + 1) * 32]
         g = torch.Generator().manual_seed((3 * 1_000_003 + it) * 64)
-        assert torch.equal(x, D.augment(trainer.data.train_x[index], g)) and torch.equal(y, trainer.data.train_y[index])
+        assert torch.equal(x, D.augment(data.train_x[index], g)) and torch.equal(y, data.train_y[index])

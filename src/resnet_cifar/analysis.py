@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from .models import count_parameters
-from .train import RunResult, flop_count
+from .models import flop_count
+from .runs import RunResult
 
 # Table 6 of the paper: parameters of the CIFAR-10 ResNets (option A).
 PAPER_PARAMS = {"ResNet-20": 0.27e6, "ResNet-32": 0.46e6, "ResNet-44": 0.66e6, "ResNet-56": 0.85e6,

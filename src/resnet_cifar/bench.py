@@ -46,7 +46,11 @@ import torch
 
 from . import data as D
 
-T = importlib.import_module(__package__ + ".train")  # the module (the package's `train` is the function)
+from . import train as T
+from .config import TrainConfig
+from .devices import device_label, pick_device
+from .models import architecture_flops
+from .runs import git_commit
 
 PAPER_ITERATIONS = 64_000
 WORKERS = (0, 1, 2)
@@ -144,9 +148,6 @@ def _forever(loader):
 # ---------------------------------------------------------------- timing
 
 def _sync(device: torch.device, *trainers) -> None:
-    for t in trainers:
-        if t._pending:
-            t._flush()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -207,35 +208,56 @@ def _bench_dataset(dataset: D.CIFAR10, train_images: int) -> D.CIFAR10:
                                test_images=dataset.test_images[:10], test_labels=dataset.test_labels[:10])
 
 
+class Harness:
+    """What `train()` steps with (data on the device, batches, model, optimizer), for timing."""
+
+    def __init__(self, config: TrainConfig, dataset: D.CIFAR10, device: torch.device):
+        self.config, self.device = config, device
+        self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        self.data = D.prepare_data(config, device, dataset)
+        self.batches = D.TrainBatches(self.data, config, dtype=self.dtype)
+        self.model, self.step_model, self.optimizer, _ = T.build_training(config, device, 1, self.dtype)
+        self.flops = architecture_flops(config.arch, config.depth, config.shortcut)
+        self.autocast = torch.bfloat16 if config.dtype == "bfloat16" else None
+        self.steps = 0
+
+    def step(self, it: int) -> torch.Tensor:
+        return self.update(*self.batches(it))
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        return T.train_step(self.step_model, self.optimizer, x, y, self.config.lr, self.autocast)
+
+    def to_step_format(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+
+
 def _trainer(variant: Variant, dataset: D.CIFAR10, device: torch.device, batch_size: int, depth: int,
-             seed: int) -> T._Trainer:
-    config = T.TrainConfig(depth=depth, batch_size=batch_size, val_size=0, device=str(device), seed=seed,
-                           dtype=variant.dtype, channels_last=variant.channels_last, compile=variant.compile,
-                           progress="none").validate()
-    run_dir = Path(tempfile.gettempdir()) / "resnet-cifar-bench"  # never written: the bench calls no _save
-    trainer = T._Trainer(config, run_dir, 0, 1, dataset, resume=False)
-    trainer.model.train()
-    return trainer
+             seed: int) -> Harness:
+    config = TrainConfig(depth=depth, batch_size=batch_size, val_size=0, device=str(device), seed=seed,
+                         dtype=variant.dtype, channels_last=variant.channels_last, compile=variant.compile,
+                         progress="none").validate()
+    return Harness(config, dataset, device)
 
 
-def _library_fn(trainer: T._Trainer):
+def _library_fn(trainer: Harness):
     counter = itertools.count()
-    return lambda: trainer._step(next(counter)), lambda: _sync(trainer.device, trainer)
+    return lambda: trainer.step(next(counter)), lambda: _sync(trainer.device, trainer)
 
 
-def _model_only_fn(trainer: T._Trainer):
-    x, y = trainer._batch(0)
-    counter = itertools.count()
-    return lambda: trainer._update(x, y, next(counter)), lambda: _sync(trainer.device, trainer)
+def _model_only_fn(trainer: Harness):
+    x, y = trainer.batches(0)
+    return lambda: trainer.update(x, y), lambda: _sync(trainer.device, trainer)
 
 
-def _baseline_fn(trainer: T._Trainer, loader):
-    batches, counter, device = _forever(loader), itertools.count(), trainer.device
+def _baseline_fn(trainer: Harness, loader):
+    batches, device = _forever(loader), trainer.device
 
     def step():
         x, y = next(batches)
-        x = trainer._to_step_format(x.to(device, non_blocking=True))
-        trainer._update(x, y.to(device, non_blocking=True), next(counter))
+        x = trainer.to_step_format(x.to(device, non_blocking=True))
+        trainer.update(x, y.to(device, non_blocking=True))
     return step, lambda: _sync(device, trainer)
 
 
@@ -488,7 +510,7 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
     log = log or (lambda text: None)
     if threads:
         torch.set_num_threads(threads)
-    dev = T.pick_device(device)
+    dev = pick_device(device)
     steps = steps or (1000 if dev.type == "cuda" else 10)
     workers = tuple(workers or default_workers())
     if quick:
@@ -508,12 +530,12 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
         raise ValueError(f"train_images ({train_images}) must be at least one batch ({batch_size})")
     ds = _bench_dataset(dataset or D.load_cifar10(data_dir), train_images)
     notes = []
-    info = dict(device=str(dev), device_name=T._device_name(dev), torch=torch.__version__,
+    info = dict(device=str(dev), device_name=device_label(dev), torch=torch.__version__,
                 threads=torch.get_num_threads(), cpu_flags=_cpu_flags() if dev.type == "cpu" else [],
                 batch_size=batch_size, depth=depth, steps=steps, seconds=seconds, rounds=rounds, warmup=warmup,
                 train_images=len(ds.train_labels), dataset=ds.label, workers=list(workers),
                 peak_n=8192 if dev.type == "cuda" else 2048, profile_steps=profile_steps, python=platform.python_version(),
-                date=time.strftime("%Y-%m-%d %H:%M"), git_commit=T._git_commit())
+                date=time.strftime("%Y-%m-%d %H:%M"), git_commit=git_commit())
     if not bf16_supported(dev):
         notes.append(f"bf16 autocast is not supported on {dev}; its variants are left out")
 
@@ -675,16 +697,15 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
-def profile_step(trainer: T._Trainer, steps: int = 3, top: int = 12):
+def profile_step(trainer: Harness, steps: int = 3, top: int = 12):
     """torch.profiler over `steps` library steps: the ops with the most self time (CPU, or
     CUDA on a GPU), as a DataFrame with each op's share of the total."""
     import pandas as pd
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
-    start = len(trainer.lr_trace)
     with _native_stderr_silenced(), profile(activities=activities) as prof:
         for i in range(steps):
-            trainer._step(start + i)
+            trainer.step(trainer.steps + i)
         _sync(trainer.device, trainer)
     key = "self_device_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
     events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as D
-from .train import RunResult, TrainConfig, train
+from .config import TrainConfig
+from .runs import RunResult
+from .train import train
 
 PROFILES = {
     "smoke": dict(iterations=20, batch_size=32, subset=256, eval_every=10),
@@ -71,9 +73,9 @@ class Chapter:
         (with no runs: the device this chapter would train on, marked 'no training')."""
         devices = sorted({f"{r.summary['device']} ({r.summary['device_name']})" for r in runs})
         if not runs:  # a data-only figure: name the device this chapter would train on
-            from .train import _device_name, pick_device
+            from .devices import device_label, pick_device
             device = pick_device(self.device)
-            devices = [f"{device} ({_device_name(device)}), no training"]
+            devices = [f"{device} ({device_label(device)}), no training"]
         return f"profile {self.profile} · {self.dataset.label} · {', '.join(devices)}"
 
     def caption(self, text: str, *runs: RunResult) -> str:

@@ -3,28 +3,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
+import re
 import sys
 
-from .train import TrainConfig
+from .config import TrainConfig
 
-HELP = {
-    "name": "run folder name under --runs-dir (default: derived from the config)",
-    "arch": "resnet | plain | resnet34-imagenet", "depth": "6n+2: 20, 32, 44, 56, 110, 1202",
-    "shortcut": "A (zero-pad, paper) | B (1x1 projection)", "subset": "first N (class-balanced) of each split",
-    "normalization": "per-pixel-mean (paper) | per-channel | none",
-    "normalize_eval": "--no-normalize-eval tests without mean subtraction (the seed log's failure)",
-    "milestones": "lr drops (iterations, or epochs with --schedule-unit epoch)",
-    "schedule": "multistep | plateau | cosine | constant", "optimizer": "sgd | adam | adamw | nadam",
-    "device": "auto (cuda, then mps, then cpu) | cpu | cuda[:k] | mps",
-    "dtype": "float32 | float64 | bfloat16 (autocast)",
-    "compile_mode": "with --compile: default | reduce-overhead (CUDA graphs) | max-autotune | "
-                    "max-autotune-no-cudagraphs", "eval_every": "iterations (default: one epoch)",
-    "checkpoint_every": "iterations (default: every evaluation)",
-    "resume": "continue an interrupted run from its checkpoint", "force": "retrain even if a record exists",
-    "wait": "if another process is training this run, wait for it, then reuse or resume the run",
-}
+def field_help() -> dict[str, str]:
+    """Each TrainConfig field's comment in config.py: the flags' help, written once."""
+    source = inspect.getsource(TrainConfig)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^ +(\w+): [^#\n]*#(.*)$", source, re.M)}
 
 
 def _optional(cast):
@@ -36,9 +26,10 @@ def _optional(cast):
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, defaults from the dataclass (the paper's recipe)."""
+    helps = field_help()
     for f in dataclasses.fields(TrainConfig):
         flag, default = "--" + f.name.replace("_", "-"), f.default
-        help_text = f"{HELP.get(f.name, '')} (default: {default})".strip()
+        help_text = f"{helps.get(f.name, '')} (default: {default})".strip()
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif isinstance(default, tuple):
@@ -70,7 +61,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from .data import DataError
-    from .train import RunError
+    from .runs import RunError
     try:
         return _run(args)
     except (DataError, RunError, ValueError, TypeError) as e:
@@ -82,7 +73,10 @@ def _run(args) -> int:
     if args.command == "train":
         from .train import train
         names = {f.name for f in dataclasses.fields(TrainConfig)}
-        result = train(TrainConfig(**{k: v for k, v in vars(args).items() if k in names}))
+        config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names}).validate()
+        if config.schedule_notice() and int(os.environ.get("RANK", "0")) == 0:
+            print(f"note: {config.schedule_notice()}", file=sys.stderr)
+        result = train(config)
         if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one summary, from rank 0
             print(json.dumps(result.summary, indent=2))
         return 0 if result.status == "complete" else 1
@@ -94,7 +88,10 @@ def _run(args) -> int:
         models = {f"ResNet-{d}": resnet(d) for d in (20, 32, 44, 56, 110)}
         models.update({"Plain-32": plain(32), "ResNet-32 (option B)": resnet(32, "B"),
                        "ResNet-34 (ImageNet-style)": resnet34_imagenet()})
-        print(complexity_table(models).to_string())
+        table = complexity_table(models)
+        table.columns = ["parameters", "FLOPs (multiply-adds)", "paper's parameters"]
+        number = lambda v: "-" if v != v else f"{v:,.0f}"  # noqa: E731  (NaN: the paper gives none)
+        print(table.to_string(na_rep="-", formatters={c: number for c in table.columns}))
         return 0
     if args.command == "download":
         from .data import download
@@ -105,7 +102,10 @@ def _run(args) -> int:
 
 
 def _eval(args) -> int:
-    from .train import TrainConfig, evaluate, load_run, pick_device, prepare_data
+    from .data import prepare_data
+    from .devices import pick_device
+    from .runs import load_run
+    from .train import evaluate
     run = load_run(args.run_dir)
     if run.status != "complete":
         print(f"error: run {args.run_dir} is {run.summary.get('status_detail')}, not complete; finish it first.",

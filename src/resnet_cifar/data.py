@@ -250,3 +250,77 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, crop: boo
         return x
     draws = augment_draws(len(x), generator, pad, crop, flip).to(x.device)
     return apply_augment(x, draws, pad)
+
+
+# ---------------------------------------------------------------- the data a run trains on
+
+@dataclass
+class PreparedData:
+    """Normalized float32 tensors for the three splits, on the training device."""
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    normalizer: Normalizer
+    dataset: CIFAR10
+
+
+def prepare_data(config, device: torch.device, dataset: CIFAR10 | None = None) -> PreparedData:
+    """Load CIFAR-10 (`config`: a TrainConfig), split 45k/5k, take the subset, fit the
+    normalizer on the training split and move everything to `device`, normalized."""
+    ds = dataset or load_cifar10(config.data_dir)
+    train_idx, val_idx = train_val_split(len(ds.train_labels), config.val_size, config.split_seed)
+    train_idx = train_idx[balanced_subset(ds.train_labels[train_idx], config.subset)]
+    val_idx = val_idx[balanced_subset(ds.train_labels[val_idx], config.subset)]
+    test_idx = balanced_subset(ds.test_labels, config.subset)
+    norm = Normalizer.fit(ds.train_images[train_idx], config.normalization)
+    eval_norm = norm if config.normalize_eval else Normalizer.fit(ds.train_images[:1], "none")
+
+    def put(images, labels, normalizer):
+        return normalizer(images.to(device)), labels.to(device)
+
+    return PreparedData(*put(ds.train_images[train_idx], ds.train_labels[train_idx], norm),
+                        *put(ds.train_images[val_idx], ds.train_labels[val_idx], eval_norm),
+                        *put(ds.test_images[test_idx], ds.test_labels[test_idx], eval_norm), norm, ds)
+
+
+class TrainBatches:
+    """`batches(it)`: iteration `it`'s training batch (this process's share of it), augmented
+    on the device, in the step's dtype and memory format.
+
+    The image order is seeded by (seed, epoch) and each iteration's augmentation by (seed,
+    iteration, rank) alone, so a resumed run sees exactly the batches it would have seen. An
+    epoch's order and draws are made at once on the CPU and copied to the device in one go:
+    a GPU step then needs nothing from the host."""
+
+    def __init__(self, data: PreparedData, config, rank: int = 0, world: int = 1,
+                 dtype: torch.dtype = torch.float32):
+        self.x, self.y, self.config, self.rank, self.world, self.dtype = data.train_x, data.train_y, config, rank, world, dtype
+        self.per_epoch = len(self.y) // config.batch_size
+        if self.per_epoch < 1:
+            raise ValueError(f"the training split has {len(self.y)} images, fewer than one batch of "
+                             f"{config.batch_size}; raise subset or lower batch_size")
+        self.share = len(torch.arange(config.batch_size).chunk(world)[rank])
+        self.epoch = None
+
+    def __call__(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        epoch, position = divmod(it, self.per_epoch)
+        if epoch != self.epoch:
+            self._draw_epoch(epoch)
+        index = self.order[position * cfg.batch_size:(position + 1) * cfg.batch_size].chunk(self.world)[self.rank]
+        x = apply_augment(self.x[index], self.draws[position], cfg.pad).to(self.dtype)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.y[index]
+
+    def _draw_epoch(self, epoch: int) -> None:
+        cfg, device = self.config, self.x.device
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        self.order = torch.randperm(len(self.y), generator=g).to(device)
+        iterations = range(epoch * self.per_epoch, (epoch + 1) * self.per_epoch)
+        draws = [augment_draws(self.share, torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 64 + self.rank),
+                               cfg.pad, cfg.crop, cfg.flip) for it in iterations]
+        self.draws, self.epoch = torch.stack(draws).to(device), epoch

@@ -13,6 +13,9 @@
 """
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,8 +35,11 @@ def check_depth(depth: int) -> int:
 
 class PadShortcut(nn.Module):
     """Option A (Sec. 3.3): identity with stride-2 subsampling and zero-padded extra
-    channels, so the shortcut adds no parameters. The new channels are appended
-    after the existing ones (the layout of the reference Torch/akamaster code)."""
+    channels, so the shortcut adds no parameters. The zero channels are appended after
+    the existing ones, as fb.resnet.torch does (akamaster's pytorch_resnet_cifar10 pads
+    both sides instead: the same function up to a permutation of the channels, which the
+    next convolution's weights absorb). Appending keeps channel k of a stage's input
+    channel k of its shortcut, which makes the layout easy to inspect."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
@@ -161,3 +167,29 @@ def build_model(arch: str = "resnet", depth: int = 32, shortcut: str = "A", num_
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def flop_count(model: nn.Module) -> int | None:
+    """fvcore's FLOPs for one 3x32x32 image (fvcore counts one multiply-add as one FLOP);
+    None when fvcore is not installed (FLOP counts are optional for training)."""
+    try:
+        with warnings.catch_warnings():  # fvcore uses torch.jit.script, which PyTorch deprecates
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+            from fvcore.nn import FlopCountAnalysis
+    except ImportError:
+        return None
+    import copy
+    m = copy.deepcopy(model).float().cpu().eval()
+    analysis = FlopCountAnalysis(m, torch.zeros(1, 3, 32, 32))
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return int(analysis.total())
+
+
+@functools.lru_cache(maxsize=None)
+def architecture_flops(arch: str, depth: int, shortcut: str) -> int | None:
+    """`flop_count(build_model(arch, depth, shortcut))`, traced once per process (fvcore
+    counts neither ReLUs nor BN's eps); built under a forked RNG, so a cache miss leaves
+    the caller's random state alone."""
+    with torch.random.fork_rng(devices=[]):
+        return flop_count(build_model(arch, depth, shortcut))

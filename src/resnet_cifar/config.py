@@ -1,0 +1,153 @@
+"""`TrainConfig`: every knob of a run, its checks, its identity, and the learning-rate schedule.
+
+The defaults are the paper's CIFAR-10 recipe (Sec. 4.2): "We use a weight decay of 0.0001
+and momentum of 0.9 ... mini-batch size of 128 ... We start with a learning rate of 0.1,
+divide it by 10 at 32k and 48k iterations, and terminate training at 64k iterations, which
+is determined on a 45k/5k train/val split."
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+from .data import NORMALIZATIONS
+from .models import ARCHS, SHORTCUTS, check_depth
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "nadam")
+SCHEDULES = ("multistep", "plateau", "cosine", "constant")
+# float32 is true fp32 (TF32 off, as on the paper's GPUs); tf32 lets CUDA matmuls and
+# convolutions round their inputs to TF32; bfloat16 is fp32 weights under bf16 autocast.
+DTYPES = ("float32", "tf32", "float64", "bfloat16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PROGRESS = ("auto", "bar", "log", "none")
+# Fields that say where/how a run executes, not what it computes: a finished run is
+# reused whatever they are (train on a GPU, rebuild the book on a laptop).
+EXECUTION_FIELDS = ("name", "device", "data_dir", "runs_dir", "resume", "force", "wait", "compile", "compile_mode",
+                    "channels_last", "checkpoint_every", "progress")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run. The defaults are the paper's CIFAR-10 ResNet-32 recipe."""
+    name: str | None = None               # run folder name; default: derived from the config
+    # model (models.py)
+    arch: str = "resnet"                  # resnet | plain | resnet34-imagenet
+    depth: int = 32                       # 6n+2: 20, 32, 44, 56, 110, 1202
+    shortcut: str = "A"                   # A: zero-pad identity (paper, CIFAR) | B: 1x1 projection
+    final_relu: bool = False              # the seed log's question: a ReLU after the last FC
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    # data (data.py)
+    data_dir: str | None = None           # > $RESNET_CIFAR_DATA > ./data
+    val_size: int = 5000                  # the 45k/5k split
+    split_seed: int = 0
+    subset: int | None = None             # n//10 images of each class from each split, for quick runs
+    normalization: str = "per-pixel-mean"  # per-pixel-mean (paper) | per-channel | none
+    normalize_eval: bool = True           # False: test without mean subtraction (the seed log's failure)
+    crop: bool = True                     # 4-pixel zero pad + random 32x32 crop
+    flip: bool = True                     # random horizontal flip
+    pad: int = 4
+    # optimization
+    optimizer: str = "sgd"                # sgd | adam | adamw | nadam
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    iterations: int = 64000
+    schedule: str = "multistep"           # multistep | plateau | cosine | constant
+    schedule_unit: str = "iteration"      # milestones and warm-up in iterations or epochs
+    milestones: tuple[int, ...] = (32000, 48000)  # lr drops (x gamma)
+    gamma: float = 0.1
+    warmup: int = 0                       # ResNet-110's trick: lr = warmup_lr for this long
+    warmup_lr: float = 0.01
+    plateau_patience: int = 10            # evaluations without val-loss improvement
+    plateau_threshold: float = 1e-4
+    # evaluation, checkpoints
+    eval_every: int | None = None         # iterations (default: one epoch)
+    checkpoint_every: int | None = None   # iterations (default: at every evaluation)
+    # execution
+    device: str = "auto"                  # auto (cuda, then mps, then cpu) | cpu | cuda[:k] | mps
+    dtype: str = "float32"                # float32 (true fp32) | tf32 | float64 | bfloat16 (autocast)
+    channels_last: bool = False
+    compile: bool = False                 # torch.compile the model
+    compile_mode: str = "default"         # with --compile: default | reduce-overhead (CUDA graphs) | ...
+    sync_bn: bool = False                 # SyncBatchNorm across torchrun processes (GPUs only)
+    seed: int = 0
+    runs_dir: str = "runs"
+    resume: bool = True                   # continue an interrupted run from its checkpoint
+    force: bool = False                   # retrain even if a record exists
+    wait: bool = False                    # another process trains this run: wait for it, then reuse or resume
+    progress: str = "auto"                # auto (a bar on a terminal, log lines otherwise) | bar | log | none
+
+    def __post_init__(self):
+        self.milestones = tuple(self.milestones)
+
+    def validate(self) -> "TrainConfig":
+        """Check every field; raise ValueError naming the field and what it accepts."""
+        choices = dict(arch=ARCHS, shortcut=SHORTCUTS, normalization=NORMALIZATIONS, optimizer=OPTIMIZERS,
+                       schedule=SCHEDULES, schedule_unit=("iteration", "epoch"), dtype=DTYPES,
+                       compile_mode=COMPILE_MODES, progress=PROGRESS)
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise ValueError(f"{key} must be one of {valid}, got {getattr(self, key)!r}")
+        if self.arch != "resnet34-imagenet":
+            check_depth(self.depth)
+        positive = dict(lr=self.lr, batch_size=self.batch_size, iterations=self.iterations, bn_eps=self.bn_eps)
+        positive.update({k: getattr(self, k) for k in ("eval_every", "checkpoint_every", "subset")
+                         if getattr(self, k) is not None})  # None = the default; 0 is an error
+        for key, value in positive.items():
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"{key} must be a positive number, got {value!r}")
+        if self.subset is not None and self.subset < 10:
+            raise ValueError(f"subset must be at least 10 (one image per class) or None (all), got {self.subset}")
+        if not (isinstance(self.val_size, int) and self.val_size >= 0):
+            raise ValueError(f"val_size must be an integer >= 0, got {self.val_size!r}")
+        if self.schedule == "plateau" and self.warmup:
+            raise ValueError("warmup is not supported with schedule='plateau'; set warmup=0")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True (--compile)")
+        if not (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")):
+            raise ValueError(f"device must be auto, cpu, cuda[:k] or mps, got {self.device!r}")
+        return self
+
+    def identity(self) -> dict:
+        """The fields that decide what a run computes (all but EXECUTION_FIELDS)."""
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(d["milestones"])
+        return {k: v for k, v in d.items() if k not in EXECUTION_FIELDS}
+
+    def run_name(self) -> str:
+        """`name`, or the model and a hash of the identity: resnet32-1a2b3c4d."""
+        if self.name:
+            return self.name
+        digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
+        model = self.arch if self.arch == "resnet34-imagenet" else f"{self.arch}{self.depth}"
+        return f"{model}-{digest}"
+
+    def schedule_notice(self) -> str | None:
+        """A sentence when a multistep schedule never drops within `iterations` (e.g. a short
+        run left with the paper's 32k/48k milestones), else None."""
+        if self.schedule != "multistep" or self.schedule_unit != "iteration":
+            return None
+        if self.milestones and min(self.milestones) >= self.iterations:
+            return (f"the learning rate stays {self.lr:g} for all {self.iterations:,} iterations: its milestones "
+                    f"{', '.join(f'{m:,}' for m in self.milestones)} come after the end of the run. Pass milestones "
+                    f"(--milestones) to drop it, e.g. at 50 % and 75 % of the run as the paper does.")
+        return None
+
+
+def lr_at(config: TrainConfig, iteration: int, iterations_per_epoch: int = 1) -> float:
+    """The scheduled learning rate at `iteration` (0-based) for the multistep, cosine and
+    constant schedules; a plateau schedule starts at config.lr and its scheduler lowers it."""
+    unit = iterations_per_epoch if config.schedule_unit == "epoch" else 1
+    if iteration < config.warmup * unit:
+        return config.warmup_lr
+    if config.schedule == "multistep":
+        return config.lr * config.gamma ** sum(iteration >= m * unit for m in config.milestones)
+    if config.schedule == "cosine":
+        return 0.5 * config.lr * (1 + math.cos(math.pi * iteration / config.iterations))
+    return config.lr

@@ -1,0 +1,232 @@
+"""Run folders: what a run leaves on disk, reading it back, and the reuse / resume / lock rules.
+
+A run lives in `<runs_dir>/<name>/`:
+    config.json    the TrainConfig
+    history.csv    one row per evaluation: train/val/test loss and error, lr, wall time
+    lr_trace.csv   the learning rate of every iteration (written when the run ends)
+    summary.json   status, final/best errors, speed, params, FLOPs, device, numerics, dataset ...
+    checkpoint.pt  full training state (resume after a kill), written atomically
+    model.pt       final weights (complete runs only)
+    .lock          the pid of the process training it
+A finished run with the same config is read back instead of retrained.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import TrainConfig
+
+FINISHED = ("complete", "diverged")
+HISTORY_COLUMNS = ["iteration", "epoch", "lr", "train_loss", "train_error", "val_loss", "val_error",
+                   "test_loss", "test_error", "wall_time"]
+RECORD_FILES = ("summary.json", "history.csv", "lr_trace.csv", "checkpoint.pt", "model.pt")
+
+
+class RunError(RuntimeError):
+    """A run cannot start or continue; the message says what to do."""
+
+
+@dataclass
+class RunResult:
+    """What a run left in its folder, read back."""
+    run_dir: Path
+    config: dict
+    summary: dict
+    history: "object" = field(repr=False)   # pandas DataFrame, one row per evaluation
+    lr_trace: "object" = field(repr=False)  # pandas DataFrame: iteration, lr
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    def error(self, key: str = "final_test_error") -> float | None:
+        """An error of the summary in percent (None when the run has none, e.g. it diverged first)."""
+        value = self.summary.get(key)
+        return None if value is None else 100 * value
+
+    def load_model(self, map_location="cpu") -> torch.nn.Module:
+        """The final weights in a model built from the run's config, in eval mode."""
+        from .models import build_model
+        if not (self.run_dir / "model.pt").is_file():
+            raise RunError(f"run {self.run_dir} has no final weights (model.pt): it is "
+                           f"{self.summary.get('status_detail', self.status)}; only a complete run has them.")
+        cfg = TrainConfig(**self.config)
+        model = build_model(cfg.arch, cfg.depth, cfg.shortcut, final_relu=cfg.final_relu, bn_eps=cfg.bn_eps,
+                            bn_momentum=cfg.bn_momentum)
+        if cfg.dtype == "float64":
+            model = model.double()
+        model.load_state_dict(torch.load(self.run_dir / "model.pt", map_location=map_location, weights_only=True))
+        return model.eval()
+
+
+def load_run(run_dir) -> RunResult:
+    """Read a run folder (finished or not)."""
+    import pandas as pd
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").is_file():
+        raise RunError(f"{run_dir} is not a run folder (no summary.json); train it first.")
+    config = json.loads((run_dir / "config.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    read = lambda name: pd.read_csv(run_dir / name) if (run_dir / name).is_file() else pd.DataFrame()  # noqa: E731
+    if summary.get("status") == "running" and not lock_owner(run_dir):  # its process was killed
+        summary["status_detail"] = (f"interrupted at iteration {summary.get('iterations_done')} (no process "
+                                    f"is training it; train() with resume=True continues it)")
+    return RunResult(run_dir, config, summary, read("history.csv"), read("lr_trace.csv"))
+
+
+# ---------------------------------------------------------------- reuse, resume or start over
+
+def decide(config: TrainConfig, run_dir: Path) -> str:
+    """'reuse' a finished identical run, 'resume' an interrupted one, or start 'fresh'."""
+    summary_path = run_dir / "summary.json"
+    if config.force or not summary_path.is_file():
+        return "fresh"
+    try:
+        stored = json.loads((run_dir / "config.json").read_text())
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"run record {run_dir} is unreadable ({e}); pass force=True (--force) to retrain it.") from e
+    ours, theirs = config.identity(), TrainConfig(**stored).identity()
+    if ours != theirs:
+        diff = sorted(k for k in ours if ours[k] != theirs.get(k))
+        raise RunError(f"run {run_dir} exists with a different config (differs in {', '.join(diff)}); "
+                       f"pick another name or pass force=True (--force) to overwrite it.")
+    if summary.get("status") in FINISHED:
+        return "reuse"
+    if config.resume and (run_dir / "checkpoint.pt").is_file():
+        return "resume"
+    if config.resume:
+        return "fresh"  # killed before its first checkpoint: nothing to keep
+    raise RunError(f"run {run_dir} is {summary.get('status')} (not finished); pass resume=True (--resume) to "
+                   f"continue it or force=True (--force) to start over.")
+
+
+def clear(run_dir: Path) -> None:
+    """Remove an old record before a fresh start, so nothing half-old looks complete."""
+    for name in RECORD_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def check_writable(runs_dir: Path) -> None:
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        probe = runs_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"runs folder {runs_dir} is not writable ({e.strerror}); pass runs_dir= (--runs-dir) "
+                       f"pointing at a writable folder.") from e
+
+
+class RunLock:
+    """`<run>/.lock` holds the pid of the process training the run; a second process fails
+    at once, or with `wait` polls until the lock is free. A lock left by a killed process
+    (dead pid) is taken over."""
+    POLL_S = 2.0
+
+    def __init__(self, run_dir: Path, wait: bool = False):
+        self.path, self.wait = Path(run_dir) / ".lock", wait
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        stale, waiting_for = 0, None
+        while stale < 2:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                return self
+            except FileExistsError:
+                pid = lock_owner(self.path.parent)
+                if pid and pid != os.getpid():
+                    if not self.wait:
+                        raise RunError(f"run {self.path.parent} is being trained by process {pid}; wait for it "
+                                       f"(wait=True, --wait), or pick another run name.") from None
+                    if pid != waiting_for:
+                        print(f"[{self.path.parent.name}] process {pid} is training this run: waiting for it",
+                              flush=True)
+                        waiting_for = pid
+                    time.sleep(self.POLL_S)
+                    continue
+                self.path.unlink(missing_ok=True)  # stale: its owner is gone
+                stale += 1
+        raise RunError(f"could not take the lock {self.path}; remove it if no process is training this run.")
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def lock_owner(run_dir: Path) -> int:
+    """The pid of the live process holding the run's lock, or 0."""
+    try:
+        pid = int((Path(run_dir) / ".lock").read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return 0
+    except PermissionError:
+        pass  # alive, another user's
+    return pid
+
+
+# ---------------------------------------------------------------- writing records atomically
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a kill mid-write keeps the old file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@functools.lru_cache(maxsize=None)
+def git_commit() -> str | None:
+    """The library's git commit (looked up once per process), or None outside a checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
