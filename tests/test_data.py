@@ -1,5 +1,4 @@
 """CIFAR-10 loading, the 45k/5k split, subsets, normalization and augmentation."""
-import os
 import pickle
 import urllib.error
 from pathlib import Path

@@ -69,4 +69,4 @@ def test_sync_bn_on_cpu_is_refused_with_advice(tmp_path, training_data):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode != 0
-    assert "sync_bn needs CUDA" in proc.stdout + proc.stderr and "drop --sync-bn" in proc.stdout + proc.stderr
+    assert "sync_bn needs CUDA" in proc.stdout + proc.stderr and "--no-sync-bn for a CPU run" in proc.stdout + proc.stderr

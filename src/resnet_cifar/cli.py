@@ -65,8 +65,24 @@ def main(argv=None) -> int:
     try:
         return _run(args)
     except (DataError, RunError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {as_flags(str(e))}", file=sys.stderr)
         return 2
+
+
+def as_flags(message: str) -> str:
+    """Library messages name arguments (`force=True`, `runs_dir=`); on the command line the
+    same advice names flags (`--force`, `--runs-dir`)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+
+    def flag(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in fields:
+            return match.group(0)
+        option = "--" + name.replace("_", "-")
+        if value == "False":
+            return "--no-" + name.replace("_", "-")
+        return option if value in ("True", "") else f"{option} {value.strip(chr(39))}"
+    return re.sub(r"\b([a-z_]+)=(True|False|'[^']*'|[\w.]*)", flag, message)
 
 
 def _run(args) -> int:

@@ -109,7 +109,7 @@ class TrainConfig:
         if self.schedule == "plateau" and self.warmup:
             raise ValueError("warmup is not supported with schedule='plateau'; set warmup=0")
         if self.compile_mode != "default" and not self.compile:
-            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True (--compile)")
+            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True")
         if not (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")):
             raise ValueError(f"device must be auto, cpu, cuda[:k] or mps, got {self.device!r}")
         return self
@@ -135,8 +135,8 @@ class TrainConfig:
             return None
         if self.milestones and min(self.milestones) >= self.iterations:
             return (f"the learning rate stays {self.lr:g} for all {self.iterations:,} iterations: its milestones "
-                    f"{', '.join(f'{m:,}' for m in self.milestones)} come after the end of the run. Pass milestones "
-                    f"(--milestones) to drop it, e.g. at 50 % and 75 % of the run as the paper does.")
+                    f"{', '.join(f'{m:,}' for m in self.milestones)} come after the end of the run. Pass milestones= "
+                    f"to drop it, e.g. at 50 % and 75 % of the run as the paper does.")
         return None
 
 

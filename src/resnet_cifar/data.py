@@ -78,7 +78,7 @@ def _missing_message(root: Path) -> str:
     return (
         f"CIFAR-10 not found: expected {root / FOLDER}/ with {', '.join(TRAIN_FILES)}, {TEST_FILE}, "
         f"{META_FILE}. Download it with `python -m resnet_cifar download --data-dir {root}` "
-        f"(or pass download=True), unpack cifar-10-python.tar.gz there yourself, or point "
+        f"(load_cifar10(download_if_missing=True) in Python), unpack cifar-10-python.tar.gz there yourself, or point "
         f"RESNET_CIFAR_DATA / --data-dir at the folder that holds {FOLDER}/."
     )
 

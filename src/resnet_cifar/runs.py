@@ -12,9 +12,12 @@ A finished run with the same config is read back instead of retrained.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import functools
 import json
+import math
 import os
 import subprocess
 import time
@@ -106,20 +109,20 @@ def decide(config: TrainConfig, run_dir: Path) -> str:
         stored = json.loads((run_dir / "config.json").read_text())
         summary = json.loads(summary_path.read_text())
     except (OSError, ValueError) as e:
-        raise RunError(f"run record {run_dir} is unreadable ({e}); pass force=True (--force) to retrain it.") from e
+        raise RunError(f"run record {run_dir} is unreadable ({e}); pass force=True to retrain it.") from e
     ours, theirs = config.identity(), TrainConfig(**stored).identity()
     if ours != theirs:
         diff = sorted(k for k in ours if ours[k] != theirs.get(k))
         raise RunError(f"run {run_dir} exists with a different config (differs in {', '.join(diff)}); "
-                       f"pick another name or pass force=True (--force) to overwrite it.")
+                       f"pick another name or pass force=True to overwrite it.")
     if summary.get("status") in FINISHED:
         return "reuse"
     if config.resume and (run_dir / "checkpoint.pt").is_file():
         return "resume"
     if config.resume:
         return "fresh"  # killed before its first checkpoint: nothing to keep
-    raise RunError(f"run {run_dir} is {summary.get('status')} (not finished); pass resume=True (--resume) to "
-                   f"continue it or force=True (--force) to start over.")
+    raise RunError(f"run {run_dir} is {summary.get('status')} (not finished); pass resume=True to continue "
+                   f"it or force=True to start over.")
 
 
 def clear(run_dir: Path) -> None:
@@ -135,7 +138,7 @@ def check_writable(runs_dir: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise RunError(f"runs folder {runs_dir} is not writable ({e.strerror}); pass runs_dir= (--runs-dir) "
+        raise RunError(f"runs folder {runs_dir} is not writable ({e.strerror}); pass runs_dir= "
                        f"pointing at a writable folder.") from e
 
 
@@ -162,7 +165,7 @@ class RunLock:
                 if pid and pid != os.getpid():
                     if not self.wait:
                         raise RunError(f"run {self.path.parent} is being trained by process {pid}; wait for it "
-                                       f"(wait=True, --wait), or pick another run name.") from None
+                                       f"(wait=True), or pick another run name.") from None
                     if pid != waiting_for:
                         print(f"[{self.path.parent.name}] process {pid} is training this run: waiting for it",
                               flush=True)
@@ -196,6 +199,86 @@ def lock_owner(run_dir: Path) -> int:
     except PermissionError:
         pass  # alive, another user's
     return pid
+
+
+# ---------------------------------------------------------------- what a training run writes
+
+class Record:
+    """What the training loop writes to the run folder (only where `enabled`: rank 0):
+    summary.json, history.csv, checkpoint.pt, model.pt, lr_trace.csv. `facts` are the
+    summary's fixed entries (model size, device, dataset ...)."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, per_epoch: int, facts: dict, enabled: bool = True):
+        self.config, self.run_dir, self.per_epoch, self.facts, self.enabled = config, run_dir, per_epoch, facts, enabled
+
+    def row(self, state: dict, lr: float, evaluated: dict | None = None) -> dict:
+        """A history row: training loss/error since the last row, then val/test (NaN if not evaluated)."""
+        loss_sum, wrong, seen = state["window"].tolist()
+        nan = float("nan")
+        row = dict(iteration=state["iteration"], epoch=state["iteration"] / self.per_epoch, lr=lr,
+                   train_loss=loss_sum / seen if seen else nan, train_error=wrong / seen if seen else nan,
+                   val_loss=nan, val_error=nan, test_loss=nan, test_error=nan, wall_time=state["wall_time"])
+        row.update(evaluated or {})
+        state["window"].zero_()
+        return row
+
+    def summary(self, state: dict, status: str) -> dict:
+        history = state["history"]
+        scored = [r for r in history if not math.isnan(r["val_error"])]
+        best = min(scored, key=lambda r: r["val_error"]) if scored else None
+        last = history[-1] if history else {}
+        steady_s = state["wall_time"] - state["warmup_time"]
+        steady_images = (state["iteration"] - state["warmup_iterations"]) * self.config.batch_size
+        return dict(
+            self.facts, status=status.split(" ")[0], status_detail=status, iterations_done=state["iteration"],
+            final_test_error=last.get("test_error"), final_val_error=last.get("val_error"),
+            best_val_error=best["val_error"] if best else None,
+            test_error_at_best_val=best["test_error"] if best else None,
+            wall_time_s=state["wall_time"], warmup_time_s=state["warmup_time"],
+            warmup_iterations=state["warmup_iterations"], eval_time_s=state["eval_time"],
+            # steady state: the steps after each (re)start's warm-up iterations
+            train_images_per_s=steady_images / steady_s if steady_images > 0 and steady_s > 0 else None,
+            updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    def start(self, state: dict) -> None:
+        if self.enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", dataclasses.asdict(self.config))
+            write_json(self.run_dir / "summary.json", self.summary(state, "running"))
+
+    def checkpoint(self, state: dict, model, optimizer, plateau, status: str = "running") -> None:
+        if not self.enabled:
+            return
+        save_atomic(dict(state, config=self.config.identity(), model=model.state_dict(),
+                              optimizer=optimizer.state_dict(), plateau=plateau.state_dict() if plateau else None,
+                              rng_cpu=torch.get_rng_state()), self.run_dir / "checkpoint.pt")
+        write_csv(self.run_dir / "history.csv", state["history"], HISTORY_COLUMNS)
+        write_json(self.run_dir / "summary.json", self.summary(state, status))
+
+    def finish(self, state: dict, status: str, model, optimizer, plateau) -> None:
+        if not self.enabled:
+            return
+        if status == "complete":
+            self.checkpoint(state, model, optimizer, plateau, status)
+            save_atomic(model.state_dict(), self.run_dir / "model.pt")
+        write_csv(self.run_dir / "history.csv", state["history"], HISTORY_COLUMNS)
+        write_csv(self.run_dir / "lr_trace.csv", lr_trace(state["lr_changes"], state["iteration"]),
+                       ["iteration", "lr"])
+        write_json(self.run_dir / "summary.json", self.summary(state, status))
+
+    def failed(self, state: dict, detail: str) -> None:
+        if self.enabled:
+            with contextlib.suppress(OSError):
+                write_json(self.run_dir / "summary.json", dict(self.summary(state, "failed"),
+                                                                    status_detail=detail))
+
+
+def lr_trace(changes: list[tuple[int, float]], iterations: int) -> list[dict]:
+    """Every iteration's learning rate, from the (iteration, lr) pairs where it changed."""
+    rows, bounds = [], [it for it, _ in changes[1:]] + [iterations]
+    for (start, lr), end in zip(changes, bounds):
+        rows += [dict(iteration=i, lr=lr) for i in range(start, min(end, iterations))]
+    return rows
 
 
 # ---------------------------------------------------------------- writing records atomically

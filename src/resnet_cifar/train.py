@@ -6,7 +6,6 @@ are in config.py.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -110,7 +109,8 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
                  eval_time=0.0, window=torch.zeros(3, dtype=torch.float64))  # window: loss sum, wrong, seen
     if resume:
         load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, plateau, state, device)
-    record = Record(config, run_dir, data, device, numerics, model, world, enabled=rank == 0)
+    record = runs.Record(config, run_dir, batches.per_epoch, run_facts(config, run_dir, data, device, numerics, model,
+                                                                       world), enabled=rank == 0)
     record.start(state)
     autocast_dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
     read_every = loss_read_interval(device)
@@ -267,89 +267,16 @@ def evaluation(model: nn.Module, data: PreparedData, config: TrainConfig, rank: 
 
 # ---------------------------------------------------------------- records and checkpoints
 
-class Record:
-    """What the loop writes to the run folder (rank 0 only): summary, history, checkpoints."""
-
-    def __init__(self, config: TrainConfig, run_dir: Path, data: PreparedData, device: torch.device, numerics: dict,
-                 model: nn.Module, world: int, enabled: bool = True):
-        self.config, self.run_dir, self.data, self.enabled = config, run_dir, data, enabled
-        self.per_epoch = len(data.train_y) // config.batch_size
-        flops = architecture_flops(config.arch, config.depth, config.shortcut)
-        self.fixed = dict(
-            name=run_dir.name, iterations=config.iterations, params=count_parameters(model), flops=flops,
-            flops_note=None if flops is not None else "fvcore is not installed: FLOPs not counted",
-            device=str(device), device_name=device_label(device), world_size=world, numerics=numerics,
-            torch_version=torch.__version__, dataset=data.dataset.identity, dataset_label=data.dataset.label,
-            train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
-            git_commit=runs.git_commit())
-
-    def row(self, state: dict, lr: float, evaluated: dict | None = None) -> dict:
-        """A history row: training loss/error since the last row, then val/test (NaN if not evaluated)."""
-        loss_sum, wrong, seen = state["window"].tolist()
-        nan = float("nan")
-        row = dict(iteration=state["iteration"], epoch=state["iteration"] / self.per_epoch, lr=lr,
-                   train_loss=loss_sum / seen if seen else nan, train_error=wrong / seen if seen else nan,
-                   val_loss=nan, val_error=nan, test_loss=nan, test_error=nan, wall_time=state["wall_time"])
-        row.update(evaluated or {})
-        state["window"].zero_()
-        return row
-
-    def summary(self, state: dict, status: str) -> dict:
-        history = state["history"]
-        scored = [r for r in history if not math.isnan(r["val_error"])]
-        best = min(scored, key=lambda r: r["val_error"]) if scored else None
-        last = history[-1] if history else {}
-        steady_s = state["wall_time"] - state["warmup_time"]
-        steady_images = (state["iteration"] - state["warmup_iterations"]) * self.config.batch_size
-        return dict(
-            self.fixed, status=status.split(" ")[0], status_detail=status, iterations_done=state["iteration"],
-            final_test_error=last.get("test_error"), final_val_error=last.get("val_error"),
-            best_val_error=best["val_error"] if best else None,
-            test_error_at_best_val=best["test_error"] if best else None,
-            wall_time_s=state["wall_time"], warmup_time_s=state["warmup_time"], eval_time_s=state["eval_time"],
-            # steady state: the steps after each (re)start's warm-up iterations
-            train_images_per_s=steady_images / steady_s if steady_images > 0 and steady_s > 0 else None,
-            updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
-
-    def start(self, state: dict) -> None:
-        if self.enabled:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            runs.write_json(self.run_dir / "config.json", dataclasses.asdict(self.config))
-            runs.write_json(self.run_dir / "summary.json", self.summary(state, "running"))
-
-    def checkpoint(self, state: dict, model, optimizer, plateau, status: str = "running") -> None:
-        if not self.enabled:
-            return
-        runs.save_atomic(dict(state, config=self.config.identity(), model=model.state_dict(),
-                              optimizer=optimizer.state_dict(), plateau=plateau.state_dict() if plateau else None,
-                              rng_cpu=torch.get_rng_state()), self.run_dir / "checkpoint.pt")
-        runs.write_csv(self.run_dir / "history.csv", state["history"], runs.HISTORY_COLUMNS)
-        runs.write_json(self.run_dir / "summary.json", self.summary(state, status))
-
-    def finish(self, state: dict, status: str, model, optimizer, plateau) -> None:
-        if not self.enabled:
-            return
-        if status == "complete":
-            self.checkpoint(state, model, optimizer, plateau, status)
-            runs.save_atomic(model.state_dict(), self.run_dir / "model.pt")
-        runs.write_csv(self.run_dir / "history.csv", state["history"], runs.HISTORY_COLUMNS)
-        runs.write_csv(self.run_dir / "lr_trace.csv", lr_trace(state["lr_changes"], state["iteration"]),
-                       ["iteration", "lr"])
-        runs.write_json(self.run_dir / "summary.json", self.summary(state, status))
-
-    def failed(self, state: dict, detail: str) -> None:
-        if self.enabled:
-            with contextlib.suppress(OSError):
-                runs.write_json(self.run_dir / "summary.json", dict(self.summary(state, "failed"),
-                                                                    status_detail=detail))
-
-
-def lr_trace(changes: list[tuple[int, float]], iterations: int) -> list[dict]:
-    """Every iteration's learning rate, from the (iteration, lr) pairs where it changed."""
-    rows, bounds = [], [it for it, _ in changes[1:]] + [iterations]
-    for (start, lr), end in zip(changes, bounds):
-        rows += [dict(iteration=i, lr=lr) for i in range(start, min(end, iterations))]
-    return rows
+def run_facts(config: TrainConfig, run_dir: Path, data: PreparedData, device: torch.device, numerics: dict,
+              model: nn.Module, world: int) -> dict:
+    """The summary's entries that do not change while the run trains."""
+    flops = architecture_flops(config.arch, config.depth, config.shortcut)
+    return dict(name=run_dir.name, iterations=config.iterations, params=count_parameters(model), flops=flops,
+                flops_note=None if flops is not None else "fvcore is not installed: FLOPs not counted",
+                device=str(device), device_name=device_label(device), world_size=world, numerics=numerics,
+                torch_version=torch.__version__, dataset=data.dataset.identity, dataset_label=data.dataset.label,
+                train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
+                git_commit=runs.git_commit())
 
 
 def load_checkpoint(path: Path, config: TrainConfig, model, optimizer, plateau, state: dict, device) -> None:
@@ -357,9 +284,9 @@ def load_checkpoint(path: Path, config: TrainConfig, model, optimizer, plateau, 
         saved = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         raise RunError(f"checkpoint {path} is corrupted or unreadable ({type(e).__name__}); pass force=True "
-                       f"(--force) to start the run over.") from e
+                       f"to start the run over.") from e
     if saved.get("config") != config.identity():
-        raise RunError(f"checkpoint {path} was written by a different config; pass force=True (--force) to "
+        raise RunError(f"checkpoint {path} was written by a different config; pass force=True to "
                        f"start the run over, or pick another run name.")
     try:
         model.load_state_dict(saved["model"])
@@ -369,7 +296,7 @@ def load_checkpoint(path: Path, config: TrainConfig, model, optimizer, plateau, 
         state.update({k: saved[k] for k in state})
     except (RuntimeError, KeyError, ValueError) as e:
         raise RunError(f"checkpoint {path} does not match this model ({str(e).splitlines()[0]}); pass force=True "
-                       f"(--force) to start the run over.") from e
+                       f"to start the run over.") from e
     state["window"] = state["window"].cpu()
     state["lr_changes"] = [tuple(c) for c in state["lr_changes"]]
     torch.set_rng_state(saved["rng_cpu"].cpu())
@@ -388,15 +315,15 @@ def start_processes(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
     if config.wait:
-        raise RunError("wait=True (--wait) is for single-process runs; a torchrun job cannot wait on another "
+        raise RunError("wait=True is for single-process runs; a torchrun job cannot wait on another "
                        "process's run")
     if config.sync_bn and device.type != "cuda":
-        raise RunError("sync_bn needs CUDA devices (SyncBatchNorm only runs on GPUs); drop --sync-bn for a CPU run.")
+        raise RunError("sync_bn needs CUDA devices (SyncBatchNorm only runs on GPUs); set sync_bn=False for a CPU run.")
     if config.compile and config.compile_mode in ("reduce-overhead", "max-autotune"):
         # BatchNorm's running statistics are inputs that the step mutates; with DDP, CUDA graphs are
         # then skipped and the step runs >10x slower (a known PyTorch limitation).
         raise ValueError(f"compile_mode={config.compile_mode!r} (CUDA graphs) does not work with torchrun's "
-                         f"DistributedDataParallel and BatchNorm; use --compile-mode default")
+                         f"DistributedDataParallel and BatchNorm; use compile_mode='default'")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
