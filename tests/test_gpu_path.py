@@ -228,3 +228,19 @@ def test_cpu_label_names_the_model_and_its_features(monkeypatch):
     assert not devices.native_bf16(torch.device("cpu"))
     monkeypatch.setattr(devices, "cpu_features", lambda: ("avx2", "avx512f", "avx512_bf16"))
     assert devices.native_bf16(torch.device("cpu"))
+
+
+# ---------------------------------------------------------------- the paper's ResNet-110 warm-up rule
+
+def test_warmup_until_error_is_a_rule_not_a_length(tiny, dataset):
+    """lr 0.01 until the training error of 50 iterations is below the threshold, then the
+    schedule's 0.1: with threshold 1.0 (always met) the lr goes up after the first 50
+    iterations; with a threshold nothing reaches it stays 0.01 to the end."""
+    settings = {**tiny, "iterations": 100, "eval_every": 50, "milestones": (1000,)}
+    early = train(name="met", dataset=dataset, warmup_until_error=1.0, **settings)
+    assert early.summary["lr_warmup_ended_at"] == 50
+    assert set(early.lr_trace["lr"][:50]) == {0.01} and set(early.lr_trace["lr"][50:]) == {0.1}
+    never = train(name="never", dataset=dataset, warmup_until_error=1e-9, **settings)
+    assert never.summary["lr_warmup_ended_at"] is None and set(never.lr_trace["lr"]) == {0.01}
+    with pytest.raises(ValueError, match="warmup_until_error must be an error rate"):
+        TrainConfig(warmup_until_error=80).validate()

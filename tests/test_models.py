@@ -100,7 +100,7 @@ def test_bad_depth_names_valid_choices(depth):
 
 
 def test_unknown_shortcut_and_arch():
-    with pytest.raises(ValueError, match=r"shortcut must be one of \('A', 'B'\)"):
+    with pytest.raises(ValueError, match=r"shortcut must be one of \('A', 'B', 'B-no-bn'\)"):
         resnet(20, "C")
     with pytest.raises(ValueError, match=r"arch must be one of .*resnet.*plain"):
         build_model("densenet")
@@ -159,3 +159,12 @@ def test_architecture_flops_is_cached_and_leaves_the_rng_alone():
     assert flops == 69_468_800
     assert architecture_flops("resnet", 32, "A") == flops and architecture_flops.cache_info().hits >= 1
     assert architecture_flops("resnet", 32, "B") == flop_count(resnet(32, "B"))
+
+
+def test_projection_without_bn_is_the_logs_first_attempt():
+    """The seed log's 1x1 convolution without BN: option B minus the two projection BNs
+    (2 x (32 + 64) weights and biases)."""
+    with_bn, without_bn = resnet(32, "B"), resnet(32, "B-no-bn")
+    assert count_parameters(with_bn) - count_parameters(without_bn) == 2 * (32 + 64)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in without_bn.stage2[0].shortcut.modules())
+    assert without_bn(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

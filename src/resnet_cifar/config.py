@@ -36,7 +36,7 @@ class TrainConfig:
     # model (models.py)
     arch: str = "resnet"                  # resnet | plain | resnet34-imagenet
     depth: int = 32                       # 6n+2: 20, 32, 44, 56, 110, 1202
-    shortcut: str = "A"                   # A: zero-pad identity (paper, CIFAR) | B: 1x1 projection
+    shortcut: str = "A"                   # A: zero-pad identity (paper, CIFAR) | B: 1x1 conv + BN | B-no-bn
     final_relu: bool = False              # the seed log's question: a ReLU after the last FC
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
@@ -62,7 +62,8 @@ class TrainConfig:
     schedule_unit: str = "iteration"      # milestones and warm-up in iterations or epochs
     milestones: tuple[int, ...] = (32000, 48000)  # lr drops (x gamma)
     gamma: float = 0.1
-    warmup: int = 0                       # ResNet-110's trick: lr = warmup_lr for this long
+    warmup: int = 0                       # lr = warmup_lr for this many iterations (or epochs)
+    warmup_until_error: float | None = None  # ResNet-110 (Sec. 4.2): lr = warmup_lr until training error < this
     warmup_lr: float = 0.01
     plateau_patience: int = 10            # evaluations without val-loss improvement
     plateau_threshold: float = 1e-4
@@ -106,8 +107,12 @@ class TrainConfig:
             raise ValueError(f"subset must be at least 10 (one image per class) or None (all), got {self.subset}")
         if not (isinstance(self.val_size, int) and self.val_size >= 0):
             raise ValueError(f"val_size must be an integer >= 0, got {self.val_size!r}")
-        if self.schedule == "plateau" and self.warmup:
-            raise ValueError("warmup is not supported with schedule='plateau'; set warmup=0")
+        if self.schedule == "plateau" and (self.warmup or self.warmup_until_error):
+            raise ValueError("warmup is not supported with schedule='plateau'; set warmup=0, warmup_until_error=None")
+        if self.warmup_until_error is not None and not 0 < self.warmup_until_error <= 1:
+            raise ValueError(f"warmup_until_error must be an error rate in (0, 1], e.g. 0.8, got {self.warmup_until_error!r}")
+        if self.warmup and self.warmup_until_error:
+            raise ValueError("warmup (a fixed length) and warmup_until_error (a rule) exclude each other; set one")
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True")
         if not (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SHORTCUTS = ("A", "B")
+SHORTCUTS = ("A", "B", "B-no-bn")
 ARCHS = ("resnet", "plain", "resnet34-imagenet")
 
 
@@ -50,12 +50,11 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra))
 
 
-def projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
-    """Option B (Sec. 3.3): a 1x1 convolution + BN where shapes change."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-        nn.BatchNorm2d(out_channels),
-    )
+def projection(in_channels: int, out_channels: int, stride: int, bn: bool = True) -> nn.Module:
+    """Option B (Sec. 3.3): a 1x1 convolution + BN where shapes change; without the BN
+    (`bn=False`) it is the seed log's first attempt (Jan 9)."""
+    conv = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels)) if bn else nn.Sequential(conv)
 
 
 class BasicBlock(nn.Module):
@@ -76,7 +75,7 @@ class BasicBlock(nn.Module):
         elif shortcut == "A":
             self.shortcut = PadShortcut(in_channels, out_channels, stride)
         else:
-            self.shortcut = projection(in_channels, out_channels, stride)
+            self.shortcut = projection(in_channels, out_channels, stride, bn=shortcut == "B")
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))

@@ -236,6 +236,7 @@ class Record:
             test_error_at_best_val=best["test_error"] if best else None,
             wall_time_s=state["wall_time"], warmup_time_s=state["warmup_time"],
             warmup_iterations=state["warmup_iterations"], eval_time_s=state["eval_time"],
+            lr_warmup_ended_at=state["lr_warmup_ended"],  # warmup_until_error: the iteration the lr went up
             # steady state: the steps after each (re)start's warm-up iterations
             train_images_per_s=steady_images / steady_s if steady_images > 0 and steady_s > 0 else None,
             updated=time.strftime("%Y-%m-%dT%H:%M:%S"))

@@ -26,6 +26,7 @@ from .models import architecture_flops, build_model, count_parameters
 from .runs import RunError, RunResult, load_run
 
 WARMUP_ITERATIONS = 10  # after each (re)start, timed apart: torch.compile compiles, CUDA graphs record, cuDNN tunes
+WARMUP_RULE_EVERY = 50  # warmup_until_error: the training error of each 50 iterations decides (about 400 in the paper)
 
 
 def train(config: TrainConfig | None = None, dataset: CIFAR10 | None = None, **overrides) -> RunResult:
@@ -106,7 +107,9 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
     checkpoint_every = config.checkpoint_every or eval_every
     model, step_model, optimizer, plateau = build_training(config, device, world, dtype)
     state = dict(iteration=0, history=[], lr_changes=[], wall_time=0.0, warmup_time=0.0, warmup_iterations=0,
-                 eval_time=0.0, window=torch.zeros(3, dtype=torch.float64))  # window: loss sum, wrong, seen
+                 eval_time=0.0, window=torch.zeros(3, dtype=torch.float64),  # window: loss sum, wrong, seen
+                 lr_warmup=config.warmup_until_error is not None, lr_warmup_window=torch.zeros(3, dtype=torch.float64),
+                 lr_warmup_ended=None)
     if resume:
         load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, plateau, state, device)
     record = runs.Record(config, run_dir, batches.per_epoch, run_facts(config, run_dir, data, device, numerics, model,
@@ -120,14 +123,16 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
     try:
         started = time.perf_counter()
         while it < config.iterations:
-            lr = optimizer.param_groups[0]["lr"] if plateau else lr_at(config, it, batches.per_epoch)
+            lr = (config.warmup_lr if state["lr_warmup"] else current_lr(optimizer) if plateau
+                  else lr_at(config, it, batches.per_epoch))
             if not state["lr_changes"] or state["lr_changes"][-1][1] != lr:
                 state["lr_changes"].append((it, lr))
             pending.append(train_step(step_model, optimizer, *batches(it), lr, autocast_dtype))
             it += 1
             due_eval = it % eval_every == 0 or it == config.iterations
             due_checkpoint = it % checkpoint_every == 0 and it < config.iterations
-            if not (due_eval or due_checkpoint or it % read_every == 0 or it == warm_until):
+            rule_due = state["lr_warmup"] and it % WARMUP_RULE_EVERY == 0
+            if not (due_eval or due_checkpoint or rule_due or it % read_every == 0 or it == warm_until):
                 continue
             # Read the pending steps' results: one host sync (and one all-reduce) for all of them.
             stats = torch.stack(pending)
@@ -146,6 +151,13 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
                 state["warmup_iterations"] += len(losses)
             state["window"] += stats.sum(0)
             state["iteration"] = it
+            if state["lr_warmup"]:  # ResNet-110: lr 0.01 until the training error is below 80 %, then the schedule
+                state["lr_warmup_window"] += stats.sum(0)
+                if rule_due:
+                    _, wrong, seen = state["lr_warmup_window"].tolist()
+                    if wrong / seen < config.warmup_until_error:
+                        state["lr_warmup"], state["lr_warmup_ended"] = False, it
+                    state["lr_warmup_window"].zero_()
             progress.update(it, losses[-1])
             if bad is not None:
                 status = f"diverged at iteration {it}"
