@@ -134,31 +134,20 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
             rule_due = state["lr_warmup"] and it % WARMUP_RULE_EVERY == 0
             if not (due_eval or due_checkpoint or rule_due or it % read_every == 0 or it == warm_until):
                 continue
-            # Read the pending steps' results: one host sync (and one all-reduce) for all of them.
-            stats = torch.stack(pending)
-            pending.clear()
-            if world > 1:
-                dist.all_reduce(stats)
-            stats, seconds = stats.cpu(), time.perf_counter() - started
-            losses = (stats[:, 0] / stats[:, 2]).tolist()
-            bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
+            stats, bad = read_steps(pending, world)
+            seconds = time.perf_counter() - started
             if bad is not None:  # keep the steps up to the first non-finite loss, drop the later ones
-                seconds *= (bad + 1) / len(losses)
-                it, stats, losses = it - len(losses) + bad + 1, stats[:bad + 1], losses[:bad + 1]
+                seconds *= (bad + 1) / len(stats)
+                it, stats = it - len(stats) + bad + 1, stats[:bad + 1]
             state["wall_time"] += seconds
             if it <= warm_until:
                 state["warmup_time"] += seconds
-                state["warmup_iterations"] += len(losses)
+                state["warmup_iterations"] += len(stats)
             state["window"] += stats.sum(0)
             state["iteration"] = it
-            if state["lr_warmup"]:  # ResNet-110: lr 0.01 until the training error is below 80 %, then the schedule
-                state["lr_warmup_window"] += stats.sum(0)
-                if rule_due:
-                    _, wrong, seen = state["lr_warmup_window"].tolist()
-                    if wrong / seen < config.warmup_until_error:
-                        state["lr_warmup"], state["lr_warmup_ended"] = False, it
-                    state["lr_warmup_window"].zero_()
-            progress.update(it, losses[-1])
+            if state["lr_warmup"]:
+                update_lr_warmup(state, stats, config, check=rule_due)
+            progress.update(it, (stats[-1, 0] / stats[-1, 2]).item())
             if bad is not None:
                 status = f"diverged at iteration {it}"
                 state["history"].append(record.row(state, current_lr(optimizer)))
@@ -187,6 +176,30 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
     if status != "complete":
         progress.message(f"[{run_dir.name}] {status}")
     return load_run(run_dir)
+
+
+def read_steps(pending: list[torch.Tensor], world: int) -> tuple[torch.Tensor, int | None]:
+    """The pending steps' [loss x batch, wrong, batch] rows, read with one host sync (and one
+    all-reduce across processes), and the index of the first non-finite loss (None if none)."""
+    stats = torch.stack(pending)
+    pending.clear()
+    if world > 1:
+        dist.all_reduce(stats)
+    stats = stats.cpu()
+    finite = torch.isfinite(stats[:, 0])
+    return stats, None if finite.all() else int((~finite).nonzero()[0])
+
+
+def update_lr_warmup(state: dict, stats: torch.Tensor, config: TrainConfig, check: bool) -> None:
+    """ResNet-110 (Sec. 4.2): "we use 0.01 to warm up the training until the training error is
+    below 80% (about 400 iterations), and then go back to 0.1". Checked every WARMUP_RULE_EVERY
+    iterations on the training error of those iterations."""
+    state["lr_warmup_window"] += stats.sum(0)
+    if check:
+        _, wrong, seen = state["lr_warmup_window"].tolist()
+        if wrong / seen < config.warmup_until_error:
+            state["lr_warmup"], state["lr_warmup_ended"] = False, state["iteration"]
+        state["lr_warmup_window"].zero_()
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
