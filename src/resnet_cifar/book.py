@@ -58,6 +58,7 @@ class Chapter:
     dataset: D.CIFAR10
     runs_dir: Path
     seed: int
+    records: dict | None = None  # the records.json of published records (read only), else None
 
     def config(self, name: str, **overrides) -> TrainConfig:
         settings = dict(name=name, device=self.device, data_dir=str(self.dataset.root),
@@ -65,8 +66,24 @@ class Chapter:
         return profile_config(self.profile, **{**settings, **overrides})
 
     def run(self, name: str, **overrides) -> RunResult:
-        """Train (or reuse) the run `name` of this chapter's profile."""
-        return train(self.config(name, **overrides), dataset=self.dataset)
+        """The run `name` of the plan (plan.py) on this chapter's profile: read from published
+        records, or trained (reused, resumed). `overrides` must restate the plan's settings;
+        a run that is not in the plan is an error."""
+        from .plan import planned_config
+        execution = dict(device=self.device, data_dir=str(self.dataset.root), runs_dir=str(self.runs_dir),
+                         progress="log", wait=True)
+        config = planned_config(name, self.profile, self.seed, overrides, **execution)
+        if self.records is not None:
+            from .records import load_record
+            return load_record(self.runs_dir, config, self.profile)
+        return train(config, dataset=self.dataset)
+
+    def plan_table(self, chapter: str | None = None):
+        """The plan's runs of `chapter` ('02', '05_optimizers'; default: every chapter) as a
+        DataFrame: status in this chapter's runs folder, time measured or estimated."""
+        from .plan import table
+        return table(self.profile, self.runs_dir, self.device, project_root() / "book" / "records",
+                     seed=self.seed, chapters=[chapter] if chapter else None)
 
     def source(self, *runs: RunResult) -> str:
         """'profile smoke · CIFAR-10 (JPEG q75 copy) · cpu (...)': where a figure came from
@@ -76,7 +93,11 @@ class Chapter:
             from .devices import device_label, pick_device
             device = pick_device(self.device)
             devices = [f"{device} ({device_label(device)}), no training"]
-        return f"profile {self.profile} · {self.dataset.label} · {', '.join(devices)}"
+        where = ", ".join(devices)
+        if self.records is not None:  # published records: say which (the devices stay last)
+            from .records import source_text
+            where = f"{source_text(self.records, runs)} · {where}"
+        return f"profile {self.profile} · {self.dataset.label} · {where}"
 
     def caption(self, text: str, *runs: RunResult) -> str:
         return f"{text} — {self.source(*runs)}"
@@ -135,5 +156,7 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
     root = project_root()
     data_path = Path(data_dir or os.environ.get("RESNET_CIFAR_DATA") or root / "data")
     dataset = D.load_cifar10(root / data_path)
-    runs = root / (runs_dir or "runs") / dataset.identity / profile
-    return Chapter(profile, device, dataset, runs, seed)
+    # explicit runs_dir > published records of this dataset and profile (not smoke) > <root>/runs
+    from .records import resolve_runs
+    runs, records = resolve_runs(root, profile, dataset.identity, runs_dir)
+    return Chapter(profile, device, dataset, runs, seed, records)

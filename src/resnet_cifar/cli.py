@@ -1,4 +1,4 @@
-"""Command line: python -m resnet_cifar {train,eval,summary,download,bench} --help"""
+"""Command line: python -m resnet_cifar {train,eval,summary,download,bench,plan,run,export,records} --help"""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     p_bench = sub.add_parser("bench", help="training throughput: this library vs a DataLoader baseline")
     from . import bench
     bench.add_arguments(p_bench)
+    from . import runner
+    runner.add_commands(sub)  # plan, run, export, records: the book's runs as a plan (runner.py)
     args = parser.parse_args(argv)
 
     from .data import DataError
@@ -98,6 +100,9 @@ def _run(args) -> int:
         return 0 if result.status == "complete" else 1
     if args.command == "eval":
         return _eval(args)
+    if args.command in ("plan", "run", "export", "records"):
+        from . import runner
+        return runner.main(args)
     if args.command == "summary":
         from .analysis import complexity_table
         from .models import plain, resnet, resnet34_imagenet

@@ -1,0 +1,170 @@
+"""Published records: the small files of finished runs, copied to `book/records/<dataset>/<profile>/`
+to be committed, and read back by the chapters without training.
+
+    records.json             what was exported, when, from which commit and devices
+    <name>/config.json       the run's TrainConfig
+    <name>/summary.json      its summary (status, errors, speed, device, commit, ...)
+    <name>/history.csv       one row per evaluation
+    <name>/lr_trace.csv      only when small; otherwise rebuilt from the config and the history
+No weights and no checkpoints: `RunResult.load_model()` needs a run folder of `runs/`.
+
+Where a chapter reads its runs (`resolve_runs`): an explicit runs_dir > the committed records
+of its dataset and profile > runs/. The smoke profile never reads committed records: it trains
+from scratch in seconds, and it is what the tests build. A chapter that reads records never
+trains (a missing run is an error naming `run` and `export`), and nothing trains into
+book/records.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from .config import TrainConfig, lr_at
+from .runs import RunError, RunResult, git_commit, load_run, write_json
+
+RECORDS = Path("book") / "records"
+MANIFEST = "records.json"
+FILES = ("config.json", "summary.json", "history.csv")
+SMALL_TRACE = 32 * 1024  # bytes: a smoke run's lr_trace.csv is copied, a 6.4k-iteration one rebuilt
+
+
+def read_manifest(folder: Path) -> dict | None:
+    from .plan import read_json
+    return read_json(Path(folder) / MANIFEST)
+
+
+def inside(path: Path, folder: Path) -> bool:
+    return Path(folder).resolve() in (Path(path).resolve(), *Path(path).resolve().parents)
+
+
+def resolve_runs(root: Path, profile: str, dataset: str, runs_dir=None) -> tuple[Path, dict | None]:
+    """(folder of the runs, records manifest or None): explicit `runs_dir` > the committed
+    records of `dataset`/`profile` (not for smoke) > <root>/runs. A manifest (a dict, {} for a
+    folder under book/records without one) means: read only, never train."""
+    root = Path(root)
+    if runs_dir is not None:
+        folder = root / runs_dir / dataset / profile
+        manifest = read_manifest(folder)
+        if manifest is None and inside(folder, root / RECORDS):
+            manifest = {}
+        return folder, manifest
+    committed = root / RECORDS / dataset / profile
+    manifest = read_manifest(committed)
+    if profile != "smoke" and manifest is not None:
+        return committed, manifest
+    return root / "runs" / dataset / profile, None
+
+
+def rebuild_lr_trace(config: dict, summary: dict, history):
+    """Every iteration's learning rate, from the config (multistep, cosine, constant) or, for
+    the plateau schedule, from the history: its lr changes only after an evaluation, so
+    iteration i ran at the lr of the first evaluation row after i."""
+    import pandas as pd
+    cfg, n = TrainConfig(**config), int(summary.get("iterations_done") or 0)
+    if cfg.schedule == "plateau":
+        its, lrs, k, values = history["iteration"].tolist(), history["lr"].tolist(), 0, []
+        for i in range(n):
+            while k < len(its) - 1 and its[k] <= i:
+                k += 1
+            values.append(lrs[k])
+    else:
+        per_epoch = max(int(summary.get("train_size", 0)) // cfg.batch_size, 1)
+        values = [lr_at(cfg, i, per_epoch) for i in range(n)]
+    return pd.DataFrame({"iteration": range(n), "lr": values})
+
+
+def same_trace(run: RunResult) -> bool:
+    import numpy as np
+    rebuilt = rebuild_lr_trace(run.config, run.summary, run.history)
+    trace = run.lr_trace
+    return (len(trace) == len(rebuilt) and (trace["iteration"].to_numpy() == rebuilt["iteration"].to_numpy()).all()
+            and np.allclose(trace["lr"].to_numpy(), rebuilt["lr"].to_numpy(), rtol=1e-12, atol=0))
+
+
+def load_record(folder: Path, config: TrainConfig, profile: str) -> RunResult:
+    """The published record of `config`'s run in `folder`, checked against the plan's config."""
+    run_dir = Path(folder) / config.run_name()
+    if not (run_dir / "summary.json").is_file():
+        raise RunError(f"run {config.run_name()!r} is not in the records {folder}, and a build from records does "
+                       f"not train. Train it with `python -m resnet_cifar run --profile {profile}` and publish it "
+                       f"with `python -m resnet_cifar export --profile {profile}`, or build from your own runs "
+                       f"(build_book.py --runs-dir runs).")
+    run = load_run(run_dir)
+    ours, theirs = config.identity(), TrainConfig(**run.config).identity()
+    if ours != theirs:
+        diff = ", ".join(sorted(k for k in ours if ours[k] != theirs.get(k)))
+        raise RunError(f"the record {run_dir} was trained with other settings than the plan's ({diff}); train the "
+                       f"run again (`python -m resnet_cifar run --profile {profile}`) and export it.")
+    if run.lr_trace.empty and run.summary.get("iterations_done"):
+        run.lr_trace = rebuild_lr_trace(run.config, run.summary, run.history)
+    return run
+
+
+def source_text(manifest: dict, runs: tuple[RunResult, ...] = ()) -> str:
+    """'committed records of 2025-01-31, commit 1a2b3c4' for a caption."""
+    commits = sorted({r.summary.get("git_commit") for r in runs if r.summary.get("git_commit")})
+    commits = commits or sorted({r.get("git_commit") for r in manifest.get("runs", {}).values() if r.get("git_commit")})
+    date = (manifest.get("exported") or "undated").split(" ")[0]
+    return f"committed records of {date}" + (f", commit {', '.join(commits)}" if commits else "")
+
+
+def export(runs, profile: str, dataset: str, source: Path, target: Path, partial: bool = False) -> dict:
+    """Copy the small files of the finished runs of `runs` (PlannedRun) from `source` to
+    `target` (replaced as a whole) and write its records.json; returns the manifest."""
+    from .plan import status
+    source, target = Path(source), Path(target)
+    if inside(target, source) or inside(source, target):
+        raise RunError(f"the records folder {target} and the runs folder {source} must not contain each other")
+    states = {r.name: status(r, profile, source) for r in runs}
+    finished = [r for r in runs if states[r.name]["state"] == "finished"]
+    missing = [f"{r.name} ({states[r.name]['text']})" for r in runs if r not in finished]
+    if not finished or (missing and not partial):
+        raise RunError(f"{len(missing)} of {len(runs)} runs of profile {profile} are not finished in {source}: "
+                       f"{', '.join(missing)}. Train them with `python -m resnet_cifar run --profile {profile}`"
+                       + ("" if not finished else ", or pass --partial to publish the finished ones") + ".")
+    tmp = target.with_name(target.name + ".export-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    manifest = dict(profile=profile, dataset=dataset, exported=time.strftime("%Y-%m-%d %H:%M"),
+                    export_commit=git_commit(), planned=len(runs), runs={})
+    for r in finished:
+        src, dst = source / r.name, tmp / r.name
+        dst.mkdir(parents=True)
+        for name in FILES:
+            shutil.copy2(src / name, dst / name)
+        run = load_run(src)
+        trace = src / "lr_trace.csv"
+        if trace.is_file() and (trace.stat().st_size <= SMALL_TRACE or not same_trace(run)):
+            shutil.copy2(trace, dst / "lr_trace.csv")
+        s = run.summary
+        manifest["runs"][r.name] = {k: s.get(k) for k in ("status", "iterations_done", "final_test_error", "device",
+                                                          "device_name", "git_commit", "updated")}
+    write_json(tmp / MANIFEST, manifest)
+    old = target.with_name(target.name + ".export-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return manifest
+
+
+def committed(root: Path, dataset: str) -> list[dict]:
+    """The committed records of `dataset` (not smoke): profile, runs published / planned, date."""
+    from .book import PROFILES
+    out = []
+    for profile in PROFILES:
+        manifest = read_manifest(Path(root) / RECORDS / dataset / profile)
+        if profile != "smoke" and manifest is not None:
+            out.append(dict(profile=profile, runs=len(manifest.get("runs", {})), planned=manifest.get("planned"),
+                            exported=manifest.get("exported"), commit=manifest.get("export_commit")))
+    return out
+
+
+def best_profile(root: Path, dataset: str) -> str | None:
+    """The committed profile with the largest share of its planned runs (ties: the longer budget)."""
+    from .book import PROFILES
+    found = committed(root, dataset)
+    share = lambda r: (r["runs"] / max(r["planned"] or 1, 1), list(PROFILES).index(r["profile"]))  # noqa: E731
+    return max(found, key=share)["profile"] if found else None

@@ -1,0 +1,441 @@
+"""The runner: train every missing run of the plan, several at once per GPU, over all visible GPUs.
+
+    python -m resnet_cifar run --profile quick --device cuda --jobs 4
+
+One worker process per slot: GPU g gets `--jobs` workers, each started with
+CUDA_VISIBLE_DEVICES=g. A worker loads the data once, then trains the runs the runner hands
+it, one after another, with train(): a finished run is reused, an interrupted one resumed from
+its checkpoint, and a run another process is training is waited for (its lock), so runners on
+several machines can share one runs folder. A failing run is reported and the others go on;
+the exit status is 1 when any run failed. With a single worker (one run, or --jobs 1 on one
+device) the runs train in this process. The progress view is one line every --status-every
+seconds (runs done / running / left, images/s of all runs together, ETA) and one line per
+finished run; `runner.json` in the runs folder keeps the outcome of every run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import TrainConfig
+from .runs import FINISHED, write_json
+
+
+@dataclass
+class Task:
+    name: str
+    config: TrainConfig
+    start_done: int      # iterations done when the runner started
+    work: float          # FLOPs left (images x FLOPs per image): the ETA's unit
+    state: str = "left"  # left | running | done | failed
+    detail: str = ""
+    where: str = ""
+    started: float = 0.0
+    seconds: float = 0.0
+
+    def done_now(self) -> int:
+        from .plan import read_json
+        summary = read_json(Path(self.config.runs_dir) / self.name / "summary.json") or {}
+        return int(summary.get("iterations_done") or 0)
+
+
+def hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class View:
+    """The overall progress, printed as lines."""
+
+    def __init__(self, tasks: list[Task], out=print):
+        self.tasks, self.out, self.start = tasks, out, time.perf_counter()
+        self.total_work = sum(t.work for t in tasks) or 1.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def say(self, text: str) -> None:
+        self.out(f"[runner {hms(self.elapsed())}] {text}")
+
+    def status(self) -> str:
+        count = {s: sum(t.state == s for t in self.tasks) for s in ("done", "running", "left", "failed")}
+        images = work = 0.0
+        for t in self.tasks:
+            if t.state in ("done", "running", "failed"):
+                new = max(t.done_now() - t.start_done, 0)
+                images += new * t.config.batch_size
+                work += min(new / max(t.config.iterations - t.start_done, 1), 1.0) * t.work
+        rate, elapsed = images / max(self.elapsed(), 1e-9), self.elapsed()
+        left = self.total_work - work
+        eta = elapsed * left / work if work > 0 else None
+        return (f"{count['done']}/{len(self.tasks)} done · {count['running']} running · {count['left']} left · "
+                f"{count['failed']} failed · {rate:,.0f} images/s · ETA {hms(eta) if left > 0 else '0:00:00'}")
+
+
+def train_one(config: dict, cache: dict) -> dict:
+    """Train (or reuse, or resume) one run; the dataset is loaded once per process (`cache`)."""
+    from .data import load_cifar10
+    from .train import train
+    start = time.perf_counter()
+    try:
+        if cache.get("dataset") is None:
+            cache["dataset"] = load_cifar10(config["data_dir"])
+        run = train(TrainConfig(**config), dataset=cache["dataset"])
+        error = run.summary.get("final_test_error")
+        return dict(name=config["name"], ok=run.status in FINISHED, detail=run.summary.get("status_detail", run.status)
+                    + (f", test error {100 * error:.2f} %" if error is not None else ""),
+                    seconds=time.perf_counter() - start)
+    except Exception as e:  # KeyboardInterrupt stops the worker; anything else fails this run only
+        return dict(name=config["name"], ok=False, detail=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - start)
+
+
+def worker_main(argv=None) -> int:
+    """A worker process: one task (a config as JSON) per stdin line, one result per stdout line.
+    Everything else the library prints goes to stderr."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    cache: dict = {}
+    for line in sys.stdin:
+        answers.write(json.dumps(train_one(json.loads(line), cache)) + "\n")
+    return 0
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+class Worker:
+    """A worker process on one slot, and a thread that queues its answers (and its exit)."""
+
+    def __init__(self, gpu: str | None, threads: int, events: queue.Queue):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        self.gpu, self.task = gpu, None
+        self.proc = subprocess.Popen([sys.executable, "-m", "resnet_cifar.runner", "--threads", str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        threading.Thread(target=self._read, args=(events,), daemon=True).start()
+
+    def _read(self, events: queue.Queue) -> None:
+        for line in self.proc.stdout:
+            events.put(("answer", self, json.loads(line)))
+        events.put(("exit", self, self.proc.wait()))
+
+    def give(self, task: Task, config: dict) -> None:
+        self.task = task
+        self.proc.stdin.write(json.dumps(config) + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+
+def slots(device: str, jobs: int, n_runs: int) -> tuple[list[str | None], str]:
+    """(the GPU of each worker, None off CUDA; the device name the workers train on)."""
+    from .devices import pick_device
+    dev = pick_device(device)
+    if dev.type != "cuda":
+        return [None] * max(min(jobs, n_runs), 1), device if device != "auto" else dev.type
+    import torch
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [g.strip() for g in visible.split(",") if g.strip()] if visible else \
+        [str(i) for i in range(torch.cuda.device_count())]
+    if dev.index is not None:
+        gpus = [gpus[dev.index]]
+    return [gpus[i % len(gpus)] for i in range(max(min(jobs * len(gpus), n_runs), 1))], "cuda"
+
+
+def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int = 1, data_dir: str | None = None,
+             threads: int | None = None, status_every: float = 30.0, out=print) -> int:
+    """Train the runs (PlannedRun) of `profile` that are not finished in `folder`; 0 when all
+    finish (complete or diverged), 1 when any failed, 130 when interrupted."""
+    from .plan import model_flops, status
+    tasks = []
+    for r in runs:
+        s = status(r, profile, folder)
+        if s["state"] == "finished":
+            continue
+        config = r.config(profile, device=device, data_dir=data_dir, runs_dir=str(folder), wait=True)
+        done = s["done"] if s["state"] in ("interrupted", "running") else 0
+        tasks.append(Task(r.name, config, done, (config.iterations - done) * config.batch_size * model_flops(config)))
+    view = View(tasks, out)
+    if not tasks:
+        view.say(f"all {len(runs)} runs of profile {profile} are finished in {folder}")
+        return 0
+    tasks.sort(key=lambda t: -t.work)  # the longest first: the last ones to finish are short
+    gpus, worker_device = slots(device, jobs, len(tasks))
+    threads_given, threads = threads, threads or max(1, (os.cpu_count() or 1) // len(gpus))
+    where = (f"in this process on {device}" if len(gpus) == 1 else f"{len(gpus)} worker processes" +
+             (f" on GPU(s) {', '.join(sorted(set(gpus)))}" if gpus[0] is not None
+              else f" on {worker_device}, {threads} thread(s) each"))
+    view.say(f"{len(tasks)} of {len(runs)} runs to train ({len(runs) - len(tasks)} finished) into {folder}; {where}")
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if len(gpus) == 1:
+            if threads_given:
+                import torch
+                torch.set_num_threads(threads_given)
+            code = _in_process(tasks, view, status_every)
+        else:
+            code = _with_workers(tasks, view, gpus, worker_device, threads, status_every)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _report(folder, profile, device, gpus, tasks, view)
+    failed = [t for t in tasks if t.state == "failed"]
+    view.say(f"{view.status()}" + (f" · FAILED: {', '.join(t.name for t in failed)}" if failed else "")
+             + f" · report {folder / 'runner.json'}")
+    return code or (1 if failed else 0)
+
+
+def _finish(task: Task, answer: dict, view: View) -> None:
+    task.state, task.detail, task.seconds = ("done" if answer["ok"] else "failed"), answer["detail"], answer["seconds"]
+    view.say(f"{'finished' if answer['ok'] else 'FAILED'} {task.name} ({task.where}, {hms(task.seconds)}): {task.detail}")
+
+
+def _in_process(tasks: list[Task], view: View, status_every: float) -> int:
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(status_every):
+            view.say(view.status())
+    threading.Thread(target=tick, daemon=True).start()
+    cache: dict = {}
+    try:
+        for task in tasks:
+            task.state, task.where, task.started = "running", task.config.device, time.perf_counter()
+            view.say(f"start {task.name}")
+            _finish(task, train_one(dict(vars(task.config), progress="log"), cache), view)
+    except KeyboardInterrupt:
+        view.say("interrupted: the run in progress is recorded as interrupted; run again to resume it")
+        return 130
+    finally:
+        stop.set()
+    return 0
+
+
+def _with_workers(tasks, view, gpus, worker_device, threads, status_every) -> int:
+    events: queue.Queue = queue.Queue()
+    pending = deque(tasks)
+    workers = [Worker(gpu, threads, events) for gpu in gpus]
+
+    def hand(worker: Worker) -> None:
+        if not pending:
+            worker.close()
+            return
+        task = pending.popleft()
+        task.state, task.started = "running", time.perf_counter()
+        task.where = worker_device + (f", GPU {worker.gpu}" if worker.gpu is not None else "")
+        worker.give(task, dict(vars(task.config), device=worker_device, progress="none"))
+        view.say(f"start {task.name} ({task.where})")
+
+    last = time.perf_counter()
+    try:
+        for w in workers:
+            hand(w)
+        while any(t.state == "running" for t in tasks):
+            try:
+                kind, worker, message = events.get(timeout=max(status_every - (time.perf_counter() - last), 0.1))
+            except queue.Empty:
+                kind = None
+            if kind == "answer":
+                _finish(worker.task, message, view)
+                worker.task = None
+                hand(worker)
+            elif kind == "exit":
+                workers.remove(worker)
+                if worker.task is not None:  # it died during a run (out of memory, a crash)
+                    _finish(worker.task, dict(ok=False, seconds=time.perf_counter() - worker.task.started,
+                                              detail=f"its worker process exited with status {message}"), view)
+                    if pending:
+                        workers.append(Worker(worker.gpu, threads, events))
+                        hand(workers[-1])
+            if time.perf_counter() - last >= status_every:
+                view.say(view.status())
+                last = time.perf_counter()
+    except KeyboardInterrupt:
+        view.say("interrupted: stopping the workers; their runs are recorded as interrupted; run again to resume")
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGINT)
+        for w in workers:
+            try:
+                w.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+        return 130
+    finally:
+        for w in workers:
+            w.close()
+    for w in workers:
+        w.proc.wait()
+    return 0
+
+
+def _report(folder: Path, profile: str, device: str, gpus, tasks: list[Task], view: View) -> None:
+    """runner.json in the runs folder: how each run of this runner ended."""
+    try:
+        write_json(Path(folder) / "runner.json", dict(
+            profile=profile, device=device, workers=len(gpus), gpus=[g for g in gpus if g is not None],
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S"), seconds=view.elapsed(), progress=view.status(),
+            runs={t.name: dict(state=t.state, detail=t.detail, seconds=t.seconds, where=t.where) for t in tasks}))
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------- command line: plan, run, export, records
+
+COMMANDS = ("plan", "run", "export", "records")
+
+
+def add_commands(sub) -> None:
+    def selection(p, device=True):
+        p.add_argument("--profile", default="smoke", help="smoke | quick | paper (default: smoke)")
+        p.add_argument("--chapters", nargs="+", metavar="CHAPTER", help="only the runs of these chapters (02, 05_optimizers, intro)")
+        p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (names as `plan` lists them)")
+        p.add_argument("--seed", type=int, default=0, help="the chapters' seed parameter (default: 0)")
+        p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
+        p.add_argument("--runs-dir", default="runs", help="runs go to RUNS_DIR/<dataset>/<profile>/<run> (default: runs)")
+        if device:
+            p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k] | mps (default: auto)")
+
+    p = sub.add_parser("plan", help="every run of the book on a profile: status, time measured or estimated")
+    selection(p)
+    p.add_argument("--commands", action="store_true",
+                   help="print one shell command per run that is not finished (for a job array, GNU parallel, ...)")
+    p = sub.add_parser("run", help="train the runs of the plan that are not finished, --jobs at a time per GPU")
+    selection(p)
+    p.add_argument("--jobs", type=int, default=1, help="runs at once per GPU (on a CPU: in all) (default: 1)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per worker (default: cores / workers)")
+    p.add_argument("--status-every", type=float, default=30.0, help="seconds between progress lines (default: 30)")
+    p = sub.add_parser("export", help="copy the finished runs' small files to book/records/<dataset>/<profile>/ "
+                                      "(to commit; no weights)")
+    selection(p, device=False)
+    p.add_argument("--records-dir", default=None, help="default: <project>/book/records")
+    p.add_argument("--partial", action="store_true", help="publish the finished runs even if others are missing")
+    p = sub.add_parser("records", help="the committed records of this dataset, per profile")
+    p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
+    p.add_argument("--best", action="store_true", help="print only the most complete profile (nothing if none)")
+
+
+def dataset_identity(data_dir) -> str:
+    """Which CIFAR-10 copy `data_dir` holds (data.CIFAR10.identity), without loading the images."""
+    from . import data as D
+    folder = D.resolve_data_dir(data_dir) / D.FOLDER
+    if not all((folder / n).is_file() for n in D.TRAIN_FILES + [D.TEST_FILE, D.META_FILE]):
+        D.load_cifar10(data_dir)  # raises the DataError that says what to do
+    return D._identity(folder)
+
+
+def main(args) -> int:
+    from .book import project_root
+    from .records import RECORDS, inside, read_manifest
+    identity = dataset_identity(args.data_dir)
+    root = project_root()
+    if args.command == "records":
+        return _records(root, identity, args.best)
+    from . import plan as P
+    folder = Path(args.runs_dir) / identity / args.profile
+    if args.command == "export":
+        from .records import export
+        records = Path(args.records_dir) if args.records_dir else root / RECORDS
+        if args.profile == "smoke" and not args.records_dir:
+            raise ValueError("smoke runs are not published: the smoke build always trains from scratch (it is what "
+                             "the tests build); pass --records-dir to export them elsewhere")
+        runs = P.plan(args.profile, args.seed, args.chapters, args.only)
+        manifest = export(runs, args.profile, identity, folder, records / identity / args.profile, args.partial)
+        print(f"exported {len(manifest['runs'])} of {len(runs)} runs of profile {args.profile} to "
+              f"{records / identity / args.profile} (config, summary, history; no weights)")
+        return 0
+    if read_manifest(folder) is not None or inside(folder, root / RECORDS):
+        raise ValueError(f"{folder} holds published records; runs are trained into a runs folder (--runs-dir runs) "
+                         f"and published with `export`")
+    runs = P.plan(args.profile, args.seed, args.chapters, args.only, device=args.device)
+    if args.command == "run":
+        return run_plan(runs, args.profile, folder, args.device, args.jobs, args.data_dir, args.threads,
+                        args.status_every)
+    if args.commands:
+        for r in runs:
+            if P.status(r, args.profile, folder)["state"] != "finished":
+                print(" ".join(["python -m resnet_cifar run", *_flags(args), "--only", r.name]))
+        return 0
+    return _show_plan(args, runs, folder, identity, root)
+
+
+def _flags(args) -> list[str]:
+    import shlex
+    flags = [f"--profile {args.profile}", f"--device {args.device}"]
+    flags += [f"--seed {args.seed}"] if args.seed else []
+    flags += [f"--data-dir {shlex.quote(str(args.data_dir))}"] if args.data_dir else []
+    flags += [f"--runs-dir {shlex.quote(str(args.runs_dir))}"] if args.runs_dir != "runs" else []
+    return flags
+
+
+def _show_plan(args, runs, folder: Path, identity: str, root: Path) -> int:
+    from . import plan as P
+    from .data import dataset_label
+    from .devices import device_label, pick_device
+    from .records import RECORDS
+    device = pick_device(args.device)
+    rows = P.estimates(runs, args.profile, folder, device, root / RECORDS)
+    print(f"plan of profile {args.profile} · {dataset_label(identity)} · runs in {folder} · "
+          f"times on {device} ({device_label(device)})")
+    head = ("run", "chapters", "seed", "model", "dtype", "iterations", "status", "time", "time from")
+    lines = [(r["run"].name, ",".join(c.split("_")[0] for c in r["run"].chapters), str(r["run"].seed),
+              r["run"].model(), r["config"].dtype, f"{r['config'].iterations:,}", r["text"],
+              hms(r["seconds"]) if r["seconds"] is not None else "unknown", r["source"]) for r in rows]
+    widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head) - 1)]
+    for line in [head, *lines]:
+        print("  ".join(x.ljust(w) for x, w in zip(line, widths)) + "  " + line[-1])
+    states = {s: sum(r["state"] == s for r in rows) for s in ("finished", "running", "interrupted", "failed",
+                                                               "conflict", "missing")}
+    measured = sum(r["seconds"] for r in rows if r["state"] == "finished")
+    rest = [r["seconds"] for r in rows if r["state"] != "finished"]
+    unknown = sum(x is None for x in rest)
+    images = sum(r["config"].iterations * r["config"].batch_size for r in rows)
+    print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in states.items() if n) +
+          f" · {sum(r['config'].iterations for r in rows):,} iterations, {images:,} training images")
+    print(f"time: {hms(measured)} measured (finished runs) + {hms(sum(x for x in rest if x is not None))} estimated "
+          f"for the {len(rest) - unknown} others, one run at a time on {device_label(device)}"
+          + (f"; {unknown} run(s) without an estimate (no measured rate on this device)" if unknown else ""))
+    return 0
+
+
+def _records(root: Path, identity: str, best: bool) -> int:
+    from .records import RECORDS, best_profile, committed
+    if best:
+        print(best_profile(root, identity) or "")
+        return 0
+    found = committed(root, identity)
+    if not found:
+        print(f"no committed records of {identity} in {root / RECORDS} (smoke is never published)")
+    for r in found:
+        print(f"{r['profile']}: {r['runs']} of {r['planned']} runs, exported {r['exported']}, commit {r['commit']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

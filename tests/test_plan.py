@@ -1,0 +1,400 @@
+"""The plan of every run, the runner that trains it, shell commands per run, and published records.
+
+The runner tests train the smoke runs of chapter 4 (four 20-iteration ResNet-32 runs) through
+`python -m resnet_cifar run` with one thread per worker, so that runs trained by different
+processes can be compared bit for bit."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, real_data_dir
+from resnet_cifar import book
+from resnet_cifar import plan as P
+from resnet_cifar import records as REC
+from resnet_cifar.devices import device_label
+from resnet_cifar.runs import RunError, load_run
+
+CHAPTER4 = ["resnet32-seed0", "plateau-patience1000", "plateau-patience10", "cosine"]
+
+
+# ---------------------------------------------------------------- the plan is what the notebooks train
+
+class RunCalls(ast.NodeVisitor):
+    """Every `ch.run(name, **kw)` of a notebook, evaluated with its parameters and for every
+    value of the loops and comprehensions around it."""
+
+    def __init__(self, namespace: dict):
+        self.namespace, self.loops, self.calls = namespace, [], []
+
+    def visit_For(self, node):
+        self.loops.append((node.target, node.iter))
+        self.generic_visit(node)
+        self.loops.pop()
+
+    def visit_comprehension_node(self, node):
+        self.loops += [(g.target, g.iter) for g in node.generators]
+        self.generic_visit(node)
+        del self.loops[-len(node.generators):]
+
+    visit_ListComp = visit_DictComp = visit_SetComp = visit_GeneratorExp = visit_comprehension_node
+
+    def visit_Call(self, node):
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == "run" and isinstance(f.value, ast.Name) and f.value.id == "ch":
+            for env in self.bindings():
+                value = lambda n: eval(compile(ast.Expression(n), "<nb>", "eval"), env)  # noqa: E731
+                self.calls.append((value(node.args[0]), {k.arg: value(k.value) for k in node.keywords}))
+        self.generic_visit(node)
+
+    def bindings(self):
+        envs = [dict(self.namespace)]
+        for target, iterable in self.loops:
+            envs = [dict(env, **self.assign(target, v)) for env in envs
+                    for v in eval(compile(ast.Expression(iterable), "<nb>", "eval"), env)]
+        return envs
+
+    def assign(self, target, value) -> dict:
+        if isinstance(target, ast.Name):
+            return {target.id: value}
+        return {k: v for t, x in zip(target.elts, value) for k, v in self.assign(t, x).items()}
+
+
+def notebook_runs(path: Path, seed: int) -> list[tuple[str, dict]]:
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    namespace: dict = {}
+    for cell in cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            exec("".join(cell["source"]), namespace)
+    namespace["seed"] = seed
+    calls = RunCalls(namespace)
+    for cell in cells:
+        calls.visit(ast.parse("".join(cell["source"])))
+    return calls.calls
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_plan_lists_every_run_each_notebook_trains(seed):
+    notebooks = {p.stem: notebook_runs(p, seed) for p in sorted((ROOT / "book").glob("*.ipynb"))}
+    training = {stem: calls for stem, calls in notebooks.items() if calls}
+    declared = P.declared(seed)
+    assert set(training) == set(declared) == {"02_model", "03_augmentation", "04_schedule", "05_optimizers",
+                                              "06_results", "intro"}
+    for stem, calls in training.items():
+        assert {name for name, _ in calls} == set(declared[stem]), stem
+        for name, overrides in calls:  # the notebook's settings are the plan's (raises otherwise)
+            config = P.planned_config(name, "quick", seed, overrides)
+            assert config.run_name() == name and config.iterations == 6400
+    runs = P.plan("paper", seed)
+    assert len(runs) == 24 and len({r.name for r in runs}) == 24
+    shared = next(r for r in runs if r.name == f"resnet32-seed{seed}")
+    assert set(shared.chapters) >= {"02_model", "03_augmentation", "04_schedule", "05_optimizers"}
+
+
+def test_the_plan_drops_the_dtype_runs_a_device_cannot_do():
+    names = lambda device: {r.name for r in P.plan("smoke", device=device)}  # noqa: E731
+    assert {"dtype-float64", "dtype-bfloat16"} <= names("cpu")
+    assert "dtype-float64" not in names("mps") and "dtype-bfloat16" not in names("mps")
+    assert [r.name for r in P.plan("smoke", chapters=["04"])] == CHAPTER4
+    with pytest.raises(P.PlanError, match="chapter '07' is not one of the chapters with runs: 02_model"):
+        P.plan("smoke", chapters=["07"])
+    with pytest.raises(P.PlanError, match="not in the plan of profile smoke: resnet56"):
+        P.plan("smoke", only=["resnet56"])
+
+
+def test_chapter_run_refuses_a_run_outside_the_plan(dataset, tmp_path):
+    ch = book.Chapter("smoke", "cpu", dataset, tmp_path / "runs", 0)
+    with pytest.raises(P.PlanError, match=r"run 'resnet56-seed0' is not in the plan .* declare it in plan.declared"):
+        ch.run("resnet56-seed0", depth=56)
+    with pytest.raises(P.PlanError, match=r"run 'aug-none' is asked for with settings the plan does not give it: "
+                                          r"flip=True \(plan: False\)"):
+        ch.run("aug-none", crop=False)
+    assert not (tmp_path / "runs").exists()  # refused before anything trained
+    config = P.planned_config("resnet32-seed0", "smoke", 0, dict(depth=32, seed=0), device="cpu")
+    assert (config.depth, config.iterations, config.batch_size, config.device) == (32, 20, 32, "cpu")
+
+
+# ---------------------------------------------------------------- status and estimates
+
+def fake_record(folder: Path, run: P.PlannedRun, profile: str, **summary) -> Path:
+    """A run folder as train() leaves it (config.json, summary.json) with the given summary."""
+    run_dir = folder / run.name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(run.config(profile)), default=list))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def test_plan_shows_status_and_time_from_measured_rates(tmp_path, capsys):
+    if real_data_dir() is None:
+        pytest.skip("the command line reads the full CIFAR-10 folder")
+    from resnet_cifar import cli
+    from resnet_cifar.runner import dataset_identity
+    data = str(real_data_dir())
+    folder = tmp_path / "runs" / dataset_identity(data) / "smoke"
+    runs = {r.name: r for r in P.plan("smoke")}
+    label = device_label("cpu")
+    fake_record(folder, runs["resnet32-seed0"], "smoke", status="complete", status_detail="complete",
+                iterations_done=20, wall_time_s=10.0, eval_time_s=2.0, device_name=label)
+    interrupted = fake_record(folder, runs["cosine"], "smoke", status="running", iterations_done=10)
+    (interrupted / "checkpoint.pt").write_bytes(b"")
+    other = dataclasses.replace(runs["aug-none"], overrides=dict(runs["aug-none"].overrides, lr=0.5))
+    fake_record(folder, other, "smoke", status="complete", iterations_done=20)
+
+    code = cli.main(["plan", "--profile", "smoke", "--device", "cpu", "--runs-dir", str(tmp_path / "runs"),
+                     "--data-dir", data, "--only", "resnet32-seed0", "cosine", "aug-none", "plain20-seed0"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = {line.split()[0]: line for line in out.splitlines()[2:6]}
+    assert "complete" in lines["resnet32-seed0"] and "0:00:12  measured on " + label in lines["resnet32-seed0"]
+    # the same model and batch at the finished run's 12 s per 20 x 32 images: 10 iterations left -> 6 s
+    assert "interrupted at 10" in lines["cosine"] and "0:00:06  rate of 1 finished run(s)" in lines["cosine"]
+    assert "other config in its folder (lr)" in lines["aug-none"]
+    flops = lambda name: P.model_flops(runs[name].config("smoke"))  # noqa: E731
+    assert f"{hms(12 * flops('plain20-seed0') / flops('resnet32-seed0'))}  rate of" in lines["plain20-seed0"]
+    assert "4 runs: 1 finished, 1 interrupted, 1 conflict, 1 missing · 80 iterations, 2,560 training images" in out
+
+    code = cli.main(["plan", "--profile", "smoke", "--device", "cpu", "--runs-dir", str(tmp_path / "runs"),
+                     "--data-dir", data, "--chapters", "04", "--commands"])
+    commands = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(commands) == 3  # resnet32-seed0 is finished
+    assert commands[0] == (f"python -m resnet_cifar run --profile smoke --device cpu --data-dir {data} --runs-dir "
+                           f"{tmp_path / 'runs'} --only plateau-patience1000")
+
+
+def hms(seconds: float) -> str:
+    from resnet_cifar.runner import hms as runner_hms
+    return runner_hms(seconds)
+
+
+def test_accounting_per_profile(tmp_path, dataset, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no committed records here: every profile reads tmp_path/runs
+    runs = P.plan("smoke")
+    folder = tmp_path / "runs" / dataset.identity / "smoke"
+    for r in runs[:3]:
+        fake_record(folder, r, "smoke", status="complete", iterations_done=20, wall_time_s=3.0, eval_time_s=1.0,
+                    device_name=device_label("cpu"))
+    table = P.accounting(dataset.identity, runs_dir="runs", device="cpu")
+    smoke = table.loc["smoke"]
+    assert (smoke["runs"], smoke["iterations per run"], smoke["runs × iterations"]) == (24, 20, 480)
+    assert (smoke["finished"], smoke["measured s"], smoke["training images"]) == (3, 12.0, 480 * 32)
+    assert smoke["estimated s (the rest)"] > 0 and smoke["measured on"] == device_label("cpu")
+    assert smoke["runs without estimate"] == 2  # float64, bfloat16: no finished run of theirs, no benchmark here
+    assert table.loc["paper", "runs × iterations"] == 24 * 64000 and table.loc["paper", "finished"] == 0
+
+
+# ---------------------------------------------------------------- the runner
+
+def cli_run(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resnet_cifar", *args], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, **(env or {})), cwd=ROOT)
+
+
+def run_args(runs_dir: Path, *extra) -> list[str]:
+    return ["run", "--profile", "smoke", "--device", "cpu", "--threads", "1", "--status-every", "2",
+            "--data-dir", str(real_data_dir()), "--runs-dir", str(runs_dir), *extra]
+
+
+def same_records(a: Path, b: Path) -> None:
+    """The same training: history (but wall times), final errors, lr trace."""
+    ra, rb = load_run(a), load_run(b)
+    assert ra.status == rb.status == "complete"
+    assert ra.history.drop(columns="wall_time").equals(rb.history.drop(columns="wall_time")), a.name
+    assert ra.lr_trace.equals(rb.lr_trace)
+    for key in ("final_test_error", "final_val_error", "best_val_error", "iterations_done"):
+        assert ra.summary[key] == rb.summary[key], (a.name, key)
+
+
+@pytest.fixture(scope="module")
+def chapter4(tmp_path_factory):
+    """Chapter 4's smoke runs, trained by the runner with two workers: (runs folder, output)."""
+    if real_data_dir() is None:
+        pytest.skip("the runner reads the full CIFAR-10 folder; none in $RESNET_CIFAR_DATA or ./data")
+    from resnet_cifar.runner import dataset_identity
+    runs = tmp_path_factory.mktemp("chapter4") / "runs"
+    proc = cli_run(*run_args(runs, "--chapters", "04", "--jobs", "2"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    return runs / dataset_identity(real_data_dir()) / "smoke", proc.stdout
+
+
+@pytest.mark.slow
+def test_runner_trains_a_plan_with_two_jobs(chapter4):
+    folder, out = chapter4
+    assert "4 of 4 runs to train (0 finished)" in out and "2 worker processes on cpu, 1 thread(s) each" in out
+    assert "4/4 done · 0 running · 0 left · 0 failed" in out.splitlines()[-1]
+    report = json.loads((folder / "runner.json").read_text())
+    assert report["workers"] == 2 and set(report["runs"]) == set(CHAPTER4)
+    for name in CHAPTER4:
+        run = load_run(folder / name)
+        assert run.status == "complete" and run.summary["iterations_done"] == 20
+        assert report["runs"][name]["state"] == "done" and f"finished {name} (cpu, " in out
+    again = cli_run(*run_args(folder.parent.parent, "--chapters", "04", "--jobs", "2"))
+    assert again.returncode == 0 and "all 4 runs of profile smoke are finished" in again.stdout
+
+
+@pytest.mark.slow
+def test_killed_runner_resumes_to_the_same_records(chapter4, tmp_path):
+    reference, _ = chapter4
+    runs = tmp_path / "runs"
+    folder = runs / reference.parent.name / "smoke"
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_cifar", *run_args(runs, "--chapters", "04", "--jobs", "2")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:  # kill -9 everything once a run has its first checkpoint
+            summaries = [P.read_json(p) or {} for p in folder.glob("*/summary.json")]
+            if any(s.get("status") == "running" and s.get("iterations_done") == 10 for s in summaries):
+                break
+            assert proc.poll() is None, "the runner ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 60
+    while True:  # until the killed workers are reaped (a zombie still owns its lock)
+        states = {r.name: P.status(r, "smoke", folder)["state"] for r in P.plan("smoke", chapters=["04"])}
+        if "running" not in states.values() or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "interrupted" in states.values() and "finished" not in states.values(), states
+
+    proc = cli_run(*run_args(runs, "--chapters", "04", "--jobs", "2"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert f"{sum(s != 'finished' for s in states.values())} of 4 runs to train" in proc.stdout
+    for name in CHAPTER4:
+        same_records(folder / name, reference / name)
+
+
+@pytest.mark.slow
+def test_a_failing_run_is_reported_and_the_others_finish(chapter4, tmp_path):
+    reference, _ = chapter4
+    runs = tmp_path / "runs"
+    folder = runs / reference.parent.name / "smoke"
+    cosine = next(r for r in P.plan("smoke") if r.name == "cosine")
+    bad = dataclasses.replace(cosine, overrides=dict(cosine.overrides, lr=0.5))  # another run under this name
+    fake_record(folder, bad, "smoke", status="complete", iterations_done=20)
+    proc = cli_run(*run_args(runs, "--only", "cosine", "plateau-patience10", "--jobs", "2"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    assert "FAILED cosine (cpu, " in proc.stdout and "exists with a different config (differs in lr)" in proc.stdout
+    assert "1/2 done · 0 running · 0 left · 1 failed" in proc.stdout and "FAILED: cosine" in proc.stdout
+    report = json.loads((folder / "runner.json").read_text())["runs"]
+    assert report["cosine"]["state"] == "failed" and report["plateau-patience10"]["state"] == "done"
+    same_records(folder / "plateau-patience10", reference / "plateau-patience10")
+
+
+@pytest.mark.slow
+def test_plan_commands_run_and_give_the_same_records(chapter4, tmp_path):
+    reference, _ = chapter4
+    runs = tmp_path / "runs"
+    proc = cli_run("plan", "--profile", "smoke", "--device", "cpu", "--data-dir", str(real_data_dir()),
+                   "--runs-dir", str(runs), "--only", "cosine", "plateau-patience10", "--commands")
+    commands = proc.stdout.splitlines()
+    assert proc.returncode == 0 and len(commands) == 2 and all(" --only " in c for c in commands)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for command in commands:  # as a job array or GNU parallel would: one shell line each
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        assert "in this process on cpu" in done.stdout
+    for name in ("cosine", "plateau-patience10"):
+        same_records(runs / reference.parent.name / "smoke" / name, reference / name)
+
+
+# ---------------------------------------------------------------- published records
+
+def test_chapters_read_committed_records_except_for_smoke(tmp_path):
+    root = tmp_path
+    quick = root / "book" / "records" / "official" / "quick"
+    quick.mkdir(parents=True)
+    (quick / "records.json").write_text(json.dumps({"exported": "2030-01-31 10:00", "runs": {}}))
+    folder, manifest = REC.resolve_runs(root, "quick", "official")
+    assert folder == quick and manifest["exported"].startswith("2030-01-31")
+    assert REC.resolve_runs(root, "smoke", "official") == (root / "runs" / "official" / "smoke", None)
+    assert REC.resolve_runs(root, "quick", "jpeg-q75-copy") == (root / "runs" / "jpeg-q75-copy" / "quick", None)
+    assert REC.resolve_runs(root, "quick", "official", "runs") == (root / "runs" / "official" / "quick", None)
+    # an explicit folder under book/records is read only even without a records.json
+    assert REC.resolve_runs(root, "paper", "official", "book/records")[1] == {}
+
+
+def test_best_committed_profile(tmp_path):
+    assert REC.best_profile(tmp_path, "official") is None
+    for profile, n in (("smoke", 24), ("quick", 24), ("paper", 10)):
+        folder = tmp_path / "book" / "records" / "official" / profile
+        folder.mkdir(parents=True)
+        (folder / "records.json").write_text(json.dumps({"planned": 24, "runs": {str(i): {} for i in range(n)}}))
+    assert REC.best_profile(tmp_path, "official") == "quick"  # smoke is never read from records
+    (tmp_path / "book/records/official/paper/records.json").write_text(
+        json.dumps({"planned": 24, "runs": {str(i): {} for i in range(24)}}))
+    assert REC.best_profile(tmp_path, "official") == "paper"  # a tie: the longer budget
+
+
+@pytest.mark.slow
+def test_export_then_chapters_render_from_records_without_training(chapter4, tmp_path, monkeypatch):
+    from resnet_cifar import cli
+    reference, _ = chapter4
+    runs_dir, records = reference.parent.parent, tmp_path / "records"
+    data = str(real_data_dir())
+    assert cli.main(["export", "--profile", "smoke", "--data-dir", data, "--runs-dir", str(runs_dir)]) == 2
+    assert cli.main(["export", "--profile", "smoke", "--data-dir", data, "--runs-dir", str(runs_dir),
+                     "--records-dir", str(records)]) == 2  # chapters 2, 3, 5, 6 are not trained
+    monkeypatch.setattr(REC, "SMALL_TRACE", 0)  # as for a long run: lr_trace.csv rebuilt, not copied
+    assert cli.main(["export", "--profile", "smoke", "--data-dir", data, "--runs-dir", str(runs_dir),
+                     "--records-dir", str(records), "--chapters", "04"]) == 0
+    published = records / reference.parent.name / "smoke"
+    manifest = json.loads((published / "records.json").read_text())
+    assert set(manifest["runs"]) == set(CHAPTER4) and manifest["planned"] == 4
+    for name in CHAPTER4:
+        assert sorted(p.name for p in (published / name).iterdir()) == ["config.json", "history.csv", "summary.json"]
+    before = sorted(str(p) for p in records.rglob("*"))
+
+    ch = book.chapter("smoke", "cpu", data, str(records), 0)
+    assert ch.records == manifest and ch.runs_dir == published
+    for name in CHAPTER4:
+        run = ch.run(name, **({"schedule": "cosine"} if name == "cosine" else {}))
+        original = load_run(reference / name)
+        assert run.summary == original.summary and run.history.equals(original.history)
+        assert run.lr_trace["iteration"].tolist() == original.lr_trace["iteration"].tolist()
+        assert run.lr_trace["lr"].tolist() == pytest.approx(original.lr_trace["lr"].tolist(), rel=1e-12)
+    date, commit = manifest["exported"].split(" ")[0], run.summary["git_commit"]
+    source = ch.source(run)
+    assert f"committed records of {date}" in source and source.endswith(f"cpu ({run.summary['device_name']})")
+    assert (f", commit {commit}" in source) == bool(commit)
+    with pytest.raises(RunError, match=r"'aug-none' is not in the records .* does not train. Train it with "
+                                       r"`python -m resnet_cifar run --profile smoke` .* `python -m resnet_cifar export"):
+        ch.run("aug-none", crop=False, flip=False)
+    assert sorted(str(p) for p in records.rglob("*")) == before  # nothing trained or written
+    table = ch.plan_table("04")
+    assert list(table.index) == CHAPTER4 and (table["state"] == "finished").all()
+
+
+@pytest.mark.book
+def test_a_chapter_builds_from_exported_records(chapter4, tmp_path):
+    """build_book.py with --runs-dir at published records: chapter 4 renders from them, and a
+    chapter whose runs are not published fails with the message naming `run` and `export`."""
+    reference, _ = chapter4
+    records = tmp_path / "records"
+    proc = cli_run("export", "--profile", "smoke", "--data-dir", str(real_data_dir()), "--runs-dir",
+                   str(reference.parent.parent), "--records-dir", str(records), "--chapters", "04")
+    assert proc.returncode == 0, proc.stderr
+    build = [sys.executable, str(ROOT / "scripts" / "build_book.py"), "--profile", "smoke", "--device", "cpu",
+             "--data-dir", str(real_data_dir()), "--runs-dir", str(records), "--no-html", "--out", str(tmp_path / "out")]
+    done = subprocess.run(build + ["--chapters", "04", "03"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "chapter book/04_schedule.ipynb failed" not in done.stderr
+    # resnet32-seed0 is published (chapter 4): chapter 3 stops at its first run that is not
+    assert "chapter book/03_augmentation.ipynb failed: RunError: run 'aug-none' is not in the records" in done.stderr
+    import nbformat
+    nb = nbformat.read(tmp_path / "out" / "stage" / "book" / "04_schedule.ipynb", as_version=4)
+    text = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])])
+    assert "committed records of" in text and "[resnet32-seed0] it " not in text  # captions say so; nothing trained
+    assert not list(records.rglob("model.pt")) and not list(records.rglob("checkpoint.pt"))
