@@ -173,6 +173,25 @@ def test_plan_shows_status_and_time_from_measured_rates(tmp_path, capsys):
                            f"{tmp_path / 'runs'} --only plateau-patience1000")
 
 
+def test_a_profile_is_estimated_from_runs_of_another_on_a_device_not_here(tmp_path):
+    """Budgets differ, rates do not: a finished quick run on a GPU prices the paper profile there,
+    also on a machine without that GPU (the device type's recorded runs)."""
+    import torch
+    from resnet_cifar.devices import available_devices
+    if "mps" in available_devices():
+        pytest.skip("needs a machine without the device whose runs it prices")
+    runs = {r.name: r for r in P.plan("paper")}
+    fake_record(tmp_path / "runs" / "official" / "quick", runs["resnet32-seed0"], "quick", status="complete",
+                iterations_done=6400, wall_time_s=100.0, eval_time_s=20.0, device="mps", device_name="Apple M9")
+    rows = P.estimates([runs["resnet32-seed0"], runs["resnet20-seed0"], runs["dtype-float64"]], "paper",
+                       tmp_path / "runs" / "official" / "paper", torch.device("mps"), tmp_path / "no-records")
+    assert rows[0]["seconds"] == pytest.approx(1200.0)  # 10x the iterations of the quick run's 120 s
+    assert rows[0]["source"] == "rate of 1 finished run(s) on Apple M9 (quick/resnet32-seed0)"
+    ratio = P.model_flops(runs["resnet20-seed0"].config("paper")) / P.model_flops(runs["resnet32-seed0"].config("paper"))
+    assert rows[1]["seconds"] == pytest.approx(1200.0 * ratio) and 0.5 < ratio < 0.7
+    assert rows[2]["seconds"] is None and rows[2]["source"].startswith("unknown: no finished float64 run")
+
+
 def hms(seconds: float) -> str:
     from resnet_cifar.runner import hms as runner_hms
     return runner_hms(seconds)
@@ -365,6 +384,8 @@ def test_export_then_chapters_render_from_records_without_training(chapter4, tmp
         assert run.summary == original.summary and run.history.equals(original.history)
         assert run.lr_trace["iteration"].tolist() == original.lr_trace["iteration"].tolist()
         assert run.lr_trace["lr"].tolist() == pytest.approx(original.lr_trace["lr"].tolist(), rel=1e-12)
+    with pytest.raises(RunError, match="is a published record, and records hold no weights"):
+        run.load_model()
     date, commit = manifest["exported"].split(" ")[0], run.summary["git_commit"]
     source = ch.source(run)
     assert f"committed records of {date}" in source and source.endswith(f"cpu ({run.summary['device_name']})")

@@ -68,7 +68,9 @@ def dtype_supported(dtype: str, device: torch.device | str) -> bool:
     if dtype == "float64":
         return device.type != "mps"
     if dtype == "bfloat16":
-        return device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+        # planning for a GPU this machine does not have: assume it has bf16 (every GPU since Ampere)
+        return device.type == "cpu" or (device.type == "cuda" and (not torch.cuda.is_available()
+                                                                   or torch.cuda.is_bf16_supported()))
     return True
 
 
@@ -217,21 +219,43 @@ def bench_rates(records_dir: Path, device: torch.device) -> list[dict]:
     return rates
 
 
+def reference_rates(folders, label: str | None, device_type: str) -> list[dict]:
+    """Seconds per (training image x multiply-add) of the finished runs in `folders` (folders
+    of run folders) on the device `label` (None: any device of `device_type`), evaluation included."""
+    refs, seen = [], set()
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*/summary.json")):
+            s, c = read_json(path), read_json(path.parent / "config.json")
+            if path.parent.resolve() in seen or not (s and c) or s.get("status") not in FINISHED:
+                continue
+            seen.add(path.parent.resolve())
+            on = s.get("device_name") == label if label else str(s.get("device", "")).split(":")[0] == device_type
+            if on and s.get("wall_time_s") and s.get("iterations_done"):
+                c = TrainConfig(**c)
+                per = (s["wall_time_s"] + (s.get("eval_time_s") or 0)) / (s["iterations_done"] * c.batch_size
+                                                                           * model_flops(c))
+                refs.append(dict(name=f"{path.parent.parent.name}/{path.parent.name}", dtype=c.dtype,
+                                 batch_size=c.batch_size, per=per, device_name=s.get("device_name")))
+    return refs
+
+
 def estimates(runs: list[PlannedRun], profile: str, folder: Path, device, records_dir: Path) -> list[dict]:
     """Each run's status and time in seconds with where the time comes from: 'measured' (the
-    run's own record), a rate measured on this device (finished runs of the same dtype and
-    batch on this device label, scaled by FLOPs; evaluation included), a recorded benchmark
-    (training steps only), or None ('unknown')."""
-    from .devices import device_label
+    run's own record); the rate of finished runs of the same dtype and batch size on this
+    device label (any profile in the runs folder or the published records; evaluation included;
+    scaled by multiply-adds); a recorded benchmark (training steps only); or None ('unknown').
+    A device this machine does not have (plan --device cuda on a laptop) takes the rates of
+    runs on any device of its type."""
+    from .devices import DeviceError, device_label, pick_device
     device = torch.device(device)
-    label = device_label(device)
+    try:
+        label = device_label(pick_device(str(device)))
+    except DeviceError:
+        label = None
+    folder = Path(folder)
     rows = [dict(run=r, config=r.config(profile), **status(r, profile, folder)) for r in runs]
-    refs = []  # seconds per (image x FLOP) of finished runs on this device, evaluation included
-    for row in rows:
-        s, c = row["summary"], row["config"]
-        if row["state"] == "finished" and s.get("device_name") == label and s.get("wall_time_s") and row["done"]:
-            per = (s["wall_time_s"] + (s.get("eval_time_s") or 0)) / (row["done"] * c.batch_size * model_flops(c))
-            refs.append(dict(name=row["run"].name, dtype=c.dtype, batch_size=c.batch_size, per=per))
+    refs = reference_rates([folder, *sorted(folder.parent.parent.glob("*/*")), *sorted(Path(records_dir).glob("*/*"))],
+                           label, device.type)
     bench = bench_rates(records_dir, device)
     for row in rows:
         c, s = row["config"], row["summary"] or {}
@@ -247,14 +271,16 @@ def estimates(runs: list[PlannedRun], profile: str, folder: Path, device, record
         if same:
             row["seconds"] = images * model_flops(c) * statistics.median(x["per"] for x in same)
             names = ", ".join(x["name"] for x in same[:2]) + (" ..." if len(same) > 2 else "")
-            row["source"] = f"rate of {len(same)} finished run(s) on {label} ({names})"
+            on = label or ", ".join(sorted({x["device_name"] for x in same}))
+            row["source"] = f"rate of {len(same)} finished run(s) on {on} ({names})"
         elif marks:
             b = max(marks, key=lambda m: m["date"])
             row["seconds"] = images / b["rate"] * model_flops(c) / b["flops"]
             layout = "" if b["channels_last"] == c.channels_last else f", channels_last={b['channels_last']}"
             row["source"] = f"{b['file']} ({b['device_name']}, {b['date']}{layout}; training steps only)"
         else:
-            row["seconds"], row["source"] = None, f"unknown: no finished {c.dtype} run of batch {c.batch_size} on {label}"
+            row["seconds"] = None
+            row["source"] = f"unknown: no finished {c.dtype} run of batch {c.batch_size} on {label or device.type}"
     return rows
 
 

@@ -82,6 +82,15 @@ def same_trace(run: RunResult) -> bool:
             and np.allclose(trace["lr"].to_numpy(), rebuilt["lr"].to_numpy(), rtol=1e-12, atol=0))
 
 
+class PublishedRun(RunResult):
+    """A run read from published records: everything but the weights."""
+
+    def load_model(self, map_location="cpu"):
+        raise RunError(f"{self.run_dir} is a published record, and records hold no weights (model.pt); a page "
+                       f"that looks inside the trained model needs the trained runs: build it from runs/ "
+                       f"(make book PROFILE=..., or build_book.py --runs-dir runs).")
+
+
 def load_record(folder: Path, config: TrainConfig, profile: str) -> RunResult:
     """The published record of `config`'s run in `folder`, checked against the plan's config."""
     run_dir = Path(folder) / config.run_name()
@@ -90,7 +99,7 @@ def load_record(folder: Path, config: TrainConfig, profile: str) -> RunResult:
                        f"not train. Train it with `python -m resnet_cifar run --profile {profile}` and publish it "
                        f"with `python -m resnet_cifar export --profile {profile}`, or build from your own runs "
                        f"(build_book.py --runs-dir runs).")
-    run = load_run(run_dir)
+    run = PublishedRun(**vars(load_run(run_dir)))
     ours, theirs = config.identity(), TrainConfig(**run.config).identity()
     if ours != theirs:
         diff = ", ".join(sorted(k for k in ours if ours[k] != theirs.get(k)))

@@ -174,6 +174,8 @@ def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int =
     """Train the runs (PlannedRun) of `profile` that are not finished in `folder`; 0 when all
     finish (complete or diverged), 1 when any failed, 130 when interrupted."""
     from .plan import model_flops, status
+    if jobs < 1 or status_every <= 0:
+        raise ValueError(f"jobs must be >= 1 and status_every > 0, got {jobs} and {status_every}")
     tasks = []
     for r in runs:
         s = status(r, profile, folder)
@@ -395,14 +397,19 @@ def _flags(args) -> list[str]:
 
 
 def _show_plan(args, runs, folder: Path, identity: str, root: Path) -> int:
+    import torch
     from . import plan as P
     from .data import dataset_label
-    from .devices import device_label, pick_device
+    from .devices import DeviceError, device_label, pick_device
     from .records import RECORDS
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+        on = f"{device} ({device_label(device)})"
+    except DeviceError:  # estimate for a device this machine does not have, from runs recorded on one
+        device = torch.device(args.device)
+        on = f"{device} (not on this machine: rates of runs recorded on {device.type} devices)"
     rows = P.estimates(runs, args.profile, folder, device, root / RECORDS)
-    print(f"plan of profile {args.profile} · {dataset_label(identity)} · runs in {folder} · "
-          f"times on {device} ({device_label(device)})")
+    print(f"plan of profile {args.profile} · {dataset_label(identity)} · runs in {folder} · times on {on}")
     head = ("run", "chapters", "seed", "model", "dtype", "iterations", "status", "time", "time from")
     lines = [(r["run"].name, ",".join(c.split("_")[0] for c in r["run"].chapters), str(r["run"].seed),
               r["run"].model(), r["config"].dtype, f"{r['config'].iterations:,}", r["text"],
@@ -419,7 +426,7 @@ def _show_plan(args, runs, folder: Path, identity: str, root: Path) -> int:
     print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in states.items() if n) +
           f" · {sum(r['config'].iterations for r in rows):,} iterations, {images:,} training images")
     print(f"time: {hms(measured)} measured (finished runs) + {hms(sum(x for x in rest if x is not None))} estimated "
-          f"for the {len(rest) - unknown} others, one run at a time on {device_label(device)}"
+          f"for the {len(rest) - unknown} others, one run at a time on {on}"
           + (f"; {unknown} run(s) without an estimate (no measured rate on this device)" if unknown else ""))
     return 0
 
