@@ -1,8 +1,11 @@
-# make book   set up (.venv, data) and build the book on PROFILE (default smoke) -> _build/html
+# make book   set up (.venv, data) and build the book -> _build/html: without PROFILE, from the most
+#             complete committed records of the data's copy (no training), else the smoke profile;
+#             with PROFILE=smoke|quick|paper (DEVICE, JOBS runs at once per GPU), train its plan, then build
 # make test   run the tests (README's test command)
 # make lab    JupyterLab on the book
-PROFILE ?= smoke
+PROFILE ?=
 DEVICE ?= auto
+JOBS ?= 1
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED_JPEG := ../shared/data/make_cifar10_batches.py
@@ -32,7 +35,16 @@ data: setup
 	fi
 
 book: data
-	$(PY) scripts/build_book.py --profile $(PROFILE) --device $(DEVICE)
+	@profile="$(PROFILE)"; \
+	if [ -z "$$profile" ]; then profile="$$($(PY) -m resnet_cifar records --best)"; fi; \
+	if [ -n "$(PROFILE)" ] || [ -z "$$profile" ]; then \
+	  profile="$${profile:-smoke}"; \
+	  set -x; $(PY) -m resnet_cifar run --profile "$$profile" --device $(DEVICE) --jobs $(JOBS) && \
+	  $(PY) scripts/build_book.py --profile "$$profile" --device $(DEVICE) --runs-dir runs; \
+	else \
+	  echo "book: the committed records of profile $$profile (no training; make book PROFILE=... trains)"; \
+	  set -x; $(PY) scripts/build_book.py --profile "$$profile" --device $(DEVICE); \
+	fi
 
 lab: setup
 	$(VENV)/bin/jupyter lab book/
