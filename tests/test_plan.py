@@ -357,6 +357,21 @@ def test_best_committed_profile(tmp_path):
     assert REC.best_profile(tmp_path, "official") == "paper"  # a tie: the longer budget
 
 
+@pytest.mark.parametrize("schedule", [dict(milestones=(12, 18)), dict(schedule="cosine"), dict(warmup=5),
+                                      dict(warmup_until_error=0.9, iterations=60, eval_every=10),
+                                      dict(schedule="plateau", plateau_patience=0, plateau_threshold=0.5)])
+def test_lr_trace_rebuilt_from_config_and_history_equals_the_recorded_one(tiny, dataset, schedule):
+    """What the records leave out of a long run (its lr_trace.csv), rebuilt exactly."""
+    from resnet_cifar.train import train
+    run = train(name="trace", dataset=dataset, **{**tiny, "iterations": 24, "eval_every": 3, **schedule})
+    assert run.status == "complete" and len(set(run.lr_trace["lr"])) >= 2  # the lr changes at least once
+    rebuilt = REC.rebuild_lr_trace(run.config, run.summary, run.history)
+    n = run.summary["iterations_done"]
+    assert rebuilt["iteration"].tolist() == run.lr_trace["iteration"].tolist() == list(range(n))
+    assert rebuilt["lr"].tolist() == pytest.approx(run.lr_trace["lr"].tolist(), rel=1e-12)
+    assert REC.same_trace(run)
+
+
 @pytest.mark.slow
 def test_export_then_chapters_render_from_records_without_training(chapter4, tmp_path, monkeypatch):
     from resnet_cifar import cli

@@ -57,9 +57,10 @@ def resolve_runs(root: Path, profile: str, dataset: str, runs_dir=None) -> tuple
 
 
 def rebuild_lr_trace(config: dict, summary: dict, history):
-    """Every iteration's learning rate, from the config (multistep, cosine, constant) or, for
-    the plateau schedule, from the history: its lr changes only after an evaluation, so
-    iteration i ran at the lr of the first evaluation row after i."""
+    """Every iteration's learning rate, from the config (multistep, cosine, constant; a warm-up
+    until a training error ends where the summary says) or, for the plateau schedule, from the
+    history: its lr changes only after an evaluation, so iteration i ran at the lr of the first
+    evaluation row after i. `export` checks the rebuilt trace against the recorded one."""
     import pandas as pd
     cfg, n = TrainConfig(**config), int(summary.get("iterations_done") or 0)
     if cfg.schedule == "plateau":
@@ -70,7 +71,10 @@ def rebuild_lr_trace(config: dict, summary: dict, history):
             values.append(lrs[k])
     else:
         per_epoch = max(int(summary.get("train_size", 0)) // cfg.batch_size, 1)
-        values = [lr_at(cfg, i, per_epoch) for i in range(n)]
+        rule = cfg.warmup_until_error is not None  # warm-up until a training error: ended where the summary says
+        ended = summary.get("lr_warmup_ended_at") if rule else 0
+        values = [cfg.warmup_lr if rule and (ended is None or i < ended) else lr_at(cfg, i, per_epoch)
+                  for i in range(n)]
     return pd.DataFrame({"iteration": range(n), "lr": values})
 
 
