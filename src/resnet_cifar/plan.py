@@ -61,10 +61,16 @@ def declared(seed: int = 0) -> dict[str, dict[str, dict]]:
     return {c: {name: {"seed": seed, **o} for name, o in runs.items()} for c, runs in chapters.items()}
 
 
+def as_device(device) -> torch.device:
+    """`device` as a torch.device; 'auto' is the device a chapter would pick."""
+    from .devices import pick_device
+    return pick_device("auto") if str(device) == "auto" else torch.device(device)
+
+
 def dtype_supported(dtype: str, device: torch.device | str) -> bool:
     """Whether chapter 5 trains a `dtype` run on `device`: no float64 on MPS, bfloat16 on CPUs
     and on CUDA GPUs that support it."""
-    device = torch.device(device)
+    device = as_device(device)
     if dtype == "float64":
         return device.type != "mps"
     if dtype == "bfloat16":
@@ -247,7 +253,7 @@ def estimates(runs: list[PlannedRun], profile: str, folder: Path, device, record
     A device this machine does not have (plan --device cuda on a laptop) takes the rates of
     runs on any device of its type."""
     from .devices import DeviceError, device_label, pick_device
-    device = torch.device(device)
+    device = as_device(device)
     try:
         label = device_label(pick_device(str(device)))
     except DeviceError:
@@ -302,11 +308,17 @@ def table(profile: str, folder: Path, device="cpu", records_dir: Path | None = N
 
 def accounting(dataset: str, runs_dir=None, device="cpu", profiles=tuple(PROFILES), seed: int = 0):
     """Compute per profile: runs, iterations per run, runs x iterations, training images, how
-    many runs are finished, their measured time, the estimated time of the others, and on which
-    devices; read where a chapter reads (committed records, else the runs folder)."""
+    many runs are finished, their measured time and devices, the estimated time of the others
+    on `device` (one run at a time; see `estimates`); read where a chapter reads (committed
+    records, else the runs folder)."""
     import pandas as pd
     from .book import project_root
     from .records import resolve_runs
+    from .devices import DeviceError, device_label
+    try:
+        target = device_label(as_device(device))
+    except DeviceError:
+        target = f"{device} (not on this machine)"
     root, rows = project_root(), {}
     for profile in profiles:
         folder, manifest = resolve_runs(root, profile, dataset, runs_dir)
@@ -314,14 +326,12 @@ def accounting(dataset: str, runs_dir=None, device="cpu", profiles=tuple(PROFILE
         finished = t["state"] == "finished"
         devices = sorted(set(t.loc[finished, "device"].dropna()))
         rest = t.loc[~finished, "time s"]
-        if not len(rest):
-            rest = pd.Series([], dtype=float)
         rows[profile] = {
             "runs": len(t), "iterations per run": int(t["iterations"].max()),
             "runs × iterations": int(t["iterations"].sum()),
             "training images": int((t["iterations"] * t["batch"]).sum()),
             "finished": int(finished.sum()), "measured s": float(t.loc[finished, "time s"].sum()),
             "estimated s (the rest)": float(rest.dropna().sum()), "runs without estimate": int(rest.isna().sum()),
-            "measured on": ", ".join(devices) or "-",
+            "measured on": ", ".join(devices) or "-", "estimated for": target,
             "read from": "committed records" if manifest is not None else "runs folder"}
     return pd.DataFrame(rows).T

@@ -68,6 +68,7 @@ class View:
 
     def say(self, text: str) -> None:
         self.out(f"[runner {hms(self.elapsed())}] {text}")
+        sys.stdout.flush()  # a log file or a pipe sees each line when it happens
 
     def status(self) -> str:
         count = {s: sum(t.state == s for t in self.tasks) for s in ("done", "running", "left", "failed")}
@@ -115,8 +116,11 @@ def worker_main(argv=None) -> int:
         import torch
         torch.set_num_threads(args.threads)
     cache: dict = {}
-    for line in sys.stdin:
-        answers.write(json.dumps(train_one(json.loads(line), cache)) + "\n")
+    try:
+        for line in sys.stdin:
+            answers.write(json.dumps(train_one(json.loads(line), cache)) + "\n")
+    except KeyboardInterrupt:  # the runner stops: the run in progress has recorded itself as interrupted
+        return 130
     return 0
 
 
@@ -427,7 +431,9 @@ def _show_plan(args, runs, folder: Path, identity: str, root: Path) -> int:
           f" · {sum(r['config'].iterations for r in rows):,} iterations, {images:,} training images")
     print(f"time: {hms(measured)} measured (finished runs) + {hms(sum(x for x in rest if x is not None))} estimated "
           f"for the {len(rest) - unknown} others, one run at a time on {on}"
-          + (f"; {unknown} run(s) without an estimate (no measured rate on this device)" if unknown else ""))
+          + (f"; {unknown} run(s) without an estimate (no measured rate on this device: finish one run of that "
+             f"dtype, or record a benchmark with `python -m resnet_cifar bench --device {device.type} --json "
+             f"book/records/bench-{device.type}.json`)" if unknown else ""))
     return 0
 
 
