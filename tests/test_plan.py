@@ -9,14 +9,12 @@ import ast
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from conftest import ROOT, real_data_dir

@@ -191,7 +191,8 @@ def status(run: PlannedRun, profile: str, folder: Path) -> dict:
         return dict(state="running", text=f"running, at {done:,}", done=done, summary=summary)
     if (run_dir / "checkpoint.pt").is_file():
         return dict(state="interrupted", text=f"interrupted at {done:,}", done=done, summary=summary)
-    return dict(state="failed", text=summary.get("status_detail", "failed"), done=done, summary=summary)
+    return dict(state="failed", text=f"{summary.get('status_detail', 'failed')} (no checkpoint: starts over)",
+                done=done, summary=summary)
 
 
 def model_flops(config: TrainConfig) -> float:

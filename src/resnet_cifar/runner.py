@@ -71,7 +71,7 @@ class View:
         sys.stdout.flush()  # a log file or a pipe sees each line when it happens
 
     def status(self) -> str:
-        count = {s: sum(t.state == s for t in self.tasks) for s in ("done", "running", "left", "failed")}
+        count = {s: sum(t.state == s for t in self.tasks) for s in ("done", "running", "left", "failed", "interrupted")}
         images = work = 0.0
         for t in self.tasks:
             if t.state in ("done", "running", "failed"):
@@ -82,7 +82,13 @@ class View:
         left = self.total_work - work
         eta = elapsed * left / work if work > 0 else None
         return (f"{count['done']}/{len(self.tasks)} done · {count['running']} running · {count['left']} left · "
-                f"{count['failed']} failed · {rate:,.0f} images/s · ETA {hms(eta) if left > 0 else '0:00:00'}")
+                f"{count['failed']} failed" + (f" · {count['interrupted']} interrupted" if count["interrupted"] else "")
+                + f" · {rate:,.0f} images/s · ETA {hms(eta) if left > 0 else '0:00:00'}")
+
+    def interrupted(self) -> None:
+        for t in self.tasks:
+            if t.state == "running":
+                t.state = "interrupted"
 
 
 def train_one(config: dict, cache: dict) -> dict:
@@ -237,6 +243,7 @@ def _in_process(tasks: list[Task], view: View, status_every: float) -> int:
             _finish(task, train_one(dict(vars(task.config), progress="log"), cache), view)
     except KeyboardInterrupt:
         view.say("interrupted: the run in progress is recorded as interrupted; run again to resume it")
+        view.interrupted()
         return 130
     finally:
         stop.set()
@@ -292,6 +299,7 @@ def _with_workers(tasks, view, gpus, worker_device, threads, status_every) -> in
                 w.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 w.proc.kill()
+        view.interrupted()
         return 130
     finally:
         for w in workers:
