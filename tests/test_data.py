@@ -244,3 +244,44 @@ def test_draws_then_gather_is_augment():
     one = torch.tensor([[0, 8, 1]])  # top-right window of the padded image, mirrored
     expected = F.pad(x[:1], (4, 4, 4, 4))[:, :, 0:32, 8:40].flip(3)
     assert torch.equal(D.apply_augment(x[:1], one, 4), expected)
+
+
+def _per_pixel_gather(x, draws, pad=4):
+    """The augmentation written as one index per pixel dimension (the library's original
+    formulation): the pixels every cheaper formulation must reproduce bit for bit."""
+    n, c, h, w = x.shape
+    dy, dx, mirror = draws.unbind(1)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    i, j = torch.arange(h), torch.arange(w)
+    rows = (dy[:, None] + i)[:, None, :, None]
+    cols = (dx[:, None] + torch.where(mirror[:, None].bool(), w - 1 - j, j))[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
+def test_augmentation_is_bit_identical_to_the_per_pixel_gather():
+    """Every offset and mirror, several pads, float32/float64, NCHW and channels_last inputs."""
+    g = torch.Generator().manual_seed(7)
+    for pad, dtype, channels_last in [(4, torch.float32, False), (4, torch.float64, False), (4, torch.float32, True),
+                                      (2, torch.float32, False), (0, torch.float32, False)]:
+        x = torch.randn(300, 3, 32, 32, generator=g, dtype=dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        draws = D.augment_draws(300, torch.Generator().manual_seed(pad), pad)
+        out = D.apply_augment(x, draws, pad)
+        assert out.dtype == dtype and torch.equal(out, _per_pixel_gather(x, draws, pad))
+    # all 81 windows, each plain and mirrored
+    x = torch.randn(162, 3, 32, 32, generator=g)
+    every = torch.tensor([[dy, dx, m] for dy in range(9) for dx in range(9) for m in (0, 1)])
+    assert torch.equal(D.apply_augment(x, every), _per_pixel_gather(x, every))
+
+
+def test_trainer_batches_in_the_step_format(dataset):
+    """channels_last and float64 steps get the same pixels, in their layout and dtype."""
+    base = TrainConfig(subset=256, batch_size=32, seed=1)
+    data = prepare_data(base, torch.device("cpu"), dataset)
+    ref, _ = D.TrainBatches(data, base)(3)
+    for channels_last, dtype in [(True, torch.float32), (False, torch.float64), (True, torch.float64)]:
+        config = TrainConfig(subset=256, batch_size=32, seed=1, channels_last=channels_last)
+        x, _ = D.TrainBatches(data, config, dtype=dtype)(3)
+        assert x.dtype == dtype and x.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert torch.equal(x, ref.to(dtype))
