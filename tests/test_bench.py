@@ -1,22 +1,25 @@
-"""The benchmark's pieces (bench.py) and the CUDA-style deferred loss reads of train.py,
+"""The benchmark (bench.py, measure.py) and the CUDA-style deferred loss reads of train.py,
 exercised on the CPU. Speeds are printed by `python -m resnet_cifar bench`, never asserted."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from resnet_cifar import bench as B
+from resnet_cifar import measure as M
 from resnet_cifar import train as T
+from resnet_cifar.cli import main as cli_main
 from resnet_cifar.train import train
+
+RECORDS = Path(__file__).resolve().parents[1] / "book" / "records"
 
 
 def test_conventional_loader_matches_torchvision_recipe(dataset):
     """PIL images through RandomCrop(32, padding=4), flip, ToTensor, Normalize: float
-    batches of the right shape, per-channel normalized (mean ~0, std ~1 without the crop's
-    zero border), labels unchanged."""
+    batches of the right shape, per-channel normalized, labels unchanged."""
     images, labels = dataset.train_images[:64], dataset.train_labels[:64]
     loader = B.conventional_loader(images, labels, batch_size=32, num_workers=0)
     assert len(loader) == 2
@@ -35,51 +38,198 @@ def test_conventional_loader_matches_torchvision_recipe(dataset):
     assert y0 == labels[0].item() and torch.allclose(x0, expected, atol=1e-5)
 
 
-def test_matmul_peak_is_a_plausible_rate():
-    gflops = B.matmul_peak(torch.device("cpu"), torch.float32, n=256, reps=2)
-    assert 0.1 < gflops < 1e5
+def test_matmul_peak_is_a_plausible_rate_and_sets_the_numerics():
+    for numerics in ("float32", "float64"):
+        assert 0.1 < M.matmul_peak(torch.device("cpu"), numerics, n=256, reps=2) < 1e5
+    assert not torch.backends.cuda.matmul.allow_tf32  # float32 is true fp32
 
 
-def test_variants_grid():
-    labels = [v.label for v in B.default_variants()]
-    assert labels[0] == "fp32" and "fp64" in labels and "bf16 autocast + channels_last" in labels
-    assert "fp32 + compile" in labels and len(set(labels)) == len(labels)
-    quick = [v.label for v in B.default_variants(quick=True)]
-    assert not any("compile" in q or "fp64" in q for q in quick)
-    assert not any(v.compile for v in B.default_variants(compile=False))
+def test_macs_per_image_counts_convolutions_and_classifier():
+    """ResNet-8: a 3->16 stem, three stages of one block (16, 32, 64 channels on 32, 16 and 8
+    pixels), a 64->10 classifier; option A shortcuts add no multiply-adds."""
+    stem = 32 * 32 * 16 * 3 * 9
+    blocks = 32 * 32 * 16 * 16 * 9 * 2 + 16 * 16 * 32 * (16 + 32) * 9 + 8 * 8 * 64 * (32 + 64) * 9
+    assert M.macs_per_image(8) == stem + blocks + 64 * 10
+    assert M.macs_per_image(32) > 5 * M.macs_per_image(8)
 
 
-@pytest.mark.slow
-def test_run_benchmark_tiny(dataset, tmp_path):
-    """A tiny benchmark: both pipelines measured, ratio consistent with them, table and
-    JSON complete. (Seconds on an idle CPU; speeds themselves are not asserted.)"""
-    result = B.run_benchmark(device="cpu", batch_size=16, depth=8, steps=2, rounds=1, warmup=1, seconds=0.05,
-                             variants=[B.Variant(), B.Variant("float32", True)], workers=(0, 1),
-                             train_images=64, dataset=dataset, profile_steps=1, log=None)
-    assert list(result.table["variant"]) == ["fp32", "fp32 + channels_last"]
-    assert (result.table["library e2e images/s"] > 0).all() and (result.table["model-only images/s"] > 0).all()
-    p = result.paper
-    assert p["library"] > 0 and p["baseline"] > 0 and set(p["baseline_by_workers"]) == {0, 1}
-    assert p["baseline"] == max(p["baseline_by_workers"].values())
-    assert result.ratio == pytest.approx(p["library"] / p["baseline"])
-    assert p["model_only"] > 0 and p["ceiling"] == pytest.approx(p["model_only"] / p["baseline"])
-    assert 0 <= p["baseline_data_share"] < 1 and 0 <= p["library_data_share"] < 1
-    assert result.peak_gflops["float32"] > 0 and 0 < result.table["% of matmul peak"].iloc[0]
-    assert result.info["fvcore_flops_per_image"] > 0 and result.evaluation["images_per_s"] > 0
-    assert set(result.best) == {"fp32", "any"} and result.best["fp32"]["ratio_vs_conventional"] > 0
-    assert len(result.profile) > 0 and result.profile["share %"].sum() <= 100.0 + 1e-6
-    text = result.report()
-    assert "ratio" in text and "conventional" in text
-    out = tmp_path / "bench.json"
-    out.write_text(json.dumps(result.to_dict(), default=str))
-    back = json.loads(out.read_text())
-    assert back["ratio"] == pytest.approx(result.ratio) and len(back["variants"]) == 2
+def test_variant_specs():
+    assert B.parse_variant("bf16+cl+compile") == B.Variant("bfloat16", True, "default")
+    assert B.parse_variant("TF32+CL+cudagraphs") == B.Variant("tf32", True, "reduce-overhead")
+    assert B.parse_variant("fp64").dtype == "float64" and B.parse_variant(B.Variant()) == B.Variant()
+    for spec in B.DEFAULT_VARIANTS:
+        assert B.parse_variant(spec).label == spec
+    for bad in ("fp16", "fp32+nhwc", "fp32+compile+cudagraphs"):
+        with pytest.raises(ValueError, match=r"fp32, tf32, fp64 or bf16.*\+cl"):
+            B.parse_variant(bad)
+
+
+def test_variants_the_device_cannot_run_natively_are_skipped(monkeypatch, dataset):
+    """bf16 on a CPU without AVX-512-BF16 or AMX is never timed: it is listed with the reason
+    (so are TF32 and CUDA graphs off CUDA); the runnable variants are measured."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(B, "native_bf16", lambda device: False)
+    assert "neither AVX-512-BF16 nor AMX" in B.skip_reason(B.parse_variant("bf16+cl"), cpu)
+    assert "CUDA" in B.skip_reason(B.parse_variant("tf32"), cpu)
+    assert "CUDA graphs" in B.skip_reason(B.parse_variant("fp32+cudagraphs"), cpu)
+    assert B.skip_reason(B.parse_variant("fp32+cl+compile"), cpu) is None
+    timed = []
+    monkeypatch.setattr(B, "setup", lambda v, *a, **k: timed.append(v.label) or pytest.fail("no variant should run"))
+    record = B.run_benchmark(device="cpu", batch_size=16, depth=8, variants=["bf16", "bf16+cl", "tf32"], workers=(),
+                             train_images=32, dataset=dataset, profile=0)
+    assert timed == [] and record["variants"] == [] and record["peaks"] == {}
+    assert [s["variant"] for s in record["skipped"]] == ["bf16", "bf16+cl", "tf32"]
+    assert all(s["reason"] for s in record["skipped"])
+    assert "bf16 (" in B.summarize(record)["skipped"]
 
 
 def test_bench_rejects_bad_sizes(dataset):
     with pytest.raises(ValueError, match="train_images"):
-        B.run_benchmark(device="cpu", batch_size=128, train_images=64, dataset=dataset, log=None)
+        B.run_benchmark(device="cpu", batch_size=128, train_images=64, dataset=dataset)
+    with pytest.raises(ValueError, match="rounds must be a positive integer"):
+        B.run_benchmark(device="cpu", rounds=0, dataset=dataset)
 
+
+# ---------------------------------------------------------------- where the step's time goes
+
+def _row(name, device_type, cpu_us=0.0, device_us=0.0, calls=1):
+    return dict(name=name, calls=calls, device_type=device_type, self_cpu_us=cpu_us, self_device_us=device_us)
+
+
+def test_cuda_profile_counts_kernel_rows_only():
+    """An op row's device time is its kernels' time again: on CUDA only kernel rows count,
+    cuDNN / implicit-GEMM kernels are convolutions, cuDNN batch-norm kernels batch norm."""
+    events = [
+        _row("aten::cudnn_convolution", "cpu", cpu_us=50, device_us=600),  # op row: its kernels below
+        _row("aten::convolution_backward", "cpu", cpu_us=40, device_us=300),
+        _row("sm90_xmma_fprop_implicit_gemm_f32f32_f32f32_f32_nhwckrsc_nchw", "cuda", device_us=500),
+        _row("void cudnn::ops::nchwToNhwcKernel<float, float, float, false, true>", "cuda", device_us=100),
+        _row("sm80_xmma_dgrad_implicit_gemm_indexed_f32f32", "cuda", device_us=200),
+        _row("void cudnn::detail::implicit_convolve_sgemm<float, float, 128, 5, 5>", "cuda", device_us=100),
+        _row("void cudnn::bn_fw_tr_1C11_kernel_NCHW<float, float, int, 512, true, 1>", "cuda", device_us=50),
+        _row("void at::native::batch_norm_backward_kernel<float>", "cuda", device_us=50),
+        _row("void at::native::multi_tensor_apply_kernel<...>", "cuda", device_us=100),
+        _row("sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n", "cuda", device_us=50),
+        _row("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "cuda", device_us=50),
+        _row("cudaLaunchKernel", "cpu", cpu_us=300),
+    ]
+    p = M.profile_summary(events, cuda=True, steps=2)
+    assert p["time"] == "CUDA kernel time" and p["ms_per_step"] == pytest.approx(1.2 / 2)  # 1,200 us of kernels
+    assert p["by_kind"] == pytest.approx({"convolution": 75.0, "batch norm": 100 / 12, "optimizer": 100 / 12,
+                                          "matmul": 50 / 12, "other": 50 / 12})
+    assert sum(p["by_kind"].values()) == pytest.approx(100)
+    assert all(not r["name"].startswith(("aten::", "cuda")) for r in p["rows"])
+    assert p["rows"][0]["share"] == pytest.approx(500 / 12) and p["rows"][0]["kind"] == "convolution"
+
+
+def test_cpu_profile_counts_op_self_time():
+    events = [_row("aten::convolution_backward", "cpu", cpu_us=600), _row("aten::mkldnn_convolution", "cpu", cpu_us=200),
+              _row("aten::native_batch_norm", "cpu", cpu_us=100), _row("aten::clamp_min", "cpu", cpu_us=50),
+              _row("aten::index", "cpu", cpu_us=50), _row("aten::conv2d", "cpu", cpu_us=0)]
+    p = M.profile_summary(events, cuda=False, steps=1, top=3)
+    assert p["time"] == "self CPU time" and p["ms_per_step"] == pytest.approx(1.0)
+    assert p["by_kind"] == pytest.approx({"convolution": 80, "batch norm": 10, "relu": 5, "other": 5})
+    assert [r["name"] for r in p["rows"]] == ["aten::convolution_backward", "aten::mkldnn_convolution",
+                                              "aten::native_batch_norm"]
+
+
+# ---------------------------------------------------------------- the benchmark, tiny
+
+@pytest.fixture(scope="module")
+def tiny_record(dataset):
+    """One tiny real benchmark: two fp32 variants, the conventional pipeline for the first."""
+    return B.run_benchmark(device="cpu", batch_size=16, depth=8, variants=["fp32", "fp32+cl"], conventional=["fp32"],
+                           workers=(0, 1), seconds=0.05, rounds=2, warmup=1, train_images=64, dataset=dataset,
+                           profile=1)
+
+
+@pytest.mark.slow
+def test_benchmark_numbers_are_consistent(tiny_record):
+    r = tiny_record
+    assert r["format"] == B.FORMAT and [v["variant"] for v in r["variants"]] == ["fp32", "fp32+cl"]
+    for v in r["variants"]:
+        assert v["library"] > 0 and v["model"] > 0 and v["data_ms"] > 0
+        assert v["step_ms"] == pytest.approx(1000 * 16 / v["library"])
+        assert v["data_share"] == pytest.approx(100 * v["data_ms"] / v["step_ms"])
+        assert v["gflops"] == pytest.approx(6 * r["info"]["macs_per_image"] * v["model"] / 1e9)
+        assert v["peak_share"] == pytest.approx(100 * v["gflops"] / r["peaks"]["float32"])
+        assert v["numerics"] == dict(dtype="float32", tf32_matmul=False, tf32_cudnn=False, cudnn_benchmark=False)
+    conv = r["conventional"]
+    assert [(c["variant"], c["num_workers"]) for c in conv] == [("fp32", 0), ("fp32", 1)]
+    assert all(c["images_per_s"] > 0 and c["library"] == r["variants"][0]["library"] for c in conv)
+    assert r["evaluation"]["images_per_s"] > 0 and r["evaluation"]["batch_size"] == 256
+    assert r["profile"]["time"] == "self CPU time" and r["profile"]["by_kind"]["convolution"] > 0
+    assert r["info"]["macs_per_image"] == M.macs_per_image(8) and len(r["info"]["load_average"]) == 2
+    s = B.summarize(r)
+    best = max(conv, key=lambda c: c["images_per_s"])
+    assert s["conventional"] == best["images_per_s"] and s["workers"] == best["num_workers"]
+    assert s["ratio"] == pytest.approx(s["library"] / s["conventional"])
+    assert s["ceiling"] == pytest.approx(r["variants"][0]["model"] / s["conventional"])
+    assert s["fastest_fp32"] in ("fp32", "fp32+cl") and s["skipped"] == "none" and s["concurrent_runs"] is None
+    assert s["schedule_fp32_min"] == pytest.approx(64_000 * 16 / s["fastest_fp32_rate"] / 60)
+    assert 0 < s["eval_share"] < 1
+    tables = B.tables(r)
+    assert list(tables["variants"]["variant"]) == ["fp32", "fp32+cl"] and len(tables["conventional"]) == 2
+    assert len(tables["profile"]) >= 1
+
+
+@pytest.mark.slow
+def test_records_round_trip(tiny_record, tmp_path):
+    (tmp_path / "bench-cpu.json").write_text(json.dumps(tiny_record))
+    (tmp_path / "other.json").write_text("{}")  # not a record: ignored
+    records = B.load_records(tmp_path)
+    assert list(records) == ["bench-cpu"] and records["bench-cpu"] == tiny_record
+    assert B.summarize(records["bench-cpu"]) == B.summarize(tiny_record)
+    assert B.load_records(tmp_path / "missing") == {}
+    (tmp_path / "bench-old.json").write_text(json.dumps({"info": {}}))
+    with pytest.raises(ValueError, match="bench-old.json is not a benchmark record of format 2"):
+        B.load_records(tmp_path)
+
+
+def test_the_recorded_benchmarks_load_and_summarize():
+    """book/records holds what the appendix shows: every record loads and gives its figures."""
+    records = B.load_records(RECORDS)
+    assert "bench-cpu" in records
+    for record in records.values():
+        s = B.summarize(record)
+        assert s["library"] > 0 and s["conventional"] > 0 and s["ratio"] == pytest.approx(s["library"] / s["conventional"])
+        assert s["fastest_rate"] >= s["fastest_fp32_rate"] > 0 and s["date"] and s["device_name"]
+    cpu = records["bench-cpu"]  # converted from the first format: the same measured numbers
+    assert cpu["info"]["date"] == "2026-11-30 07:01" and cpu["info"]["git_commit"] == "d451c24"
+    assert B.summarize(cpu)["library"] == pytest.approx(338.9712638311593)
+
+
+@pytest.mark.slow
+def test_concurrent_runs_are_measured_against_one(dataset):
+    """Two processes stepping their own ResNet-8 at once: each reports a rate, the total is
+    their sum, the speedup the total over one process alone."""
+    args = (B.parse_variant("fp32"), B.bench_dataset(dataset, 64), torch.device("cpu"), 16, 8, 0)
+    c = M.measure_concurrent(2, B.library_step, args, torch.device("cpu"), 16, seconds=0.2)
+    assert c["runs"] == 2 and len(c["per_run"]) == 2 and all(r > 0 for r in c["per_run"]) and c["single"] > 0
+    assert c["total"] == pytest.approx(sum(c["per_run"])) and c["speedup"] == pytest.approx(c["total"] / c["single"])
+    assert c["threads_per_run"] == max(1, c["threads_single"] // 2)
+
+
+def test_concurrent_failure_is_reported(dataset):
+    args = (B.parse_variant("fp32"), B.bench_dataset(dataset, 64), torch.device("cpu"), 16, 7, 0)  # depth 7: invalid
+    with pytest.raises(RuntimeError, match="a concurrent run failed: ValueError: depth must be 6n\\+2"):
+        M.measure_concurrent(2, B.library_step, args, torch.device("cpu"), 16, seconds=0.1)
+
+
+@pytest.mark.slow
+def test_bench_command_writes_its_record(dataset, tmp_path, capsys):
+    out = tmp_path / "records" / "bench-cpu.json"
+    rc = cli_main(["bench", "--device", "cpu", "--batch-size", "16", "--depth", "8", "--variants", "fp32", "tf32",
+                   "--workers", "0", "--seconds", "0.05", "--rounds", "1", "--warmup", "1", "--train-images", "32",
+                   "--profile", "0", "--data-dir", str(dataset.root), "--json", str(out)])
+    assert rc == 0
+    record = json.loads(out.read_text())
+    assert [v["variant"] for v in record["variants"]] == ["fp32"] and record["skipped"][0]["variant"] == "tf32"
+    text = capsys.readouterr().out
+    assert "library images/s" in text and "skipped tf32: TF32 is a CUDA tensor-core format" in text
+
+
+# ---------------------------------------------------------------- deferred loss reads (train.py)
 
 def _force_deferred(monkeypatch):
     """Run train()'s GPU rhythm on the CPU: step results stay on the device and are read
@@ -109,109 +259,3 @@ def test_deferred_loss_reads_name_the_diverging_iteration(tiny, dataset, monkeyp
     assert deferred.diverged
     assert deferred.summary["status_detail"] == ref.summary["status_detail"]
     assert deferred.summary["iterations_done"] == ref.summary["iterations_done"]
-
-
-def test_parse_variant():
-    assert B.parse_variant("bf16+cl+compile") == B.Variant("bfloat16", True, True)
-    assert B.parse_variant("fp64") == B.Variant("float64") and B.parse_variant("FP32+CL").channels_last
-    with pytest.raises(ValueError, match=r"fp32, fp64 or bf16.*\+cl"):
-        B.parse_variant("fp16+cl")
-
-
-@pytest.fixture(scope="module")
-def tiny_bench(dataset):
-    """One tiny real benchmark (two fp32 variants, one worker setting) shared by the tests
-    of its sentences."""
-    return B.run_benchmark(device="cpu", batch_size=32, depth=8, steps=2, seconds=0.1, quick=True,
-                           variants=["fp32", "fp32+cl"], workers=(0,), train_images=256, dataset=dataset,
-                           profile_steps=1, log=None)
-
-
-@pytest.mark.slow
-def test_benchmark_sentences_carry_its_numbers(tiny_bench):
-    """The book's paragraphs (and the command's report) quote the measured numbers."""
-    r = tiny_bench
-    p, b32, e, i = r.paper, r.best["fp32"], r.evaluation, r.info
-    findings = r.markdown("findings")
-    for number in (f"**{p['library']:,.0f}** images/s", f"**{p['baseline']:,.0f}** images/s",
-                   f"`num_workers={p['baseline_workers']}`", f"ratio **{r.ratio:.2f}×**",
-                   f"{p['model_only']:,.0f} images/s, {p['ceiling']:.2f}×",
-                   f"{100 * p['baseline_data_share']:.0f} % of the conventional",
-                   f"({b32['variant']}; the paper's fp32 numerics): {b32['library']:,.0f} images/s",
-                   f"**{b32['ratio_vs_conventional']:.2f}×**", f"{b32['ratio_same_settings']:.2f}× the conventional"):
-        assert number in findings, number
-    # only fp32 variants ran: the fastest variant is the fastest fp32 one, said once
-    assert r.best["any"]["variant"] == b32["variant"] and "**Fastest variant**" not in findings
-    assert "target is met at the paper's settings" in r.markdown("findings", target=0.0)
-    assert f"target is **not** met: {r.ratio:.2f}× at equal" in r.markdown("findings", target=1e9)
-
-    evaluation = r.markdown("evaluation")
-    assert f"**{e['images_per_s']:,.0f}** images/s" in evaluation and f"{e['eval_s']:,.1f} s against" in evaluation
-    assert f"**{100 * e['share_of_epoch']:.0f} %**" in evaluation and "15,000 images" in evaluation
-    assert e["batch_size"] == 256 and "batches of 256" in evaluation  # train.eval_batch_size on a CPU
-    peaks = r.markdown("peaks")
-    assert f"float32 {r.peak_gflops['float32']:,.0f} GFLOP/s" in peaks and "2048³" in peaks
-    assert f"{i['train_gflop_per_image']:.2f} GFLOP per image" in peaks and "ResNet-8" in peaks
-    conv = r.profile[r.profile["op"].str.contains("convolution")]["share %"].sum()
-    assert 0 < conv <= 100 and f"**{conv:.0f} %**" in r.markdown("profile")
-    schedule = r.markdown("schedule")
-    assert f"{b32['paper_schedule_min']:,.0f} min (fastest fp32 variant, {b32['variant']})" in schedule
-    assert "64,000 iterations of batch 32" in schedule and i["device_name"] in schedule
-    assert b32["paper_schedule_min"] == pytest.approx(64_000 * 32 / b32["library"] / 60)
-    with pytest.raises(ValueError, match="findings"):
-        r.markdown("speed")
-
-    # the command prints the same sentences as plain text
-    report = r.report()
-    assert f"ratio {r.ratio:.2f}x" in report and f"{p['library']:,.0f} images/s" in report
-    assert f"{e['images_per_s']:,.0f} images/s" in report and f"{conv:.0f} %" in report
-    assert "**" not in report and "×" not in report
-
-
-@pytest.mark.slow
-def test_benchmark_notes_and_captions(tiny_bench, dataset):
-    r = tiny_bench
-    notes = r.measurement_notes("smoke")
-    assert notes[0].startswith(f"Measured {r.info['date']} (commit ") and "on **cpu**" in notes[0]
-    assert dataset.label in notes[0]
-    assert f"best of {r.info['rounds']} timed windows of about {r.info['seconds']} s" in notes[0]
-    assert any("shared with other work" in n for n in notes)
-    cut = next(n for n in notes if "cut-down" in n)  # quick: neither float64 nor torch.compile ran
-    assert cut.startswith("Profile **smoke**: a cut-down benchmark: 2 variants")
-    assert "no float64, no torch.compile" in cut
-    assert not any("Profile" in n for n in r.measurement_notes())
-    box = r.notes_html("smoke")
-    assert box._repr_html_().count("<div class='admonition note'>") == len(notes)
-    assert "<b>cpu</b>" in box and "<code>python -m resnet_cifar bench</code>" in box and "**" not in box
-    caption = r.caption("Training throughput", "smoke")
-    assert caption == f"Training throughput — profile smoke · {dataset.label} · cpu ({r.info['device_name']})"
-
-
-@pytest.mark.slow
-def test_recorded_benchmark_reads_back_the_same(tiny_bench, tmp_path):
-    """`bench --json` records load back (`load_records`) into a Benchmark that says exactly
-    what the measured one said: the book shows recorded full benchmarks this way."""
-    r = tiny_bench
-    (tmp_path / "bench-cpu.json").write_text(json.dumps(r.to_dict(), default=str))
-    (tmp_path / "other.json").write_text("{}")  # not a record: ignored
-    records = B.load_records(tmp_path)
-    assert list(records) == ["bench-cpu"]
-    back = records["bench-cpu"]
-    for section in B.Benchmark.SECTIONS:
-        assert back.markdown(section) == r.markdown(section)
-    assert back.measurement_notes() == r.measurement_notes()
-    pd.testing.assert_frame_equal(back.table, r.table, rtol=1e-12)  # JSON keeps 15 significant digits
-    pd.testing.assert_frame_equal(back.pipelines, r.pipelines, rtol=1e-12)
-    assert B.load_records(tmp_path / "missing") == {}
-
-
-@pytest.mark.slow
-def test_styled_tables_for_the_book(tiny_bench):
-    r = tiny_bench
-    html = r.styled("variants", "Step variants — here").to_html()
-    assert "Step variants — here" in html and "fp32 + channels_last" in html
-    assert "channels_last</th>" not in html and "dtype</th>" not in html  # spelled out by the variant names
-    assert f"{r.table['library e2e images/s'].iloc[0]:,.1f}" in html
-    assert f"{r.pipelines['images/s'].iloc[0]:,.1f}" in r.styled("pipelines", "x").to_html()
-    with pytest.raises(ValueError, match="table 'peaks': choose one of variants, pipelines, profile"):
-        r.styled("peaks", "x")

@@ -1,0 +1,203 @@
+"""The benchmark's instruments (bench.py uses them): step functions timed in turns, a matmul
+peak, a step's multiply-adds, where a step's time goes (torch.profiler), and what several
+runs at once on one device make of it."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+
+import torch
+
+from .devices import set_numerics
+from .models import build_model
+
+KINDS = (  # (kind, name fragments): the first match wins. Batch norm comes first, since cuDNN's batch-norm
+    # kernels are named cudnn::bn_...; cuDNN's other kernels are convolutions (and their layout changes).
+    ("batch norm", ("batch_norm", "batchnorm", "cudnn::bn_", "bn_fw", "bn_bw")),
+    ("convolution", ("conv", "cudnn", "implicit_gemm", "fprop", "dgrad", "wgrad", "winograd")),
+    ("matmul", ("gemm", "addmm", "aten::mm", "matmul")),
+    ("optimizer", ("foreach", "multi_tensor", "sgd")),
+    ("relu", ("relu", "clamp_min", "threshold")),
+)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def race(steps: dict, images: int, device: torch.device, rounds: int, warmup: int, seconds: float) -> dict:
+    """Time each step function of `steps`: `warmup` untimed calls (at least one; the last
+    sizes its window: about `seconds`, at least one call), then `rounds` rounds in which each
+    takes its window in turn. {name: {images_per_s (the best window), warmup_s}}."""
+    out = {}
+    for name, fn in steps.items():
+        t0 = time.perf_counter()
+        for _ in range(max(warmup, 1)):
+            sync(device)
+            t1 = time.perf_counter()
+            fn()
+        sync(device)
+        out[name] = dict(warmup_s=time.perf_counter() - t0, rates=[],
+                         n=max(1, round(seconds / max(time.perf_counter() - t1, 1e-6))))
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(out[name]["n"]):
+                fn()
+            sync(device)
+            out[name]["rates"].append(images * out[name]["n"] / (time.perf_counter() - t0))
+    return {name: dict(images_per_s=max(r["rates"]), warmup_s=r["warmup_s"]) for name, r in out.items()}
+
+
+def matmul_peak(device: torch.device, numerics: str = "float32", n: int | None = None, reps: int = 3) -> float:
+    """GFLOP/s of an n x n x n torch.matmul (2 n^3 FLOP) in `numerics` (float32 with TF32 off,
+    tf32, float64 or bfloat16; n = 2048 on a CPU, 8192 on a GPU), best of `reps` after a warm-up
+    (on a GPU each timing holds 10 matmuls, so that launch and sync do not count)."""
+    n, inner = (n or 8192, 10) if device.type == "cuda" else (n or 2048, 1)
+    set_numerics(numerics, device)
+    dtype = {"float64": torch.float64, "bfloat16": torch.bfloat16}.get(numerics, torch.float32)
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for _ in range(reps + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        sync(device)
+        times.append((time.perf_counter() - t0) / inner)
+    return 2 * n ** 3 / min(times[1:]) / 1e9
+
+
+def macs_per_image(depth: int = 32) -> int:
+    """Multiply-adds of one 3x32x32 image through ResNet-`depth`'s convolutions and classifier."""
+    model, total = build_model("resnet", depth, "A").eval(), [0]
+
+    def count(m, inputs, out):
+        if isinstance(m, torch.nn.Conv2d):
+            total[0] += out[0].numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, torch.nn.Linear):
+            total[0] += m.in_features * m.out_features
+    for m in model.modules():
+        m.register_forward_hook(count)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    return total[0]
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (how busy the machine was), where the system reports one."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def op_kind(name: str) -> str:
+    """The kind of an op (CPU) or kernel (CUDA) row of torch.profiler, by its name."""
+    name = name.lower()
+    return next((kind for kind, parts in KINDS if any(p in name for p in parts)), "other")
+
+
+def profile_summary(events: list[dict], cuda: bool, steps: int, top: int = 12) -> dict:
+    """Shares of the profiled time from torch.profiler rows (name, calls, device_type 'cpu' or
+    'cuda', self_cpu_us, self_device_us). On a GPU only the kernel rows count, by their device
+    time (an op row's device time is its kernels' time again); on a CPU the ops' self CPU time
+    (self: a parent op does not count its children's)."""
+    key = "self_device_us" if cuda else "self_cpu_us"
+    rows = sorted((e for e in events if e["device_type"] == ("cuda" if cuda else "cpu") and e[key] > 0),
+                  key=lambda e: e[key], reverse=True)
+    total = sum(e[key] for e in rows) or 1.0
+    by_kind: dict[str, float] = {}
+    for e in rows:
+        by_kind[op_kind(e["name"])] = by_kind.get(op_kind(e["name"]), 0.0) + 100 * e[key] / total
+    return dict(time="CUDA kernel time" if cuda else "self CPU time", steps=steps, ms_per_step=total / 1000 / steps,
+                by_kind=dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+                rows=[dict(name=e["name"], kind=op_kind(e["name"]), calls=e["calls"], ms_per_step=e[key] / 1000 / steps,
+                           share=100 * e[key] / total) for e in rows[:top]])
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null for a while: torch.profiler's C++ side prints there
+    (profiler_start/stop lines and, without a GPU, a failed device count), which a notebook shows."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def profile_steps(step, device: torch.device, steps: int = 3) -> dict:
+    """`profile_summary` of torch.profiler over `steps` calls of `step()`."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    events = [dict(name=e.key, calls=e.count, device_type="cuda" if e.device_type == DeviceType.CUDA else "cpu",
+                   self_cpu_us=e.self_cpu_time_total, self_device_us=getattr(e, "self_device_time_total", 0))
+              for e in prof.key_averages()]
+    return profile_summary(events, cuda, steps)
+
+
+def _worker(spec: dict, barrier, results) -> None:
+    """One of several runs: build its step, warm up, wait for the others, step for `seconds`."""
+    try:
+        torch.set_num_threads(spec["threads"])
+        device = torch.device(spec["device"])
+        step = spec["make_step"](*spec["args"])
+        for _ in range(spec["warmup"]):
+            step()
+        sync(device)
+        barrier.wait(timeout=600)
+        t0, n = time.perf_counter(), 0
+        while True:
+            step()
+            n += 1
+            if device.type == "cuda" and n % 10:  # on a GPU the clock is read (after a sync) every 10 steps
+                continue
+            sync(device)
+            if time.perf_counter() - t0 >= spec["seconds"]:
+                break
+        results.put(dict(images_per_s=n * spec["images"] / (time.perf_counter() - t0)))
+    except BaseException as e:
+        barrier.abort()
+        results.put(dict(error=f"{type(e).__name__}: {e}"))
+
+
+def measure_concurrent(runs: int, make_step, args: tuple, device: torch.device, images: int, seconds: float,
+                       warmup: int = 1) -> dict:
+    """Total images/s of `runs` processes at once on `device`, each stepping what
+    `make_step(*args)` returns (a picklable function; `images` per step), against one
+    process alone. On a CPU the threads are shared out (threads // runs each); on a GPU
+    each process has its own CUDA context."""
+    import torch.multiprocessing as mp
+    ctx, threads = mp.get_context("spawn"), torch.get_num_threads()
+
+    def launch(k: int) -> list[float]:
+        barrier, results = ctx.Barrier(k), ctx.Queue()
+        spec = dict(make_step=make_step, args=args, device=str(device), images=images, seconds=seconds, warmup=warmup,
+                    threads=max(1, threads // k) if device.type == "cpu" else threads)
+        procs = [ctx.Process(target=_worker, args=(spec, barrier, results)) for _ in range(k)]
+        for p in procs:
+            p.start()
+        out = [results.get(timeout=900) for _ in procs]
+        for p in procs:
+            p.join()
+        errors = [r["error"] for r in out if "error" in r]
+        if errors:
+            raise RuntimeError(f"a concurrent run failed: {errors[0]}")
+        return [r["images_per_s"] for r in out]
+
+    single, packed = launch(1)[0], launch(runs)
+    return dict(runs=runs, threads_single=threads, threads_per_run=max(1, threads // runs) if device.type == "cpu"
+                else threads, single=single, per_run=packed, total=sum(packed), speedup=sum(packed) / single,
+                seconds=seconds)
