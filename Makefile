@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 SHARED_JPEG := ../shared/data/make_cifar10_batches.py
 export RESNET_CIFAR_DATA ?= $(CURDIR)/data
 
-.PHONY: setup data book lab test bench clean
+.PHONY: setup data book lab test bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -54,6 +54,11 @@ test: setup
 
 bench: setup
 	$(PY) -m resnet_cifar bench --device $(DEVICE)
+
+# Time the paper's schedule and the benchmark on this machine's CUDA GPU; results in gpu-check/
+# (settings: the environment variables at the top of scripts/gpu_check.sh).
+gpu-check:
+	PYTHON=$${PYTHON:-$(if $(wildcard $(PY)),$(PY),python3)} bash scripts/gpu_check.sh
 
 clean:
 	rm -rf _build

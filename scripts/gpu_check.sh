@@ -1,125 +1,166 @@
 #!/usr/bin/env bash
-# GPU speed check (issue 5): the paper's 64k-iteration schedule timed on one GPU, then
-# `python -m resnet_cifar bench --device cuda`. For a session that is lent a GPU machine.
+# GPU check: time the paper's schedule and run the benchmark on this machine's CUDA GPU, and
+# write the results to a folder. Needs PyTorch with CUDA, torchvision, numpy, pandas and
+# Pillow (no fvcore, no matplotlib, no internet: put CIFAR-10 in $DATA_DIR first).
 #
-#   1. here, once:   bash scripts/gpu_check.sh prepare
-#      copies ../shared/data (the JPEG q75 CIFAR-10 archive and its builder) and wheels of
-#      fvcore and its small pure-Python dependencies into .device/ (git-ignored): the GPU
-#      machine has PyTorch but no fvcore, cannot download anything, and does not get ../shared.
-#   2. on the device (the `run` tool), with carry [".device"] and timeout_s 600:
-#      bash scripts/gpu_check.sh
-#      About 9 minutes at most: setup ~30 s; two 1,500-iteration probes (torch.compile's
-#      default mode, then reduce-overhead = CUDA graphs), 90 s each at most; the paper's
-#      64k schedule in the faster mode, capped at 200 s; the benchmark, capped at 150 s.
-#      Results under $OUT:
-#        gpu.txt             nvidia-smi, torch's view of the device, every step's outcome
-#        probe_<mode>.log/.csv   the probes' log and per-epoch history (wall_time: seconds of steps)
-#        paper_run.log       the paper run's log lines (one per epoch) and its end
-#        paper_summary.json  its summary.json: wall_time_s, iterations_done, images/s ...
-#        paper_history.csv   per-epoch wall time and errors
-#        bench.txt, bench.json   the benchmark's table (partial progress lines if it was cut)
-#   3. put the figures, with the device name, into book/appendix_performance.ipynb.
-set -uo pipefail
+#   bash scripts/gpu_check.sh            (or: make gpu-check)
+#
+# 1. probes: PROBE_EPOCHS whole epochs of the paper's recipe with bf16 autocast, channels_last
+#    and torch.compile, once per compile mode in MODES (default, then reduce-overhead, which
+#    replays the step as CUDA graphs; the log says whether they were really recorded). A probe
+#    stopped by its timeout still counts: its record, written after every epoch, gives the
+#    steady rate of its whole epochs after warm-up (summary.json: train_images_per_s).
+# 2. the paper's schedule (64k iterations, an evaluation every epoch) in the faster mode;
+#    past PAPER_TIMEOUT it is stopped, and its record gives the rate for the full schedule.
+# 3. `python -m resnet_cifar bench` on the device: bench-<device>.json, the record that the
+#    book's Performance appendix shows once copied to book/records/.
+# Results in $OUT (default gpu-check/): check.log (every step, the environment), probe-<mode>.log,
+# paper.log, paper-history.csv, bench.log, bench-<device>.json, check.json (the figures).
+#
+# Every setting is an environment variable. A dry run on a CPU, in a minute or two:
+#   DEVICE=cpu MODES=eager PROBE_EPOCHS=1 TRAIN_ARGS="--depth 8 --subset 640 --batch-size 32" \
+#   PAPER_ARGS="--iterations 40" BENCH_ARGS="--quick --depth 8 --batch-size 32 --train-images 256" \
+#   bash scripts/gpu_check.sh
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
-DEV=.device
 
-if [ "${1:-}" = "prepare" ]; then
-    PY=${PYTHON:-/work/venv/bin/python}
-    mkdir -p "$DEV/shared" "$DEV/wheels"
-    cp ../shared/data/cifar10-jpeg.npz ../shared/data/make_cifar10_batches.py "$DEV/shared/"
-    "$PY" -m pip wheel --quiet --no-deps -w "$DEV/wheels" fvcore==0.1.5.post20221221 iopath==0.1.10 yacs==0.1.8 \
-        termcolor portalocker
-    du -sh "$DEV"
-    exit 0
-fi
-
-OUT=${OUT:-$DEV/out}
-WORK=${WORK:-/tmp/resnet-cifar-gpu-check}  # data and the run record: outside .device, which travels
-mkdir -p "$OUT" "$WORK"
-# Overridable for a dry run on a CPU, e.g.
-#   PY=/work/venv/bin/python DEVICE=cpu PROBE_ITERS=24 TRAIN_ARGS="--iterations 24 --subset 512 --batch-size 32" \
-#   BENCH_ARGS="--quick --batch-size 32 --train-images 256 --variants fp32 bf16" bash scripts/gpu_check.sh
-PY=${PY:-python3}
+PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-PROBE_ITERS=${PROBE_ITERS:-1500}
-TRAIN_ARGS=${TRAIN_ARGS:-}
-BENCH_ARGS=${BENCH_ARGS:---seconds 0.5 --rounds 2 --variants fp32 fp32+cl bf16+cl fp32+cl+compile bf16+cl+compile}
-export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1
-export RESNET_CIFAR_DATA="$WORK/data"
-log() { echo "[gpu_check $(date +%H:%M:%S)] $*" | tee -a "$OUT/gpu.txt"; }
+OUT=${OUT:-gpu-check}
+RUNS_DIR=${RUNS_DIR:-$OUT/runs}
+DATA_DIR=${DATA_DIR:-${RESNET_CIFAR_DATA:-data}}
+MODES=${MODES:-default reduce-overhead}   # torch.compile modes to probe; eager: no compile
+PROBE_EPOCHS=${PROBE_EPOCHS:-3}
+PROBE_TIMEOUT=${PROBE_TIMEOUT:-240}       # seconds per probe
+PAPER_TIMEOUT=${PAPER_TIMEOUT:-1800}      # seconds for the paper's schedule
+TRAIN_ARGS=${TRAIN_ARGS:-}                # more `train` flags for probes and the paper run
+PAPER_ARGS=${PAPER_ARGS:-}                # more `train` flags for the paper run alone
+BENCH_ARGS=${BENCH_ARGS:---variants fp32 tf32 tf32+cl bf16+cl tf32+cl+compile bf16+cl+compile bf16+cl+cudagraphs \
+--conventional fp32 bf16+cl --concurrent 3}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-1200}
 
-log "setup"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >>"$OUT/gpu.txt" 2>&1
-"$PY" -c "import fvcore" 2>/dev/null ||
-    "$PY" -m pip install --quiet --no-index --no-deps "$DEV"/wheels/*.whl >>"$OUT/gpu.txt" 2>&1 || log "wheel install failed"
-"$PY" - >>"$OUT/gpu.txt" 2>&1 <<'PYEOF'
-import torch, torchvision, os
-print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.version.cuda,
-      "cpus", os.cpu_count())
-if torch.cuda.is_available():
-    print("device", torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
-PYEOF
-if [ ! -d "$RESNET_CIFAR_DATA/cifar-10-batches-py" ]; then
-    "$PY" "$DEV/shared/make_cifar10_batches.py" "$RESNET_CIFAR_DATA" >>"$OUT/gpu.txt" 2>&1 || log "data build failed"
-fi
+mkdir -p "$OUT" "$RUNS_DIR"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 RESNET_CIFAR_DATA="$DATA_DIR"
+STEP=start
+log() { echo "[gpu-check $(date +%H:%M:%S)] $*" | tee -a "$OUT/check.log"; }
+fail() { echo "[gpu-check] FAILED at step '$STEP': $*; see $OUT/check.log and the step's log in $OUT/" | tee -a "$OUT/check.log" >&2; exit 1; }
+trap 'fail "a command exited with status $?"' ERR
 
-# Steady-state step rate of a run's history.csv: iterations per second of steps between its
-# last two evaluations (the first epoch holds torch.compile's compilation); nan if too short.
-rate() {
-    "$PY" - "$1" <<'PYEOF'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-a, b = (rows[-2], rows[-1]) if len(rows) > 1 else (None, None)
-print(f"{(float(b['iteration']) - float(a['iteration'])) / (float(b['wall_time']) - float(a['wall_time'])):.1f}"
-      if a else "nan")
-PYEOF
+# `timed SECONDS LOG cmd...`: cmd with its output in LOG. Stopped by the timeout it returns 124
+# (the caller decides); any other failure fails the check, with the log's end.
+timed() {
+    local seconds=$1 logfile=$2 rc=0
+    shift 2
+    timeout "$seconds" "$@" >"$logfile" 2>&1 || rc=$?
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then
+        tail -n 20 "$logfile" >&2
+        fail "exit $rc of: $*"
+    fi
+    return "$rc"
 }
 
-# 1. probes: PROBE_ITERS iterations of the paper's recipe (batch 128; 1,500 = 4 epochs with an
-# evaluation after each) with everything on: device-resident data, on-device augmentation,
-# channels_last, bf16 autocast, torch.compile in its default mode, then in reduce-overhead.
-best_mode=default best_rate=0
-for mode in default reduce-overhead; do
-    log "probe: $PROBE_ITERS iterations, bf16 + channels_last + compile (mode $mode)"
-    start=$(date +%s)
-    timeout 90 "$PY" -m resnet_cifar train --device "$DEVICE" --dtype bfloat16 --channels-last --compile \
-        --compile-mode "$mode" --iterations "$PROBE_ITERS" $TRAIN_ARGS --progress log --runs-dir "$WORK/runs" \
-        --name "probe-$mode" --force >"$OUT/probe_$mode.log" 2>&1
-    rc=$?
-    cp "$WORK/runs/probe-$mode/history.csv" "$OUT/probe_$mode.csv" 2>/dev/null
-    r=nan
-    [ -f "$OUT/probe_$mode.csv" ] && r=$(rate "$OUT/probe_$mode.csv")
-    log "probe $mode: exit $rc after $(( $(date +%s) - start )) s wall; steady state $r iterations/s of steps"
-    [ $rc -ne 0 ] && tail -n 5 "$OUT/probe_$mode.log" >>"$OUT/gpu.txt"
-    if [ $rc -eq 0 ] && "$PY" -c "import sys; sys.exit(not float('$r') > float('$best_rate'))"; then
+STEP=environment
+log "device $DEVICE, python $PYTHON, output $OUT"
+"$PYTHON" - "$DEVICE" >>"$OUT/check.log" 2>&1 <<'EOF'
+import os, sys, torch, torchvision
+device = sys.argv[1]
+print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.version.cuda, "cpus", os.cpu_count())
+if device.startswith("cuda"):
+    if not torch.cuda.is_available():
+        sys.exit(f"DEVICE={device} but torch.cuda.is_available() is False: no usable CUDA GPU here")
+    print("gpu", torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
+EOF
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >>"$OUT/check.log" 2>&1 || true
+fi
+
+STEP=data
+if [ ! -d "$DATA_DIR/cifar-10-batches-py" ]; then
+    log "no CIFAR-10 in $DATA_DIR: downloading (needs internet; or set DATA_DIR to a folder holding cifar-10-batches-py/)"
+    "$PYTHON" -m resnet_cifar download --data-dir "$DATA_DIR" >>"$OUT/check.log" 2>&1
+fi
+
+# `flags MODE`: the train flags of a probe or paper run in compile mode MODE.
+flags() {
+    echo "--device $DEVICE --dtype bfloat16 --channels-last --progress log --runs-dir $RUNS_DIR --force $TRAIN_ARGS"
+    [ "$1" = eager ] || echo "--compile --compile-mode $1"
+}
+# `rate NAME`: train_images_per_s from the run's summary.json (empty if it has none yet).
+rate() {
+    "$PYTHON" -c 'import json, sys; r = json.load(open(sys.argv[1])).get("train_images_per_s"); print(f"{r:.1f}" if r else "")' \
+        "$RUNS_DIR/$1/summary.json" 2>/dev/null || true
+}
+
+STEP=probes
+per_epoch=$("$PYTHON" - $TRAIN_ARGS <<'EOF'
+import argparse, sys
+from resnet_cifar.cli import add_config_arguments
+parser = argparse.ArgumentParser()
+add_config_arguments(parser)
+a, _ = parser.parse_known_args(sys.argv[1:])  # a subset takes n // 10 images of each class
+print(max(1, (a.subset // 10 * 10 if a.subset else 50_000 - a.val_size) // a.batch_size))
+EOF
+)
+best_mode="" best_rate=0
+for mode in $MODES; do
+    iterations=$((PROBE_EPOCHS * per_epoch))
+    log "probe $mode: $PROBE_EPOCHS epochs ($iterations iterations), at most $PROBE_TIMEOUT s"
+    start=$SECONDS rc=0
+    TORCH_LOGS=${TORCH_LOGS:-cudagraphs} timed "$PROBE_TIMEOUT" "$OUT/probe-$mode.log" \
+        "$PYTHON" -m resnet_cifar train $(flags "$mode") --iterations "$iterations" --name "probe-$mode" || rc=$?
+    r=$(rate "probe-$mode")
+    log "probe $mode: $([ "$rc" -eq 124 ] && echo "stopped by its timeout" || echo done) after $((SECONDS - start)) s;" \
+        "steady rate ${r:-not recorded} images/s"
+    if [ "$mode" = reduce-overhead ]; then
+        skips=$(grep -c "skipping cudagraphs" "$OUT/probe-$mode.log" || true)
+        if [ "$skips" -gt 0 ]; then
+            log "reduce-overhead: CUDA graphs were NOT recorded for every graph ($skips 'skipping cudagraphs' lines):"
+            grep "skipping cudagraphs" "$OUT/probe-$mode.log" | sort | uniq -c | head -n 5 | tee -a "$OUT/check.log"
+        else
+            log "reduce-overhead: no 'skipping cudagraphs' in the log: the compiled step runs as CUDA graphs"
+        fi
+    fi
+    if [ -n "$r" ] && "$PYTHON" -c "import sys; sys.exit(not float('$r') > float('$best_rate'))"; then
         best_mode=$mode best_rate=$r
     fi
 done
+[ -n "$best_mode" ] || fail "no probe recorded a steady rate: raise PROBE_TIMEOUT or PROBE_EPOCHS"
+log "faster mode: $best_mode ($best_rate images/s)"
 
-# 2. the paper's schedule (64k iterations, lr drops at 32k/48k, an evaluation of val+test
-# every epoch) in the faster mode. The target is under 3 minutes; past 200 s the run is
-# stopped and its record (written every epoch) gives the rate to extrapolate from.
-log "paper schedule: bf16 autocast + channels_last + compile (mode $best_mode)"
-start=$(date +%s)
-timeout 200 "$PY" -m resnet_cifar train --device "$DEVICE" --dtype bfloat16 --channels-last --compile \
-    --compile-mode "$best_mode" $TRAIN_ARGS --progress log --runs-dir "$WORK/runs" --name paper-bf16-cl-compile \
-    --force >"$OUT/paper_run.log" 2>&1
-rc=$?
-log "paper run exit $rc after $(( $(date +%s) - start )) s wall (including start-up, compilation, evaluations)"
-cp "$WORK/runs/paper-bf16-cl-compile/summary.json" "$OUT/paper_summary.json" 2>/dev/null
-cp "$WORK/runs/paper-bf16-cl-compile/history.csv" "$OUT/paper_history.csv" 2>/dev/null
-OUT="$OUT" "$PY" - >>"$OUT/gpu.txt" 2>&1 <<'PYEOF'
-import json, os
-p = os.path.join(os.environ["OUT"], "paper_summary.json")
-if os.path.exists(p):
-    s = json.load(open(p))
-    done, wall = s["iterations_done"], s["wall_time_s"] or float("nan")
-    print(f"paper run: {s['status_detail']}, {done} of {s['iterations']} iterations in {wall:.1f} s of steps "
-          f"-> 64k iterations take {wall / max(done, 1) * 64000:.0f} s of steps; test error {s['final_test_error']}")
-PYEOF
+STEP=paper
+log "paper schedule in mode $best_mode, at most $PAPER_TIMEOUT s"
+start=$SECONDS rc=0
+timed "$PAPER_TIMEOUT" "$OUT/paper.log" "$PYTHON" -m resnet_cifar train $(flags "$best_mode") $PAPER_ARGS --name paper \
+    || rc=$?
+log "paper run: $([ "$rc" -eq 124 ] && echo "stopped by its timeout" || echo done) after $((SECONDS - start)) s wall"
+[ -n "$(rate paper)" ] || fail "the paper run recorded no steady rate within PAPER_TIMEOUT=$PAPER_TIMEOUT s"
+cp "$RUNS_DIR/paper/history.csv" "$OUT/paper-history.csv"
 
-# 3. the benchmark: library vs the conventional DataLoader pipeline, variants, peak share.
-log "benchmark"
-timeout 150 "$PY" -m resnet_cifar bench --device "$DEVICE" $BENCH_ARGS --json "$OUT/bench.json" >"$OUT/bench.txt" 2>&1
-log "benchmark exit $?"
-tail -n 12 "$OUT/gpu.txt"
+STEP=benchmark
+name="bench-${DEVICE%%:*}"
+log "benchmark -> $OUT/$name.json"
+timed "$BENCH_TIMEOUT" "$OUT/bench.log" "$PYTHON" -m resnet_cifar bench --device "$DEVICE" $BENCH_ARGS \
+    --json "$OUT/$name.json" || fail "the benchmark did not finish within BENCH_TIMEOUT=$BENCH_TIMEOUT s"
+
+STEP=summary
+"$PYTHON" - "$RUNS_DIR" "$OUT" "$best_mode" $MODES <<'EOF' | tee -a "$OUT/check.log"
+import json, sys
+from pathlib import Path
+runs, out, best, modes = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4:]
+keys = ("status", "iterations", "iterations_done", "train_images_per_s", "warmup_time_s", "wall_time_s", "eval_time_s",
+        "final_test_error", "device_name", "numerics", "git_commit")
+summary = lambda name: {k: v for k, v in json.loads((runs / name / "summary.json").read_text()).items() if k in keys}
+paper = summary("paper")
+batch = 128 if not (runs / "paper" / "config.json").is_file() else json.loads((runs / "paper" / "config.json").read_text())["batch_size"]
+steps_s = paper["iterations"] * batch / paper["train_images_per_s"] if paper.get("train_images_per_s") else None
+evals_s = paper["eval_time_s"] / max(paper["iterations_done"], 1) * paper["iterations"]
+check = dict(probes={m: summary(f"probe-{m}") for m in modes}, mode=best, paper=paper,
+             paper_schedule_s=dict(steps=steps_s, evaluations=evals_s, warmup=paper["warmup_time_s"],
+                                   total=steps_s + evals_s + paper["warmup_time_s"] if steps_s else None))
+(out / "check.json").write_text(json.dumps(check, indent=1))
+s = check["paper_schedule_s"]
+print(f"paper schedule ({paper['iterations']:,} iterations, mode {best}): {paper['status']} after "
+      f"{paper['iterations_done']:,}; steady {paper.get('train_images_per_s') or float('nan'):,.0f} images/s -> "
+      f"steps {s['steps'] or float('nan'):,.0f} s + evaluations {s['evaluations']:,.0f} s + warm-up {s['warmup']:,.0f} s")
+EOF
+log "done: $OUT"
