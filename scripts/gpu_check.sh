@@ -17,7 +17,8 @@
 # Results in $OUT (default gpu-check/): check.log (every step, the environment), probe-<mode>.log,
 # paper.log, paper-history.csv, bench.log, bench-<device>.json, check.json (the figures).
 #
-# Every setting is an environment variable. A dry run on a CPU, in a minute or two:
+# Every setting is an environment variable (relative paths are from the project's root). A dry
+# run on a CPU, in a minute or two:
 #   DEVICE=cpu MODES=eager PROBE_EPOCHS=1 TRAIN_ARGS="--depth 8 --subset 640 --batch-size 32" \
 #   PAPER_ARGS="--iterations 40" BENCH_ARGS="--quick --depth 8 --batch-size 32 --train-images 256" \
 #   bash scripts/gpu_check.sh
@@ -36,14 +37,17 @@ PAPER_TIMEOUT=${PAPER_TIMEOUT:-1800}      # seconds for the paper's schedule
 TRAIN_ARGS=${TRAIN_ARGS:-}                # more `train` flags for probes and the paper run
 PAPER_ARGS=${PAPER_ARGS:-}                # more `train` flags for the paper run alone
 BENCH_ARGS=${BENCH_ARGS:---variants fp32 tf32 tf32+cl bf16+cl tf32+cl+compile bf16+cl+compile bf16+cl+cudagraphs \
---conventional fp32 bf16+cl --concurrent 3}
+--conventional fp32 bf16+cl --concurrent 3 --concurrent-variant fp32+cl}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-1200}
 
 mkdir -p "$OUT" "$RUNS_DIR"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 RESNET_CIFAR_DATA="$DATA_DIR"
 STEP=start
 log() { echo "[gpu-check $(date +%H:%M:%S)] $*" | tee -a "$OUT/check.log"; }
-fail() { echo "[gpu-check] FAILED at step '$STEP': $*; see $OUT/check.log and the step's log in $OUT/" | tee -a "$OUT/check.log" >&2; exit 1; }
+fail() {
+    echo "[gpu-check] FAILED at step '$STEP': $*; see $OUT/check.log and the step's log in $OUT/" | tee -a "$OUT/check.log" >&2
+    exit 1
+}
 trap 'fail "a command exited with status $?"' ERR
 
 # `timed SECONDS LOG cmd...`: cmd with its output in LOG. Stopped by the timeout it returns 124
@@ -64,7 +68,8 @@ log "device $DEVICE, python $PYTHON, output $OUT"
 "$PYTHON" - "$DEVICE" >>"$OUT/check.log" 2>&1 <<'EOF'
 import os, sys, torch, torchvision
 device = sys.argv[1]
-print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.version.cuda, "cpus", os.cpu_count())
+print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.version.cuda,
+      "cpus", os.cpu_count())
 if device.startswith("cuda"):
     if not torch.cuda.is_available():
         sys.exit(f"DEVICE={device} but torch.cuda.is_available() is False: no usable CUDA GPU here")
@@ -76,7 +81,8 @@ fi
 
 STEP=data
 if [ ! -d "$DATA_DIR/cifar-10-batches-py" ]; then
-    log "no CIFAR-10 in $DATA_DIR: downloading (needs internet; or set DATA_DIR to a folder holding cifar-10-batches-py/)"
+    log "no CIFAR-10 in $DATA_DIR: downloading it (needs internet; or set DATA_DIR to a folder holding" \
+        "cifar-10-batches-py/)"
     "$PYTHON" -m resnet_cifar download --data-dir "$DATA_DIR" >>"$OUT/check.log" 2>&1
 fi
 
@@ -87,8 +93,8 @@ flags() {
 }
 # `rate NAME`: train_images_per_s from the run's summary.json (empty if it has none yet).
 rate() {
-    "$PYTHON" -c 'import json, sys; r = json.load(open(sys.argv[1])).get("train_images_per_s"); print(f"{r:.1f}" if r else "")' \
-        "$RUNS_DIR/$1/summary.json" 2>/dev/null || true
+    "$PYTHON" -c 'import json, sys; r = json.load(open(sys.argv[1])).get("train_images_per_s")
+print(f"{r:.1f}" if r else "")' "$RUNS_DIR/$1/summary.json" 2>/dev/null || true
 }
 
 STEP=probes
@@ -147,11 +153,11 @@ STEP=summary
 import json, sys
 from pathlib import Path
 runs, out, best, modes = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4:]
-keys = ("status", "iterations", "iterations_done", "train_images_per_s", "warmup_time_s", "wall_time_s", "eval_time_s",
-        "final_test_error", "device_name", "numerics", "git_commit")
+keys = ("status", "iterations", "iterations_done", "train_images_per_s", "warmup_time_s", "wall_time_s",
+        "eval_time_s", "final_test_error", "device_name", "numerics", "git_commit")
 summary = lambda name: {k: v for k, v in json.loads((runs / name / "summary.json").read_text()).items() if k in keys}
 paper = summary("paper")
-batch = 128 if not (runs / "paper" / "config.json").is_file() else json.loads((runs / "paper" / "config.json").read_text())["batch_size"]
+batch = json.loads((runs / "paper" / "config.json").read_text())["batch_size"]
 steps_s = paper["iterations"] * batch / paper["train_images_per_s"] if paper.get("train_images_per_s") else None
 evals_s = paper["eval_time_s"] / max(paper["iterations_done"], 1) * paper["iterations"]
 check = dict(probes={m: summary(f"probe-{m}") for m in modes}, mode=best, paper=paper,
@@ -161,6 +167,7 @@ check = dict(probes={m: summary(f"probe-{m}") for m in modes}, mode=best, paper=
 s = check["paper_schedule_s"]
 print(f"paper schedule ({paper['iterations']:,} iterations, mode {best}): {paper['status']} after "
       f"{paper['iterations_done']:,}; steady {paper.get('train_images_per_s') or float('nan'):,.0f} images/s -> "
-      f"steps {s['steps'] or float('nan'):,.0f} s + evaluations {s['evaluations']:,.0f} s + warm-up {s['warmup']:,.0f} s")
+      f"steps {s['steps'] or float('nan'):,.0f} s + evaluations {s['evaluations']:,.0f} s + warm-up "
+      f"{s['warmup']:,.0f} s")
 EOF
 log "done: $OUT"

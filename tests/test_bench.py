@@ -21,7 +21,7 @@ def test_conventional_loader_matches_torchvision_recipe(dataset):
     """PIL images through RandomCrop(32, padding=4), flip, ToTensor, Normalize: float
     batches of the right shape, per-channel normalized, labels unchanged."""
     images, labels = dataset.train_images[:64], dataset.train_labels[:64]
-    loader = B.conventional_loader(images, labels, batch_size=32, num_workers=0)
+    loader = M.conventional_loader(images, labels, batch_size=32, num_workers=0)
     assert len(loader) == 2
     x, y = next(iter(loader))
     assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (32,)
@@ -123,7 +123,8 @@ def test_cuda_profile_counts_kernel_rows_only():
 
 
 def test_cpu_profile_counts_op_self_time():
-    events = [_row("aten::convolution_backward", "cpu", cpu_us=600), _row("aten::mkldnn_convolution", "cpu", cpu_us=200),
+    events = [_row("aten::convolution_backward", "cpu", cpu_us=600),
+              _row("aten::mkldnn_convolution", "cpu", cpu_us=200),
               _row("aten::native_batch_norm", "cpu", cpu_us=100), _row("aten::clamp_min", "cpu", cpu_us=50),
               _row("aten::index", "cpu", cpu_us=50), _row("aten::conv2d", "cpu", cpu_us=0)]
     p = M.profile_summary(events, cuda=False, steps=1, top=3)
@@ -192,7 +193,8 @@ def test_the_recorded_benchmarks_load_and_summarize():
     assert "bench-cpu" in records
     for record in records.values():
         s = B.summarize(record)
-        assert s["library"] > 0 and s["conventional"] > 0 and s["ratio"] == pytest.approx(s["library"] / s["conventional"])
+        assert s["library"] > 0 and s["conventional"] > 0
+        assert s["ratio"] == pytest.approx(s["library"] / s["conventional"])
         assert s["fastest_rate"] >= s["fastest_fp32_rate"] > 0 and s["date"] and s["device_name"]
     cpu = records["bench-cpu"]  # converted from the first format: the same measured numbers
     assert cpu["info"]["date"] == "2026-11-30 07:01" and cpu["info"]["git_commit"] == "d451c24"

@@ -34,7 +34,8 @@ import torch
 from . import data as D
 from .config import TrainConfig
 from .devices import cpu_features, device_label, native_bf16, pick_device, set_numerics
-from .measure import load_average, macs_per_image, matmul_peak, measure_concurrent, profile_steps, race, sync
+from .measure import (conventional_loader, load_average, macs_per_image, matmul_peak, measure_concurrent,
+                      profile_steps, race, sync)
 from .runs import git_commit
 from .train import build_training, eval_batch_size, evaluate, train_step
 
@@ -65,7 +66,8 @@ def parse_variant(spec: str | Variant) -> Variant:
     if isinstance(spec, Variant):
         return spec
     head, *extras = [p.strip().lower() for p in spec.split("+")]
-    if head not in DTYPES or not set(extras) <= {"cl", "compile", "cudagraphs"} or {"compile", "cudagraphs"} <= set(extras):
+    extras_ok = set(extras) <= {"cl", "compile", "cudagraphs"} and not {"compile", "cudagraphs"} <= set(extras)
+    if head not in DTYPES or not extras_ok:
         raise ValueError(f"variant {spec!r}: write fp32, tf32, fp64 or bf16, then optionally +cl and +compile or "
                          f"+cudagraphs (e.g. bf16+cl+compile)")
     return Variant(DTYPES[head], "cl" in extras, "reduce-overhead" if "cudagraphs" in extras else
@@ -84,38 +86,6 @@ def skip_reason(variant: Variant, device: torch.device) -> str | None:
     if variant.dtype == "float64" and device.type == "mps":
         return "MPS has no float64"
     return None
-
-
-# ---------------------------------------------------------------- the conventional pipeline
-
-class PILCIFAR(torch.utils.data.Dataset):
-    """What `torchvision.datasets.CIFAR10` does per item: an HWC uint8 array, made into a PIL image,
-    through `transform`."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.data, self.targets, self.transform = images.permute(0, 2, 3, 1).contiguous().numpy(), labels.tolist(), transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
-
-
-def conventional_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, num_workers: int,
-                        pin_memory: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
-    """The reference-repository pipeline: PIL images, torchvision transforms (per-channel
-    normalization), a DataLoader (shuffle, drop_last)."""
-    from torchvision import transforms
-    x = images.double() / 255
-    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                    transforms.ToTensor(), transforms.Normalize(x.mean((0, 2, 3)).tolist(),
-                                                                                x.std((0, 2, 3)).tolist())])
-    return torch.utils.data.DataLoader(
-        PILCIFAR(images, labels, transform), batch_size=batch_size, shuffle=True, drop_last=True,
-        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed))
 
 
 # ---------------------------------------------------------------- set-up
@@ -182,12 +152,14 @@ def evaluation_rate(s) -> dict:
 def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, variants=DEFAULT_VARIANTS,
                   conventional=("fp32",), workers=None, seconds: float = 1.5, rounds: int = 3, warmup: int = 2,
                   train_images: int = 10_000, data_dir: str | None = None, dataset: D.CIFAR10 | None = None,
-                  threads: int | None = None, profile: int = 3, concurrent: int = 0, seed: int = 0, log=None) -> dict:
+                  threads: int | None = None, profile: int = 3, concurrent: int = 0, concurrent_variant=None,
+                  seed: int = 0, log=None) -> dict:
     """Measure each of `variants` (specs such as 'bf16+cl+compile'): library, model-only and
     data-only rates, and for those in `conventional` the conventional pipeline too (each of
     `workers`; default 0, 1, 2, and 4, 8 where there are more cores), in the same rounds.
     The first variant is also profiled (`profile` steps) and its evaluation rate measured;
-    `concurrent` = K > 1 measures K of its runs at once against one. Returns the record."""
+    `concurrent` = K > 1 measures K runs at once against one (of `concurrent_variant`, default
+    the first variant measured). Returns the record."""
     log = log or (lambda text: None)
     if threads:
         torch.set_num_threads(threads)
@@ -201,12 +173,14 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
     workers = tuple((0, 1, 2) + tuple(w for w in (4, 8) if w < (os.cpu_count() or 1)) if workers is None else workers)
     ds = bench_dataset(dataset or D.load_cifar10(data_dir), train_images)
     macs = macs_per_image(depth)
-    info = dict(device=str(dev), device_name=device_label(dev), torch=torch.__version__, python=platform.python_version(),
+    info = dict(device=str(dev), device_name=device_label(dev), torch=torch.__version__,
+                python=platform.python_version(),
                 cpu_features=list(cpu_features()) if dev.type == "cpu" else [], threads=torch.get_num_threads(),
                 cpu_count=os.cpu_count(), load_average=[load_average()], batch_size=batch_size, depth=depth,
                 train_images=len(ds.train_labels), dataset=ds.label, seconds=seconds, rounds=rounds, warmup=warmup,
                 workers=list(workers), macs_per_image=macs, train_gflop_per_image=6 * macs / 1e9,
-                peak_n=8192 if dev.type == "cuda" else 2048, date=time.strftime("%Y-%m-%d %H:%M"), git_commit=git_commit())
+                peak_n=8192 if dev.type == "cuda" else 2048, date=time.strftime("%Y-%m-%d %H:%M"),
+                git_commit=git_commit())
     peaks = {}
     record = dict(format=FORMAT, info=info, peaks=peaks, variants=[], conventional=[], skipped=[], errors=[],
                   evaluation=None, profile=None, concurrent=None, notes=[])
@@ -238,8 +212,9 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
             library=lib, model=model, data_ms=1000 * batch_size / data, step_ms=1000 * batch_size / lib,
             data_share=100 * lib / data, gflops=6 * macs * model / 1e9, peak_share=None,
             warmup_s=res["library"]["warmup_s"] + res["model"]["warmup_s"]))
-        record["conventional"] += [dict(variant=v.label, num_workers=w, images_per_s=res[f"conventional {w}"]["images_per_s"],
-                                        library=lib) for w in (workers if v in conventional else ())]
+        record["conventional"] += [dict(variant=v.label, num_workers=w, library=lib,
+                                        images_per_s=res[f"conventional {w}"]["images_per_s"])
+                                   for w in (workers if v in conventional else ())]
         peaks[v.dtype] = max(peaks.get(v.dtype, 0.0), matmul_peak(dev, v.dtype))  # best of this and later measurements
         log("  " + ", ".join(f"{k}: {r['images_per_s']:,.1f}" for k, r in res.items()) + " images/s")
         if record["evaluation"] is None:
@@ -248,7 +223,7 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
         del s
     if concurrent > 1 and record["variants"]:
         log(f"{concurrent} runs at once ...")
-        v = parse_variant(record["variants"][0]["variant"])
+        v = parse_variant(concurrent_variant or record["variants"][0]["variant"])
         record["concurrent"] = dict(variant=v.label, **measure_concurrent(
             concurrent, library_step, (v, ds, dev, batch_size, depth, seed), dev, batch_size, seconds, max(warmup, 1)))
     for numerics in peaks:  # again at the end: a machine busy earlier must not inflate the shares
@@ -273,7 +248,8 @@ def summarize(record: dict, base: str = "fp32") -> dict:
     b, c = rows.get(base, {}), best.get(base, {})
     fastest32 = max((r for r in rows.values() if r["dtype"] == "float32"), key=lambda r: r["library"], default={})
     fastest = max(rows.values(), key=lambda r: r["library"], default={})
-    worst = max((r for r in rows.values() if r.get("data_share") is not None), key=lambda r: r["data_share"], default={})
+    worst = max((r for r in rows.values() if r.get("data_share") is not None), key=lambda r: r["data_share"],
+                default={})
     info, ev = record["info"], record.get("evaluation") or {}
     prof, conc = record.get("profile") or {}, record.get("concurrent") or {}
 
@@ -285,7 +261,8 @@ def summarize(record: dict, base: str = "fp32") -> dict:
     eval_s, epoch_s = ratio(15_000, ev.get("images_per_s")), ratio(45_000, c.get("library"))
     return dict(
         device=info["device"], device_name=info["device_name"], date=info["date"], commit=info.get("git_commit"),
-        threads=info["threads"], load=max((round(x, 1) for x in info.get("load_average", []) if x is not None), default=None),
+        threads=info["threads"],
+        load=max((round(x, 1) for x in info.get("load_average", []) if x is not None), default=None),
         base=base, library=c.get("library"), conventional=c.get("images_per_s"), workers=c.get("num_workers"),
         ratio=ratio(c.get("library"), c.get("images_per_s")), model=b.get("model"),
         ceiling=ratio(b.get("model"), c.get("images_per_s")), data_ms=b.get("data_ms"), data_share=b.get("data_share"),
@@ -306,12 +283,14 @@ def summarize(record: dict, base: str = "fp32") -> dict:
 def tables(record: dict) -> dict:
     """The record's tables as DataFrames: 'variants', 'conventional', 'profile' (its top rows)."""
     import pandas as pd
-    names = dict(variant="variant", library="library images/s", model="model-only images/s", data_ms="data ms/batch",
-                 data_share="data % of step", gflops="step GFLOP/s", peak_share="% of matmul peak", warmup_s="warm-up s")
+    names = dict(variant="variant", library="library images/s", model="model-only images/s",
+                 data_ms="data ms/batch", data_share="data % of step", gflops="step GFLOP/s",
+                 peak_share="% of matmul peak", warmup_s="warm-up s")
     conv = [{"variant": c["variant"], "num_workers": c["num_workers"], "conventional images/s": c["images_per_s"],
              "library images/s": c["library"], "library / conventional": c["library"] / c["images_per_s"]}
             for c in record["conventional"]]
-    prof = [{"op": r["name"], "kind": r["kind"], "calls": r["calls"], "ms / step": r["ms_per_step"], "share %": r["share"]}
+    prof = [{"op": r["name"], "kind": r["kind"], "calls": r["calls"], "ms / step": r["ms_per_step"],
+             "share %": r["share"]}
             for r in (record.get("profile") or {}).get("rows", [])]
     return dict(variants=pd.DataFrame([{new: r.get(old) for old, new in names.items()} for r in record["variants"]]),
                 conventional=pd.DataFrame(conv), profile=pd.DataFrame(prof))
@@ -351,6 +330,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     add("--profile", type=int, default=3, metavar="STEPS", help="library steps under torch.profiler (0: none)")
     add("--concurrent", type=int, default=0, metavar="K", help="also time K runs at once against one (default: off)")
+    add("--concurrent-variant", type=_variant, default=None, metavar="SPEC", help="their variant (default: the first)")
     add("--data-dir", default=None)
     add("--json", default=None, metavar="OUT", help="write the record as JSON to OUT")
 
@@ -365,7 +345,7 @@ def _variant(spec: str) -> Variant:
 def main(args) -> int:
     settings = {k: getattr(args, k) for k in ("device", "batch_size", "depth", "variants", "conventional", "workers",
                                               "seconds", "rounds", "warmup", "train_images", "data_dir", "threads",
-                                              "profile", "concurrent")}
+                                              "profile", "concurrent", "concurrent_variant")}
     if args.quick:
         settings.update(seconds=min(args.seconds, 0.5), rounds=min(args.rounds, 2), profile=0,
                         variants=QUICK_VARIANTS if args.variants == list(DEFAULT_VARIANTS) else args.variants)

@@ -1,6 +1,6 @@
 """The benchmark's instruments (bench.py uses them): step functions timed in turns, a matmul
-peak, a step's multiply-adds, where a step's time goes (torch.profiler), and what several
-runs at once on one device make of it."""
+peak, a step's multiply-adds, the conventional torchvision pipeline to compare with, where a
+step's time goes (torch.profiler), and what several runs at once on one device make of it."""
 from __future__ import annotations
 
 import contextlib
@@ -87,6 +87,37 @@ def macs_per_image(depth: int = 32) -> int:
     with torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))
     return total[0]
+
+
+class PILCIFAR(torch.utils.data.Dataset):
+    """What `torchvision.datasets.CIFAR10` does per item: an HWC uint8 array, made into a PIL image,
+    through `transform`."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.data, self.targets = images.permute(0, 2, 3, 1).contiguous().numpy(), labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def conventional_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, num_workers: int,
+                        pin_memory: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+    """The reference-repository pipeline: PIL images, torchvision transforms (per-channel
+    normalization), a DataLoader (shuffle, drop_last)."""
+    from torchvision import transforms
+    x = images.double() / 255
+    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                    transforms.ToTensor(), transforms.Normalize(x.mean((0, 2, 3)).tolist(),
+                                                                                x.std((0, 2, 3)).tolist())])
+    return torch.utils.data.DataLoader(
+        PILCIFAR(images, labels, transform), batch_size=batch_size, shuffle=True, drop_last=True,
+        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed))
 
 
 def load_average() -> float | None:
