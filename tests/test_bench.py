@@ -199,6 +199,10 @@ def test_the_recorded_benchmarks_load_and_summarize():
     cpu = records["bench-cpu"]  # converted from the first format: the same measured numbers
     assert cpu["info"]["date"] == "2026-11-30 07:01" and cpu["info"]["git_commit"] == "d451c24"
     assert B.summarize(cpu)["library"] == pytest.approx(338.9712638311593)
+    # the plan's time estimates read the same records: eager variants, library rates
+    from resnet_cifar.plan import bench_rates
+    rates = {(r["dtype"], r["channels_last"]): r["rate"] for r in bench_rates(RECORDS, torch.device("cpu"))}
+    assert rates[("float32", False)] == pytest.approx(cpu["variants"][0]["library"]) and len(rates) == 5
 
 
 @pytest.mark.slow

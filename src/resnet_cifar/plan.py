@@ -219,10 +219,10 @@ def bench_rates(records_dir: Path, device: torch.device) -> list[dict]:
             continue
         flops = model_flops(TrainConfig(depth=info.get("depth", 32)))
         for v in record.get("variants") or []:
-            if v.get("library e2e images/s") and not v.get("compile"):
+            if v.get("library") and not v.get("compile"):
                 rates.append(dict(file=path.name, device_name=info.get("device_name"), date=info.get("date") or "",
                                   batch_size=info.get("batch_size"), flops=flops, dtype=v["dtype"],
-                                  channels_last=v["channels_last"], rate=v["library e2e images/s"]))
+                                  channels_last=v["channels_last"], rate=v["library"]))
     return rates
 
 
