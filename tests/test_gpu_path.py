@@ -73,13 +73,20 @@ GLOO_SCRIPT = textwrap.dedent("""
     torch.optim.lr_scheduler.ReduceLROnPlateau.step = logged
     kw = json.loads(sys.argv[1])
     dataset = load_cifar10(kw.pop("data_dir"), expect_counts=tuple(kw.pop("expect_counts")))
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"rank{rank}.json")
     try:
         run = T.train(dataset=dataset, **kw)
-        print("RESULT", json.dumps(dict(rank=rank, status=run.status, decisions=decisions)), flush=True)
+        result = dict(rank=rank, status=run.status, decisions=decisions)
     except Exception as e:
-        print("ERROR", rank, type(e).__name__, e, flush=True)
-        sys.exit(3)
+        result = dict(rank=rank, error=f"{type(e).__name__}: {e}")
+    with open(out, "w") as f:  # one file per process: their stdout lines can interleave
+        json.dump(result, f)
+    sys.exit(3 if "error" in result else 0)
 """)
+
+
+def _results(tmp_path) -> list[dict]:
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1) if (tmp_path / f"rank{r}.json").is_file()]
 
 
 def _gloo(tmp_path, training_data, timeout=300, **config) -> subprocess.CompletedProcess:
@@ -103,8 +110,8 @@ def test_two_processes_evaluate_one_model_and_take_the_same_plateau_decisions(tm
                  iterations=24, eval_every=4, schedule="plateau", plateau_patience=0, plateau_threshold=0.5,
                  lr=0.05, progress="none", runs_dir=str(runs_dir))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT")]
-    assert sorted(r["rank"] for r in results) == [0, 1]
+    results = _results(tmp_path)
+    assert [r["rank"] for r in results] == [0, 1]
     assert results[0]["decisions"] == results[1]["decisions"] and len(results[0]["decisions"]) == 6
     assert len({lr for _, lr in results[0]["decisions"]}) > 1  # the scheduler did lower the lr
     run = load_run(runs_dir / "plateau")
@@ -131,9 +138,9 @@ def test_a_lock_rank0_cannot_take_stops_every_process(tmp_path, training_data):
     finally:
         holder.kill()
         holder.wait()
-    errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
+    errors = [r.get("error", "") for r in _results(tmp_path)]
     assert proc.returncode != 0 and len(errors) == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert all(f"being trained by process {holder.pid}" in line for line in errors)
+    assert all(f"being trained by process {holder.pid}" in error for error in errors), errors
     assert took < 200  # the collective timeout is 30 minutes: nobody waited for it
 
 
