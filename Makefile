@@ -46,8 +46,10 @@ book: data
 	  set -x; $(PY) scripts/build_book.py --profile "$$profile" --device $(DEVICE); \
 	fi
 
+# JupyterLab refuses to start as root unless told to (containers, CI machines): pass
+# --allow-root only there, so a normal user gets JupyterLab's default behaviour.
 lab: setup
-	$(VENV)/bin/jupyter lab book/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) book/
 
 test: setup
 	$(PY) -m pytest -ra

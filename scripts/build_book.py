@@ -15,10 +15,17 @@ reads chapter 6's finished runs from disk. A failing chapter does not stop the o
 failed notebook (with papermill's error cell) is kept in the stage, the script names it and
 exits 1 without building HTML. The HTML build treats Sphinx warnings as errors (-W) and
 writes its log to <out>/build.log. HTML lands in <out>/html.
+
+Publishing: papermill's injected-parameters cell (which holds the builder's own paths) is
+tagged `remove-cell` in the staged notebook, so no page shows it (each chapter shows the
+parameters it ran with as a table instead). MathJax is served from the book itself (copied
+from the `django-static-mathjax` package into _static/mathjax), so formulas render offline.
+The time of every notebook is printed, and written to <out>/timings.json.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -30,6 +37,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = "python3"
+STATIC = "book/_static"  # html_static_path in _config.yml
+MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output", "ui", "a11y", "adaptors")  # of MathJax's es5/ folder
 
 
 def toc_files(root: Path = ROOT) -> tuple[str, list[str]]:
@@ -84,6 +93,38 @@ def stage_files(stage: Path, pages: list[str]) -> None:
         shutil.copy2(path, stage / rel)
 
 
+def copy_mathjax(stage: Path) -> None:
+    """MathJax 3 (from the django-static-mathjax package: its es5 build, no Django needed) into
+    the stage's _static/mathjax, where _config.yml's mathjax_path points."""
+    try:
+        import mathjax
+    except ImportError:
+        raise SystemExit("error: MathJax is missing; install the book's packages: "
+                         ".venv/bin/python -m pip install -e '.[book]'") from None
+    es5 = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
+    target = stage / STATIC / "mathjax"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for name in MATHJAX_PARTS:
+        source = es5 / name
+        if source.is_dir():
+            shutil.copytree(source, target / name)
+        elif source.is_file():
+            shutil.copy2(source, target / name)
+
+
+def hide_injected_parameters(notebook: Path) -> None:
+    """Tag papermill's injected-parameters cell `remove-cell`: it holds the builder's paths,
+    and the page shows its parameters as a table (`Chapter.header`)."""
+    import nbformat
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(nb, notebook)
+
+
 def execute(page: str, stage: Path, parameters: dict) -> str | None:
     """Run one notebook into the stage; None on success, else the error message."""
     import papermill as pm
@@ -98,6 +139,7 @@ def execute(page: str, stage: Path, parameters: dict) -> str | None:
         return f"{e.ename}: {e.evalue}"
     except Exception as e:  # kernel died, notebook unreadable, ...
         return f"{type(e).__name__}: {e}"
+    hide_injected_parameters(target)
     return None
 
 
@@ -160,17 +202,20 @@ def main(argv=None) -> int:
         toc["chapters"] = [c for c in toc.get("chapters", []) if c["file"].removesuffix(".ipynb") in keep]
         (stage / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
 
-    failures = []
+    failures, timings, started = [], {}, time.perf_counter()
     for page in pages:
         start = time.perf_counter()
         print(f"executing {page} (profile {args.profile}, device {args.device}) ...", flush=True)
         error = execute(page, stage, parameters)
-        took = time.perf_counter() - start
+        took = timings[page] = round(time.perf_counter() - start, 1)
         if error:
             failures.append(f"chapter {page} failed: {error}")
             print(f"  FAILED after {took:.0f}s: {error}", flush=True)
         else:
             print(f"  ok ({took:.0f}s)", flush=True)
+    timings["all notebooks"] = round(time.perf_counter() - started, 1)
+    (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    print("notebook times (s): " + ", ".join(f"{Path(p).stem} {t:.0f}" for p, t in timings.items()), flush=True)
     if failures:
         print("\n".join(failures), file=sys.stderr)
         print(f"error: {len(failures)} of {len(pages)} notebooks failed; the executed notebooks (with the "
@@ -179,7 +224,11 @@ def main(argv=None) -> int:
     if args.no_html:
         print(f"executed {len(pages)} notebooks into {stage / 'book'}")
         return 0
-    return build_html(stage, out)
+    copy_mathjax(stage)
+    start = time.perf_counter()
+    code = build_html(stage, out)
+    print(f"HTML built in {time.perf_counter() - start:.0f}s", flush=True)
+    return code
 
 
 if __name__ == "__main__":
