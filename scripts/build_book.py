@@ -38,6 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = "python3"
 STATIC = "book/_static"  # html_static_path in _config.yml
+PATH_PARAMETERS = ("data_dir", "runs_dir", "records_dir")
 MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output", "ui", "a11y", "adaptors")  # of MathJax's es5/ folder
 
 
@@ -114,14 +115,19 @@ def copy_mathjax(stage: Path) -> None:
 
 
 def hide_injected_parameters(notebook: Path) -> None:
-    """Tag papermill's injected-parameters cell `remove-cell`: it holds the builder's paths,
-    and the page shows its parameters as a table (`Chapter.header`)."""
+    """Tag papermill's injected-parameters cell `remove-cell` (the page shows its parameters as a
+    table, `Chapter.header`), and in that cell put None for the path parameters: the staged
+    notebook is published for download and must not carry the builder's own folders (None
+    gives a reader's copy the default data and runs folders)."""
     import nbformat
     nb = nbformat.read(notebook, as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
-        if "injected-parameters" in tags and "remove-cell" not in tags:
-            tags.append("remove-cell")
+        if "injected-parameters" in tags:
+            tags.extend([] if "remove-cell" in tags else ["remove-cell"])
+            cell.source = "\n".join(f"{line.split('=')[0].strip()} = None  # the build's own folder (not published)"
+                                     if line.split("=")[0].strip() in PATH_PARAMETERS else line
+                                     for line in cell.source.splitlines())
     nbformat.write(nb, notebook)
 
 
@@ -169,7 +175,7 @@ def build_html(stage: Path, out: Path) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="smoke", help="smoke (CPU, seconds) | quick | paper (default: smoke)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:k] | mps (default: auto)")
@@ -181,7 +187,11 @@ def main(argv=None) -> int:
                              "the stage's toc lists just them and the root page (executed too)")
     parser.add_argument("--out", default=str(ROOT / "_build"), help="output folder (default: _build)")
     parser.add_argument("--no-html", action="store_true", help="execute the notebooks only")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
 
     out = Path(args.out).resolve()
     stage = out / "stage"

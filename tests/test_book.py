@@ -1,5 +1,8 @@
 """The book: every chapter executes on the smoke profile, the HTML builds without Sphinx
-warnings, and a real browser (headless Debian chromium) renders its pages with figures.
+warnings, and a real browser (headless Debian chromium) renders its pages with figures. On
+every page at a laptop's width: no table wider than the content column, no machine path,
+no papermill injected-parameters cell, no formula left as raw LaTeX (MathJax is served by
+the book itself: the browser has no network).
 
 The build runs once per session (`scripts/build_book.py --profile smoke`, into _build/),
 with the data of $RESNET_CIFAR_DATA or ./data. Without data or chromium the tests skip,
@@ -11,6 +14,7 @@ from __future__ import annotations
 import functools
 import http.server
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +28,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+WINDOW = (1024, 2400)  # a small laptop: the content column is about 800 px wide
+MACHINE_PATHS = ("/tmp/", "/work/", "/root/", "/home/")
+RAW_LATEX = ("\\(", "\\[", "$$", "\\frac", "\\hat", "\\sqrt", "\\mathrm")
 
 pytestmark = pytest.mark.book
 
@@ -134,7 +141,7 @@ def browser(book, tmp_path_factory):
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1400,2400",
+                 "--no-first-run", f"--window-size={WINDOW[0]},{WINDOW[1]}",
                  f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
@@ -215,3 +222,88 @@ def test_unknown_chapter_name_lists_the_valid_ones():
     assert build_book.select(None, root_page, chapters)[-1] == root_page  # the root page runs last
     with pytest.raises(SystemExit, match="'07_nothing' matches 0 pages of _toc.yml; use one of: book/01_setup"):
         build_book.select(["07_nothing"], root_page, chapters)
+
+
+# Every table, with the content column (article) it must fit: its own width, and whether any
+# element between them (a cell's output area) scrolls sideways to show it.
+TABLES_JS = """
+const article = document.querySelector('article.bd-article') || document.querySelector('main');
+return Array.from(article.querySelectorAll('table')).map(t => {
+  let scrolls = false;
+  for (let e = t; e && e !== article; e = e.parentElement) if (e.scrollWidth > e.clientWidth + 1) scrolls = true;
+  return {caption: (t.querySelector('caption') || t).innerText.slice(0, 80), width: t.getBoundingClientRect().width,
+          scrollWidth: t.scrollWidth, column: article.clientWidth, scrolls: scrolls};
+});
+"""
+MATHJAX_JS = """
+const done = arguments[arguments.length - 1];
+if (!window.MathJax) { done('none'); return; }
+const ready = () => (MathJax.startup && MathJax.startup.promise) ? MathJax.startup.promise.then(() => done('typeset'))
+                                                                 : setTimeout(ready, 100);
+ready();
+"""
+
+
+def page_problems(driver, url: str) -> list[str]:
+    """What is wrong with the page at `url`, as readable sentences (empty: nothing)."""
+    load(driver, url, Path(url).stem + ".png")
+    driver.set_script_timeout(60)
+    mathjax = driver.execute_async_script(MATHJAX_JS)
+    text = driver.find_element("tag name", "body").text
+    problems = [f"table '{t['caption']}' is {max(t['width'], t['scrollWidth']):.0f} px wide in a "
+                f"{t['column']} px column" + (" (its output area scrolls)" if t["scrolls"] else "")
+                for t in driver.execute_script(TABLES_JS)
+                if t["scrolls"] or max(t["width"], t["scrollWidth"]) > t["column"] + 1]
+    problems += [f"machine path {p!r} in the text: ...{text[text.index(p) - 60:text.index(p) + 60]}..."
+                 for p in MACHINE_PATHS + (str(ROOT),) if p in text]
+    injected = driver.execute_script(
+        "return document.querySelectorAll('.tag_injected-parameters').length + Array.from("
+        "document.querySelectorAll('.cell_input pre')).filter(p => p.innerText.trim().startsWith('# Parameters')).length")
+    problems += [f"{injected} papermill injected-parameters cell(s) shown"] if injected else []
+    problems += [f"raw LaTeX {s!r} in the text (MathJax: {mathjax}): ...{text[text.index(s) - 60:text.index(s) + 60]}..."
+                 for s in RAW_LATEX if s in text]
+    return problems
+
+
+def test_every_page_fits_and_publishes_no_path_parameters_cell_or_raw_latex(browser, book):
+    driver, base = browser
+    assert book["pages"], "the build staged no pages"
+    problems = {page: page_problems(driver, f"{base}/{page}.html") for page in book["pages"]}
+    problems = {page: p for page, p in problems.items() if p}
+    assert not problems, "\n".join(f"{page}: {p}" for page, ps in problems.items() for p in ps)
+
+
+def test_mathjax_is_served_by_the_book_and_typesets(browser, book):
+    """The formulas of chapter 5 come out as MathJax output, from the book's own copy."""
+    if "book/05_optimizers" not in book["pages"]:
+        pytest.skip("book/05_optimizers was not part of this build")
+    driver, base = browser
+    html = (book["html"] / "book" / "05_optimizers.html").read_text()
+    assert "_static/mathjax/tex-mml-chtml.js" in html and "cdn.jsdelivr" not in html
+    assert (book["html"] / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
+    load(driver, f"{base}/book/05_optimizers.html", "05_optimizers.png")
+    driver.set_script_timeout(60)
+    assert driver.execute_async_script(MATHJAX_JS) == "typeset"
+    assert driver.execute_script("return document.querySelectorAll('mjx-container').length") >= 3
+
+
+def test_published_files_carry_no_machine_path(book):
+    """The HTML and the notebooks offered for download (_sources) name none of the builder's
+    folders: the injected parameters cell holds None for the path parameters."""
+    assert book["proc"].returncode == 0
+    files = list(book["html"].rglob("*.html")) + list(book["html"].rglob("*.ipynb"))
+    assert any(f.suffix == ".ipynb" for f in files), "no notebook is offered for download"
+    found = {str(f.relative_to(book["html"])): p for f in files for p in MACHINE_PATHS + (str(ROOT),)
+             if p in f.read_text(errors="replace")}
+    assert not found, found
+    nb = nbformat.read(book["stage"] / "book" / "01_setup.ipynb", as_version=4)
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "remove-cell" in injected.metadata["tags"]
+    assert 'data_dir = None  # the build\'s own folder (not published)' in injected.source
+
+
+def test_build_reports_every_notebooks_time(book):
+    timings = json.loads((BUILD / "timings.json").read_text())
+    assert set(timings) == {f"{p}.ipynb" for p in book["pages"]} | {"all notebooks"}
+    assert all(t > 0 for t in timings.values())
+    assert "notebook times (s): " in book["proc"].stdout
