@@ -114,11 +114,12 @@ def copy_mathjax(stage: Path) -> None:
             shutil.copy2(source, target / name)
 
 
-def hide_injected_parameters(notebook: Path) -> None:
-    """Tag papermill's injected-parameters cell `remove-cell` (the page shows its parameters as a
-    table, `Chapter.header`), and in that cell put None for the path parameters: the staged
-    notebook is published for download and must not carry the builder's own folders (None
-    gives a reader's copy the default data and runs folders)."""
+def publishable(notebook: Path, page: str) -> None:
+    """Make the executed notebook fit for publishing (the book offers it for download): tag
+    papermill's injected-parameters cell `remove-cell` (the page shows its parameters as a
+    table, `Chapter.header`), and replace the builder's own folders, in that cell and in
+    papermill's metadata, by None (a reader's copy then uses the default data and runs
+    folders) and by the page's path in the project."""
     import nbformat
     nb = nbformat.read(notebook, as_version=4)
     for cell in nb.cells:
@@ -128,6 +129,9 @@ def hide_injected_parameters(notebook: Path) -> None:
             cell.source = "\n".join(f"{line.split('=')[0].strip()} = None  # the build's own folder (not published)"
                                      if line.split("=")[0].strip() in PATH_PARAMETERS else line
                                      for line in cell.source.splitlines())
+    meta = nb.metadata.get("papermill", {})
+    meta.update(input_path=page, output_path=page)
+    meta["parameters"] = {k: None if k in PATH_PARAMETERS else v for k, v in meta.get("parameters", {}).items()}
     nbformat.write(nb, notebook)
 
 
@@ -145,7 +149,7 @@ def execute(page: str, stage: Path, parameters: dict) -> str | None:
         return f"{e.ename}: {e.evalue}"
     except Exception as e:  # kernel died, notebook unreadable, ...
         return f"{type(e).__name__}: {e}"
-    hide_injected_parameters(target)
+    publishable(target, page)
     return None
 
 

@@ -126,8 +126,7 @@ def smoke_form(block: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory):
-    """The working tree's tracked files in a new git repository (what a fresh clone holds),
-    with this environment as its .venv."""
+    """The working tree's tracked files in a new git repository (what a fresh clone holds)."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
     target = tmp_path_factory.mktemp("clone")
     for name in filter(None, files.stdout.split("\0")):
@@ -137,7 +136,14 @@ def clone(tmp_path_factory):
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
         subprocess.run(git + args, cwd=target, check=True)
+    # This environment as the copy's .venv, and the project's run records as its runs/ (a rebuild
+    # reuses finished runs, so the commands take seconds); git ignores both, as it does the folders
+    # `make setup` creates.
     (target / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    (ROOT / "runs").mkdir(exist_ok=True)
+    (target / "runs").symlink_to(ROOT / "runs", target_is_directory=True)
+    with open(target / ".git" / "info" / "exclude", "a") as f:
+        f.write("/.venv\n/runs\n")
     return target
 
 
@@ -165,3 +171,13 @@ def test_papermill_commands_run_as_printed_in_their_smoke_form(clone):
         assert not errors, f"{path.name}: {errors[0]['ename']}: {errors[0]['evalue']}"
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
     assert status == "", f"the commands left files git does not ignore:\n{status}"
+
+
+def test_inline_commands_name_the_environment_program():
+    """`python -m ...` in running text fails after `make book` just as in a code block."""
+    texts = [("README.md", (ROOT / "README.md").read_text())]
+    texts += [(p.name, c.source) for p in PAGES for c in nbformat.read(p, as_version=4).cells
+              if c.cell_type == "markdown"]
+    bare = [(where, span) for where, text in texts for span in re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text)
+            if re.match(r"(python|papermill|jupyter|torchrun|pip)\s", span)]
+    assert not bare, bare

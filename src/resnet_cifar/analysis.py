@@ -1,4 +1,5 @@
-"""Tables and matplotlib figures for the book. Figures only: no saving, no display.
+"""Tables and matplotlib figures for the book. Figures only: no saving, no display (every
+figure comes back closed in pyplot, so it shows only where a cell returns it).
 
 Tables come back as pandas Stylers (`styled`): thousands separators, one precision per
 table, "–" where a run has no value, and a caption; figures use the book's font sizes
@@ -34,15 +35,20 @@ RUN_COLUMNS = ("status", "iterations", "final test error %", "best val error %",
 
 
 def use_book_style() -> None:
-    """Set BOOK_STYLE for the figures that follow, and stop pyplot from showing every figure a
-    cell made: a notebook cell shows the figure it returns (once), a glued one is not shown."""
+    """Set BOOK_STYLE for the figures that follow."""
     plt.rcParams.update(BOOK_STYLE)
-    plt.ioff()
+
+
+def _detached(fig):
+    """`fig`, closed in pyplot: a notebook cell that returns it shows it once (pyplot's inline
+    backend would show it again at the end of the cell), and a glued figure is not shown."""
+    plt.close(fig)
+    return fig
 
 
 def _number(value, precision: int) -> str:
     """One table cell: '–' for a missing value, 12,345 for integers, 1,234.5 for floats
-    (`precision` decimals; large values without decimals), text as it is."""
+    (`precision` decimals below 100, none from 100 on), text as it is."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, (bool, np.bool_)):
@@ -52,7 +58,7 @@ def _number(value, precision: int) -> str:
     if isinstance(value, (float, np.floating)):
         if float(value).is_integer() and abs(value) >= 1000:
             return f"{value:,.0f}"
-        return f"{value:,.{0 if abs(value) >= 1000 else precision}f}"
+        return f"{value:,.{0 if abs(value) >= 100 else precision}f}"
     return str(value)
 
 
@@ -127,6 +133,7 @@ def error_curves(runs: dict[str, RunResult], title: str = "", ax=None, metric: s
     sits beside the plot. A diverged run ends with an x at the iteration where its loss
     stopped being finite. `reference`: (value, label) drawn as a dotted horizontal line."""
     from matplotlib.lines import Line2D
+    own = ax is None
     ax = ax or plt.subplots(figsize=(10, 4.5))[1]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     handles = []
@@ -153,11 +160,12 @@ def error_curves(runs: dict[str, RunResult], title: str = "", ax=None, metric: s
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, frameon=False)
     ax.figure.tight_layout()
-    return ax.figure
+    return _detached(ax.figure) if own else ax.figure
 
 
 def lr_traces(runs: dict[str, RunResult], title: str = "", ax=None):
     """Learning rate of every iteration, log scale."""
+    own = ax is None
     ax = ax or plt.subplots(figsize=(10, 3.8))[1]
     for label, run in runs.items():
         if not run.lr_trace.empty:
@@ -167,7 +175,7 @@ def lr_traces(runs: dict[str, RunResult], title: str = "", ax=None):
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, frameon=False)
     ax.figure.tight_layout()
-    return ax.figure
+    return _detached(ax.figure) if own else ax.figure
 
 
 def image_grid(images: torch.Tensor, titles: list[str] | None = None, ncols: int = 8, title: str = ""):
@@ -186,7 +194,7 @@ def image_grid(images: torch.Tensor, titles: list[str] | None = None, ncols: int
             ax.set_title(titles[i], fontsize=9)
     fig.suptitle(title, wrap=True)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def confusion_matrix(confusion: torch.Tensor, classes: list[str], title: str = ""):
@@ -204,7 +212,7 @@ def confusion_matrix(confusion: torch.Tensor, classes: list[str], title: str = "
     ax.set_title(title, wrap=True)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def weight_stats(model: nn.Module) -> pd.DataFrame:
@@ -310,7 +318,7 @@ def mean_image_panels(normalizer, image: torch.Tensor, class_name: str, title: s
     if title:
         fig.suptitle(title, wrap=True)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def class_samples(dataset, indices: torch.Tensor, per_class: int, title: str = ""):
@@ -392,4 +400,4 @@ def side_by_side(groups: dict[str, dict[str, RunResult]], title: str = ""):
     if title:
         fig.suptitle(title, wrap=True)
     fig.tight_layout()
-    return fig
+    return _detached(fig)

@@ -298,14 +298,16 @@ class Chapter:
         normalizer = D.Normalizer.fit(self.dataset.train_images[train_idx], "per-pixel-mean")
         first = int(train_idx[0])
         fig = A.mean_image_panels(normalizer, self.dataset.train_images[first],
-                                  self.dataset.classes[int(self.dataset.train_labels[first])])
+                                  self.dataset.classes[int(self.dataset.train_labels[first])],
+                                  title=self.caption("Per-pixel mean of the training split"))
         rgb = ", ".join(f"{v:.3f}" for v in normalizer.mean.mean((1, 2)).tolist())
         return fig, {"mean_rgb": rgb}
 
     def samples(self, per_class: int):
         """The first `per_class` training images of each class, one column per class (figure)."""
         train_idx, _ = self.split()
-        return A.class_samples(self.dataset, train_idx, per_class)
+        return A.class_samples(self.dataset, train_idx, per_class,
+                               title=self.caption(f"The first {per_class} training images of each class"))
 
     def machine(self) -> tuple["pd.io.formats.style.Styler", dict]:
         """The machine this page was built on (table) and its `machine_*` text values."""
@@ -654,7 +656,7 @@ class Headline:
         """Training and test error of every seed, with the paper's 7.51 % as a dotted line."""
         return A.error_curves(self.runs, title=self.chapter.caption("ResNet-32, one curve per seed",
                                                                     *self.runs.values()),
-                              reference=(A.PAPER_ERROR["ResNet-32"], "paper: 7.51 % (official CIFAR-10, 64k iterations)"))
+                              reference=(A.PAPER_ERROR["ResNet-32"], "paper: 7.51 %"))
 
 
 class HTML(str):
