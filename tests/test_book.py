@@ -307,3 +307,87 @@ def test_build_reports_every_notebooks_time(book):
     assert set(timings) == {f"{p}.ipynb" for p in book["pages"]} | {"all notebooks"}
     assert all(t > 0 for t in timings.values())
     assert "notebook times (s): " in book["proc"].stdout
+
+
+# ---------------------------------------------------------------- the chapters' helpers, on made-up run records
+
+def _record(tmp_path, name, status, final=None, history=True, iterations=20):
+    """A RunResult as `runs.load_run` returns it, for a run that ended with `status`."""
+    import pandas as pd
+    from resnet_cifar.runs import RunResult
+    rows = [dict(iteration=i, train_loss=2.0, train_error=0.8, val_error=0.7, test_error=final or 0.75)
+            for i in (10, 20)] if history else []
+    summary = dict(status=status, status_detail=status if status != "diverged" else "diverged at iteration 7",
+                   iterations_done=iterations, iterations=20, final_test_error=final, best_val_error=0.7 if final else None,
+                   test_error_at_best_val=final, wall_time_s=2.5, train_images_per_s=256.0 if final else None,
+                   dataset_label="CIFAR-10 (JPEG q75 copy)", device="cpu", device_name="a CPU", train_size=250,
+                   val_size=250, test_size=250)
+    return RunResult(tmp_path / name, dict(batch_size=32), summary, pd.DataFrame(rows),
+                     pd.DataFrame(dict(iteration=[1, 2], lr=[0.1, 0.1])))
+
+
+def test_headline_leaves_out_runs_that_did_not_finish(dataset, tmp_path):
+    from resnet_cifar import book
+    ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
+    head = book.Headline(ch, {"seed 0": _record(tmp_path, "a", "complete", 0.2),
+                              "seed 1": _record(tmp_path, "b", "diverged", None, history=False, iterations=7)})
+    facts = head.facts()
+    assert (facts["head_mean"], facts["head_n"], facts["head_runs"], facts["head_std"]) == ("20.00", "1", "2", "–")
+    assert facts["head_verdict"].startswith("Not comparable with the paper") and "20.00 %" in facts["head_verdict"]
+    comparison = head.comparison().to_html()
+    assert "– (diverged)" in comparison and "20.00" in comparison and "7.51" in comparison
+    seeds = head.seeds_table().to_html()
+    assert "1 of 2 complete" in seeds and "20.00 ± –" in seeds and "64,000" in seeds
+    legend = [t.get_text() for t in head.figure().axes[0].get_legend().get_texts()]
+    assert "seed 1: diverged at iteration 7" in legend and "paper: 7.51 %" in legend
+
+
+def test_headline_without_a_finished_run_says_so(dataset, tmp_path):
+    from resnet_cifar import book
+    ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
+    head = book.Headline(ch, {f"seed {s}": _record(tmp_path, str(s), "diverged", None, history=False) for s in (0, 1)})
+    facts = head.facts()
+    assert facts["head_mean"] == "–" and facts["head_gap"] == "–"
+    assert facts["head_verdict"].startswith("None of the 2 runs finished")
+    fig, table, class_facts = ch.class_errors(head.runs)
+    assert fig is None and class_facts["res_best"] == "no complete run"
+
+
+def test_run_tables_format_numbers_and_missing_values(dataset, tmp_path):
+    from resnet_cifar import book
+    ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
+    runs = {"done": _record(tmp_path, "a", "complete", 0.123456),
+            "diverged": _record(tmp_path, "b", "diverged", None, history=False)}
+    html = ch.table(runs, "Two runs").to_html()
+    assert "12.3" in html and "12.345" not in html and "256.0" not in html and "256" in html
+    assert html.count("–") >= 4  # the diverged run's errors and speed
+    assert "Two runs — profile smoke · " in html
+
+
+def test_styled_numbers_use_separators_and_sensible_precision():
+    import pandas as pd
+    from resnet_cifar import analysis as A
+    table = pd.DataFrame({"n": [64000, 3], "x": [460000.0, 8.75], "e": [None, 0.123]}, index=["a", "b"]).astype(object)
+    html = A.styled(table, "caption", precision=2).to_html()
+    for shown in ("64,000", "460,000", "8.75", "0.12", "–"):
+        assert f">{shown}</td>" in html, shown
+    assert "8.750000" not in html and "460000.00" not in html
+
+
+def test_profiles_table_spells_out_each_budget():
+    from resnet_cifar import book
+    html = book.profiles_table().to_html()
+    for text in (">3,200 and 4,800<", ">32,000 and 48,000<", ">250 (25 per class)<", ">all 45,000<", ">64,000<"):
+        assert text in html, text
+
+
+def test_chapter_data_folder_follows_resolve_data_dir_from_the_project_root(tmp_path, monkeypatch):
+    from resnet_cifar import book
+    monkeypatch.delenv("RESNET_CIFAR_DATA", raising=False)
+    assert book.data_folder(None, tmp_path) == tmp_path / "data"
+    assert book.data_folder("elsewhere", tmp_path) == tmp_path / "elsewhere"
+    monkeypatch.setenv("RESNET_CIFAR_DATA", str(tmp_path / "env"))
+    assert book.data_folder(None, tmp_path) == tmp_path / "env"
+    assert book.data_folder("/abs/cifar", tmp_path) == Path("/abs/cifar")
+    assert book.shown_path(tmp_path / "runs" / "x", tmp_path) == "runs/x"
+    assert book.shown_path(Path("/somewhere/else/data"), tmp_path) == "…/data"
