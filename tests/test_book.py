@@ -391,3 +391,17 @@ def test_chapter_data_folder_follows_resolve_data_dir_from_the_project_root(tmp_
     assert book.data_folder("/abs/cifar", tmp_path) == Path("/abs/cifar")
     assert book.shown_path(tmp_path / "runs" / "x", tmp_path) == "runs/x"
     assert book.shown_path(Path("/somewhere/else/data"), tmp_path) == "…/data"
+
+
+def test_smoke_runs_train_on_one_cpu_thread_and_restore_the_kernels(dataset, tmp_path):
+    import torch
+    from resnet_cifar import book
+    ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = ch.run("tiny", depth=8, iterations=2, eval_every=2, progress="none")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert run.complete and "; 1 of " in run.summary["device_name"], run.summary["device_name"]

@@ -3,7 +3,7 @@ numbers each chapter shows, computed here from the run records so that a chapter
 one-line calls.
 
 Profiles set budgets; explicit chapter parameters override them:
-    smoke  CPU, 250-image subsets (25 per class), 20 iterations: seconds per run (what CI builds)
+    smoke  CPU (one thread), 250-image subsets (25 per class), 20 iterations: seconds per run (what CI builds)
     quick  full data, 1/10 of the paper's schedule (6.4k iterations): minutes on a GPU
     paper  the paper's recipe: 64k iterations, ÷10 at 32k and 48k
 The milestones scale with the iterations (at 50 % and 75 %), as in the paper.
@@ -39,6 +39,10 @@ PROFILES = {
     "quick": dict(iterations=6400),
     "paper": dict(),
 }
+# CPU threads a profile's runs train with (None: PyTorch's default, every core). Smoke runs are
+# batch-32 steps that gain little from a second thread and lose many times over when the CPU is
+# shared: on a busy 2-core machine a smoke ResNet-32 run took 6 s on one thread, 40-50 s on two.
+PROFILE_THREADS = {"smoke": 1}
 PAPER_ITERATIONS, PAPER_BATCH = 64000, 128
 GLUE_PREFIX = "application/papermill.record/"  # myst-nb's glue outputs (display=False)
 
@@ -142,8 +146,9 @@ class Chapter:
 
     def run(self, name: str, **overrides) -> RunResult:
         """The run `name` of the plan (plan.py) on this chapter's profile: read from published
-        records, or trained (reused, resumed). `overrides` must restate the plan's settings;
-        a run that is not in the plan is an error."""
+        records, or trained (reused, resumed) on the CPU with the profile's PROFILE_THREADS (the
+        kernel's own setting is restored afterwards). `overrides` must restate the plan's
+        settings; a run that is not in the plan is an error."""
         from .plan import planned_config
         execution = dict(device=self.device, data_dir=str(self.dataset.root), runs_dir=str(self.runs_dir),
                          progress="log", wait=True)
@@ -151,7 +156,13 @@ class Chapter:
         if self.records is not None:
             from .records import load_record
             return load_record(self.runs_dir, config, self.profile)
-        return train(config, dataset=self.dataset)
+        threads = PROFILE_THREADS.get(self.profile) if pick_device(config.device).type == "cpu" else None
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or before)
+        try:
+            return train(config, dataset=self.dataset)
+        finally:
+            torch.set_num_threads(before)
 
     def plan_table(self, chapter: str | None = None):
         """The plan's runs of `chapter` ('02', '05_optimizers'; default: every chapter) as a
