@@ -105,19 +105,6 @@ def shown_path(path: Path, root: Path | None = None) -> str:
     return "…/" + path.name
 
 
-def dtype_supported(device: torch.device, dtype: str) -> bool:
-    """Whether a run in `dtype` can train on `device`: float64 everywhere but MPS, bfloat16
-    autocast on CPUs (native or emulated, see `devices.native_bf16`) and on GPUs with bf16
-    support, tf32 on CUDA GPUs."""
-    if dtype == "float64":
-        return device.type != "mps"
-    if dtype == "bfloat16":
-        return device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if dtype == "tf32":
-        return device.type == "cuda"
-    return True
-
-
 def fmt(value, spec: str = ".1f", missing: str = "–") -> str:
     """`value` formatted with `spec`, or `missing` when there is no value (None or NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -170,12 +157,6 @@ class Chapter:
         from .plan import table
         return table(self.profile, self.runs_dir, self.device, project_root() / "book" / "records",
                      seed=self.seed, chapters=[chapter] if chapter else None)
-
-    def baseline(self, seed: int | None = None) -> RunResult:
-        """The paper's ResNet-32 recipe with `seed` (default: the chapter's): `resnet32-seed<s>`,
-        the run chapters 2 to 6 and the introduction share."""
-        seed = self.seed if seed is None else seed
-        return self.run(f"resnet32-seed{seed}", seed=seed)
 
     @property
     def torch_device(self) -> torch.device:
@@ -475,12 +456,10 @@ class Chapter:
                 "opt_eps_factors": ", ".join(f"{math.sqrt(median / (median + e)):.3f} for eps {e:g}"
                                              for e in [1e-5, *eps_values])}
 
-    def dtype_runs(self, dtypes) -> dict[str, RunResult]:
-        """A float32 run of its own and one run per dtype of `dtypes` the device supports,
-        trained side by side (speed is only comparable between runs trained together)."""
-        runs = {"float32": self.run("dtype-float32", dtype="float32")}
-        runs.update({d: self.run(f"dtype-{d}", dtype=d) for d in dtypes if dtype_supported(self.torch_device, d)})
-        return runs
+    def can_train(self, dtype: str) -> bool:
+        """Whether this chapter's device trains runs in `dtype` (`plan.dtype_supported`)."""
+        from .plan import dtype_supported
+        return dtype_supported(dtype, self.torch_device)
 
     def dtype_speed(self, runs: dict[str, RunResult], dtypes) -> tuple["pd.io.formats.style.Styler", dict]:
         """Training speed per number format against float32 (table), and the page's sentence."""
@@ -553,9 +532,10 @@ class Chapter:
         facts = {"res_paper_hours": fmt(hours), "res_device": ", ".join(devices)}
         return A.styled(table, self.caption("Training time and speed", *runs.values())), facts
 
-    def headline(self, seeds) -> "Headline":
-        """Chapter 6's ResNet-32 runs, one per seed: what the introduction and chapter 6 report."""
-        return Headline(self, {f"seed {s}": self.baseline(s) for s in seeds})
+    def headline(self, runs: dict[str, RunResult]) -> "Headline":
+        """The paper's ResNet-32 recipe, one run per seed (`runs`: label -> run): what the
+        introduction and chapter 6 report."""
+        return Headline(self, runs)
 
 
 # Other published numbers for ResNet-32 on CIFAR-10, for the introduction's table.
