@@ -21,6 +21,8 @@ from conftest import ROOT, real_data_dir
 
 VENV_BIN = Path(sys.executable).parent
 SHELL_WORDS = {"for", "do", "done", "done;", "wait", "then", "fi"}
+# Programs of another machine that README names as such (its cluster section), not of this checkout.
+CLUSTER_PROGRAMS = {"sbatch": "SLURM's job submission, on a cluster's login node"}
 # The appendix belongs to the benchmark; its commands are checked by its own tests.
 PAGES = sorted(p for p in (ROOT / "book").glob("*.ipynb") if p.stem != "appendix_performance")
 
@@ -65,7 +67,7 @@ def test_command_runs_a_program_that_exists(where, command):
     name = program(command)
     if command.startswith(("for ", "chapter=")) or not name:
         return  # the loop's header, its variable, its end
-    allowed = {"make", "mkdir", "git", "cd"}
+    allowed = {"make", "mkdir", "git", "cd"} | set(CLUSTER_PROGRAMS)
     if name.startswith(".venv/bin/"):
         assert (VENV_BIN / name.removeprefix(".venv/bin/")).exists(), f"{where}: {command}: no {name}"
     else:
@@ -92,14 +94,16 @@ def _options(command: str) -> list[str]:
     return [w.split("=")[0] for w in shlex.split(command) if w.startswith("--")]
 
 
-PYTHON = [(where, c) for where, c in ALL if program(c) == ".venv/bin/python"]
+PYTHON = [(where, c) for where, c in ALL if program(c) in (".venv/bin/python", ".venv/bin/torchrun")]
 
 
 @pytest.mark.parametrize("where, command", PYTHON)
 def test_python_command_accepts_its_options(where, command):
     words = shlex.split(command)
-    args = words[words.index(".venv/bin/python") + 1:]
-    if args[0] == "-m":  # python -m resnet_cifar SUBCOMMAND --options: each is in SUBCOMMAND --help
+    args = words[words.index(program(command)) + 1:]
+    if "-m" in args:  # [torchrun ...] -m resnet_cifar SUBCOMMAND --options: each is in SUBCOMMAND --help
+        args = args[args.index("-m"):]
+        command = " ".join(args)  # torchrun's own options are torchrun's
         proc = subprocess.run([sys.executable, "-m", *args[1:3], "--help"], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
     else:  # a script: its --help names each option
