@@ -200,6 +200,9 @@ def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int =
         return 0
     tasks.sort(key=lambda t: -t.work)  # the longest first: the last ones to finish are short
     gpus, worker_device = slots(device, jobs, len(tasks))
+    if threads is None and gpus[0] is None:  # CPU: the profile's thread count (smoke: 1; see book.PROFILE_THREADS)
+        from .book import PROFILE_THREADS
+        threads = PROFILE_THREADS.get(profile)
     threads_given, threads = threads, threads or max(1, (os.cpu_count() or 1) // len(gpus))
     where = (f"in this process on {device}" if len(gpus) == 1 else f"{len(gpus)} worker processes" +
              (f" on GPU(s) {', '.join(sorted(set(gpus)))}" if gpus[0] is not None
