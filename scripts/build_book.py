@@ -10,7 +10,7 @@ notebooks executed there by papermill). The source notebooks stay output-free. P
 runs each notebook with the source book/ folder as working directory, so relative paths
 (data/, runs/) resolve from the project root exactly as in `jupyter lab book/`.
 
-Order: the toc's chapters (01..06, appendix), then the root page (intro) last, because it
+Order: the toc's chapters (01..07, appendix), then the root page (intro) last, because it
 reads chapter 6's finished runs from disk. A failing chapter does not stop the others; the
 failed notebook (with papermill's error cell) is kept in the stage, the script names it and
 exits 1 without building HTML. The HTML build treats Sphinx warnings as errors (-W) and

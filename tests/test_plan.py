@@ -69,33 +69,35 @@ class RunCalls(ast.NodeVisitor):
         return {k: v for t, x in zip(target.elts, value) for k, v in self.assign(t, x).items()}
 
 
-def notebook_runs(path: Path, seed: int) -> list[tuple[str, dict]]:
+def notebook_runs(path: Path, seed: int, profile: str = "quick") -> list[tuple[str, dict]]:
+    """The notebook's ch.run calls for parameters `seed` and `profile` (the plan module is `P`,
+    as the notebooks import it)."""
     cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
-    namespace: dict = {}
+    namespace: dict = {"P": P}
     for cell in cells:
         if "parameters" in cell.get("metadata", {}).get("tags", []):
             exec("".join(cell["source"]), namespace)
-    namespace["seed"] = seed
+    namespace.update(seed=seed, profile=profile)
     calls = RunCalls(namespace)
     for cell in cells:
         calls.visit(ast.parse("".join(cell["source"])))
     return calls.calls
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_the_plan_lists_every_run_each_notebook_trains(seed):
-    notebooks = {p.stem: notebook_runs(p, seed) for p in sorted((ROOT / "book").glob("*.ipynb"))}
+@pytest.mark.parametrize("seed, profile", [(0, "quick"), (1, "quick"), (0, "smoke"), (1, "paper")])
+def test_the_plan_lists_every_run_each_notebook_trains(seed, profile):
+    notebooks = {p.stem: notebook_runs(p, seed, profile) for p in sorted((ROOT / "book").glob("*.ipynb"))}
     training = {stem: calls for stem, calls in notebooks.items() if calls}
-    declared = P.declared(seed)
+    declared = P.declared(seed, profile)
     assert set(training) == set(declared) == {"02_model", "03_augmentation", "04_schedule", "05_optimizers",
-                                              "06_results", "intro"}
+                                              "06_results", "07_depth", "intro"}
     for stem, calls in training.items():
         assert {name for name, _ in calls} == set(declared[stem]), stem
         for name, overrides in calls:  # the notebook's settings are the plan's (raises otherwise)
-            config = P.planned_config(name, "quick", seed, overrides)
-            assert config.run_name() == name and config.iterations == 6400
-    runs = P.plan("paper", seed)
-    assert len(runs) == 24 and len({r.name for r in runs}) == 24
+            config = P.planned_config(name, profile, seed, overrides)
+            assert config.run_name() == name and config.iterations == book.profile_config(profile).iterations
+    runs = P.plan(profile, seed)
+    assert len({r.name for r in runs}) == len(runs)
     shared = next(r for r in runs if r.name == f"resnet32-seed{seed}")
     assert set(shared.chapters) >= {"02_model", "03_augmentation", "04_schedule", "05_optimizers"}
 
@@ -105,16 +107,16 @@ def test_the_plan_drops_the_dtype_runs_a_device_cannot_do():
     assert {"dtype-float64", "dtype-bfloat16"} <= names("cpu")
     assert "dtype-float64" not in names("mps") and "dtype-bfloat16" not in names("mps")
     assert [r.name for r in P.plan("smoke", chapters=["04"])] == CHAPTER4
-    with pytest.raises(P.PlanError, match="chapter '07' is not one of the chapters with runs: 02_model"):
-        P.plan("smoke", chapters=["07"])
-    with pytest.raises(P.PlanError, match="not in the plan of profile smoke: resnet56"):
-        P.plan("smoke", only=["resnet56"])
+    with pytest.raises(P.PlanError, match="chapter '08' is not one of the chapters with runs: 02_model"):
+        P.plan("smoke", chapters=["08"])
+    with pytest.raises(P.PlanError, match="not in the plan of profile smoke: resnet1202"):
+        P.plan("smoke", only=["resnet1202"])
 
 
 def test_chapter_run_refuses_a_run_outside_the_plan(dataset, tmp_path):
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path / "runs", 0)
-    with pytest.raises(P.PlanError, match=r"run 'resnet56-seed0' is not in the plan .* declare it in plan.declared"):
-        ch.run("resnet56-seed0", depth=56)
+    with pytest.raises(P.PlanError, match=r"run 'resnet1202-seed0' is not in the plan .* declare it in plan.declared"):
+        ch.run("resnet1202-seed0", depth=1202)
     with pytest.raises(P.PlanError, match=r"run 'aug-none' is asked for with settings the plan does not give it: "
                                           r"flip=True \(plan: False\)"):
         ch.run("aug-none", crop=False)
@@ -204,11 +206,12 @@ def test_accounting_per_profile(tmp_path, dataset, monkeypatch):
                     device_name=device_label("cpu"))
     table = P.accounting(dataset.identity, runs_dir="runs", device="cpu")
     smoke = table.loc["smoke"]
-    assert (smoke["runs"], smoke["iterations per run"], smoke["runs × iterations"]) == (24, 20, 480)
-    assert (smoke["finished"], smoke["measured s"], smoke["training images"]) == (3, 12.0, 480 * 32)
+    n = len(runs)
+    assert (smoke["runs"], smoke["iterations per run"], smoke["runs × iterations"]) == (n, 20, 20 * n)
+    assert (smoke["finished"], smoke["measured s"], smoke["training images"]) == (3, 12.0, 20 * n * 32)
     assert smoke["estimated s (the rest)"] > 0 and smoke["measured on"] == device_label("cpu")
     assert smoke["runs without estimate"] == 2  # float64, bfloat16: no finished run of theirs, no benchmark here
-    assert table.loc["paper", "runs × iterations"] == 24 * 64000 and table.loc["paper", "finished"] == 0
+    assert table.loc["paper", "runs × iterations"] == len(P.plan("paper")) * 64000 and table.loc["paper", "finished"] == 0
 
 
 # ---------------------------------------------------------------- the runner

@@ -26,36 +26,86 @@ PLATEAU_PATIENCES, PLATEAU_THRESHOLD = (1000, 10), 1e-5  # 04_schedule
 ADAM_LR, ADAM_HIGH_LR, ADAMW_WEIGHT_DECAY = 1e-3, 0.1, 0.05  # 05_optimizers
 BN_EPS_VALUES = (1e-3, 1e-1)
 DTYPES = ("float32", "float64", "bfloat16")
-RESULT_SEEDS = (0, 1)                      # 06_results and intro: resnet32-seed{s}
+TABLE6_DEPTHS = (20, 32, 44, 56, 110)      # 07_depth: the paper's Table 6
+PLAIN_DEPTHS = (20, 32, 44, 56)            # 07_depth: the paper's Fig. 6 (left)
+WARMUP_110 = 0.8                           # ResNet-110: lr 0.01 until the training error is below 80 %
+
+# Seeds per compared arm and for the headline ResNet-32, by profile: a difference between two
+# arms is only read as one when it is larger than the seeds' spread (compare.py).
+SEEDS_PER_ARM = {"smoke": 1, "quick": 3, "paper": 3}
+HEADLINE_SEEDS = {"smoke": 2, "quick": 5, "paper": 5}
+# Runs the plan declares for quick and paper but not for smoke, with the reason. (A 20-iteration
+# ResNet-110 smoke run measured 18 s on one thread of a busy 2-core CPU: it stays in smoke.)
+SMOKE_SKIPPED: dict[str, str] = {}
+
+
+def arm_seeds(profile: str, seed: int = 0) -> tuple[int, ...]:
+    """The seeds each compared arm of a chapter trains with: `seed`, `seed + 1`, ..."""
+    return tuple(range(seed, seed + SEEDS_PER_ARM[profile]))
+
+
+def headline_seeds(profile: str) -> tuple[int, ...]:
+    """The seeds of the headline ResNet-32 (introduction, chapters 6 and 7): 0, 1, ..."""
+    return tuple(range(HEADLINE_SEEDS[profile]))
+
+
+def seeded(name: str, s: int, seed: int) -> str:
+    """The run name of arm `name` for seed `s` in a chapter of parameter `seed`: the name
+    itself for the chapter's own seed, `<name>-seed<s>` for the others."""
+    return name if s == seed else f"{name}-seed{s}"
+
+
+def trains(model: str, profile: str) -> bool:
+    """Whether `model` (e.g. 'resnet110') is trained on `profile` (see SMOKE_SKIPPED)."""
+    return not (profile == "smoke" and model in SMOKE_SKIPPED)
+
+
+def depths_at(profile: str, depths, arch: str = "resnet") -> list[int]:
+    """`depths` without those whose runs `profile` skips."""
+    return [d for d in depths if trains(f"{arch}{d}", profile)]
 
 
 class PlanError(ValueError):
     """A run that is not in the plan, or asked for with other settings than the plan's."""
 
 
-def declared(seed: int = 0) -> dict[str, dict[str, dict]]:
+def arms(seed: int, profile: str, **named: dict) -> dict[str, dict]:
+    """Each arm (name -> overrides) once per seed of `arm_seeds`, named by `seeded`."""
+    return {seeded(name, s, seed): dict(o, seed=s) for name, o in named.items() for s in arm_seeds(profile, seed)}
+
+
+def declared(seed: int = 0, profile: str = "smoke") -> dict[str, dict[str, dict]]:
     """chapter (notebook stem) -> run name -> config overrides, for chapters executed with
-    parameter `seed`. One entry per `ch.run(...)` call of the notebooks."""
-    base = {f"resnet32-seed{seed}": {}}
+    parameters `seed` and `profile`. One entry per `ch.run(...)` call of the notebooks."""
+    base = {f"resnet32-seed{s}": dict(seed=s) for s in arm_seeds(profile, seed)}
     lr, wd = f"{ADAM_LR:g}", f"{ADAMW_WEIGHT_DECAY:g}"
-    results = {f"resnet32-seed{s}": dict(seed=s) for s in RESULT_SEEDS}
+    results = {f"resnet32-seed{s}": dict(seed=s) for s in headline_seeds(profile)}
+    depth = {f"resnet{d}-seed{s}": dict(depth=d, seed=s, **({"warmup_until_error": WARMUP_110} if d == 110 else {}))
+             for d in depths_at(profile, TABLE6_DEPTHS) for s in arm_seeds(profile, seed)}
+    depth.update({f"plain{d}-seed{s}": dict(arch="plain", depth=d, seed=s)
+                  for d in PLAIN_DEPTHS for s in arm_seeds(profile, seed)})
+    depth.update({f"resnet32-all50k-seed{s}": dict(val_size=0, seed=s) for s in arm_seeds(profile, seed)})
     chapters = {
-        "02_model": {**base, f"resnet32-optionB-seed{seed}": dict(shortcut="B"),
+        "02_model": {f"resnet32-seed{seed}": {}, f"resnet32-optionB-seed{seed}": dict(shortcut="B"),
                      **{f"plain{d}-seed{seed}": dict(arch="plain", depth=d) for d in FIG6_DEPTHS},
                      **{f"resnet{d}-seed{seed}": dict(depth=d) for d in FIG6_DEPTHS}},
-        "03_augmentation": {**base, "aug-none": dict(crop=False, flip=False), "aug-flip": dict(crop=False),
-                            "norm-per-channel": dict(normalization="per-channel"),
-                            "eval-without-mean": dict(normalize_eval=False)},
-        "04_schedule": {**base, **{f"plateau-patience{p}": dict(schedule="plateau", plateau_patience=p,
-                                                                plateau_threshold=PLATEAU_THRESHOLD)
-                                   for p in PLATEAU_PATIENCES}, "cosine": dict(schedule="cosine")},
-        "05_optimizers": {**base, "sgd-nesterov": dict(nesterov=True),
-                          **{f"adam-lr{x:g}": dict(optimizer="adam", lr=x) for x in (ADAM_LR, ADAM_HIGH_LR)},
-                          f"adamw-lr{lr}-wd{wd}": dict(optimizer="adamw", lr=ADAM_LR, weight_decay=ADAMW_WEIGHT_DECAY),
-                          f"nadam-lr{lr}": dict(optimizer="nadam", lr=ADAM_LR), "final-relu": dict(final_relu=True),
-                          **{f"bn-eps{e:g}": dict(bn_eps=e) for e in BN_EPS_VALUES},
+        "03_augmentation": {**base, **arms(seed, profile, **{"aug-none": dict(crop=False, flip=False),
+                                                            "aug-flip": dict(crop=False),
+                                                            "norm-per-channel": dict(normalization="per-channel"),
+                                                            "eval-without-mean": dict(normalize_eval=False)})},
+        "04_schedule": {**base, **arms(seed, profile, **{
+            f"plateau-patience{p}": dict(schedule="plateau", plateau_patience=p, plateau_threshold=PLATEAU_THRESHOLD)
+            for p in PLATEAU_PATIENCES}, cosine=dict(schedule="cosine"))},
+        "05_optimizers": {**base, **arms(seed, profile, **{
+            "sgd-nesterov": dict(nesterov=True),
+            **{f"adam-lr{x:g}": dict(optimizer="adam", lr=x) for x in (ADAM_LR, ADAM_HIGH_LR)},
+            f"adamw-lr{lr}-wd{wd}": dict(optimizer="adamw", lr=ADAM_LR, weight_decay=ADAMW_WEIGHT_DECAY),
+            f"nadam-lr{lr}": dict(optimizer="nadam", lr=ADAM_LR),
+            **{f"bn-eps{e:g}": dict(bn_eps=e) for e in BN_EPS_VALUES}}),
+                          "final-relu": dict(final_relu=True),
                           **{f"dtype-{d}": dict(dtype=d) for d in DTYPES}},
         "06_results": results,
+        "07_depth": depth,
         "intro": results,
     }
     return {c: {name: {"seed": seed, **o} for name, o in runs.items()} for c, runs in chapters.items()}
@@ -101,7 +151,7 @@ class PlannedRun:
 
 
 def chapter_names() -> tuple[str, ...]:
-    return tuple(declared())
+    return tuple(declared(0, "paper"))
 
 
 def match_chapters(names) -> list[str]:
@@ -123,7 +173,7 @@ def plan(profile: str, seed: int = 0, chapters=None, only=None, device=None) -> 
         raise PlanError(f"profile must be one of {tuple(PROFILES)}, got {profile!r}")
     wanted = set(match_chapters(chapters)) if chapters else set(chapter_names())
     runs: dict[str, PlannedRun] = {}
-    for chapter, entries in declared(seed).items():
+    for chapter, entries in declared(seed, profile).items():
         for name, overrides in entries.items():
             if name in runs:
                 if TrainConfig(**runs[name].overrides).identity() != TrainConfig(**overrides).identity():

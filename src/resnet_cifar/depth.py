@@ -1,0 +1,106 @@
+"""Chapter 7's computations: Table 6 (ResNet-20 ... 110 over seeds, beside the paper), Fig. 6
+(plain vs residual networks, training and test error) and the retraining on all 50k images.
+Every sentence is computed from the run records, with the numbers and the condition it rests on."""
+from __future__ import annotations
+
+import math
+import statistics
+
+import pandas as pd
+
+from . import analysis as A
+from .compare import mean_std, seed_comparison, values
+from .runs import RunResult
+
+# Table 6 (ResNet-110: best of 5 runs 6.43, mean ± std 6.61 ± 0.16).
+PAPER_110_MEAN, PAPER_110_STD = 6.61, 0.16
+
+
+def final_train_error(run: RunResult) -> float | None:
+    """The training error (%, on the augmented batches since the previous evaluation) at the
+    last evaluation of a complete run."""
+    h = run.history
+    if not run.complete or h is None or h.empty or pd.isna(h["train_error"].iloc[-1]):
+        return None
+    return 100 * float(h["train_error"].iloc[-1])
+
+
+def table6(ch, arms: dict[int, list[RunResult]]) -> tuple[object, dict]:
+    """ResNet-d test error over seeds (n, mean ± std, best, each seed) beside the paper's Table 6
+    (styled table), and the `dep_*` text values."""
+    rows, facts = {}, {}
+    for d, runs in arms.items():
+        xs = values(runs)
+        mean, std = mean_std(xs)
+        paper = A.PAPER_ERROR.get(f"ResNet-{d}")
+        rows[f"ResNet-{d}"] = {
+            "n": f"{len(xs)} of {len(runs)}", "mean %": mean, "± std": std, "best %": min(xs) if xs else None,
+            "each seed": ", ".join(f"{r.config.get('seed')}: " + (f"{r.error():.2f}" if xs and r.complete and
+                                   r.error() is not None else r.summary.get("status", "–")) for r in runs),
+            "paper %": paper,
+            "paper mean ± std": f"{PAPER_110_MEAN} ± {PAPER_110_STD}" if d == 110 else "–",
+            "warm-up": (f"lr {r.config['warmup_lr']:g} until training error < {100 * r.config['warmup_until_error']:.0f} %"
+                        if (r := runs[0]).config.get("warmup_until_error") else "none")}
+        facts[f"dep_{d}"] = f"{fmt(mean)} ± {fmt(std)} % (n = {len(xs)})"
+    means = {d: mean_std(values(r))[0] for d, r in arms.items()}
+    known = [d for d in arms if means[d] is not None]
+    if len(known) >= 2:
+        order = sorted(known, key=lambda d: means[d])
+        monotone = all(means[a] >= means[b] for a, b in zip(sorted(known), sorted(known)[1:]))
+        facts["dep_order"] = (f"at profile {ch.profile} on {ch.dataset.label}, from lowest to highest mean test error: "
+                              + ", ".join(f"ResNet-{d} ({means[d]:.2f} %)" for d in order)
+                              + ("; the error falls with every added depth, as in the paper's table" if monotone
+                                 else "; not the paper's ordering (its error falls with every added depth)"))
+    else:
+        facts["dep_order"] = "fewer than two depths have a complete run, so there is no ordering to report"
+    table = pd.DataFrame(rows).T.rename_axis("network")
+    every = [r for runs in arms.values() for r in runs]
+    return A.styled(table, ch.caption("Table 6 again: test error over seeds, and the paper's", *every), 2), facts
+
+
+def fmt(value, spec: str = ".2f") -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def degradation(plain: dict[int, list[RunResult]], residual: dict[int, list[RunResult]]) -> dict:
+    """Does the deepest plain net end with a higher training error than the shallowest? And the
+    residual nets? (`dep_degradation`, `dep_residual`): the paper's Fig. 6 in two sentences."""
+    def sentence(arms: dict[int, list[RunResult]], name: str) -> str:
+        lo, hi = min(arms), max(arms)
+        a = [x for x in map(final_train_error, arms[lo]) if x is not None]
+        b = [x for x in map(final_train_error, arms[hi]) if x is not None]
+        if not a or not b:
+            return f"{name}-{hi} or {name}-{lo} has no complete run, so this build cannot say."
+        ma, mb = statistics.mean(a), statistics.mean(b)
+        sa, sb = (statistics.stdev(a) if len(a) > 1 else None), (statistics.stdev(b) if len(b) > 1 else None)
+        higher = "higher" if mb > ma else "lower" if mb < ma else "the same"
+        text = (f"{name}-{hi} ends with a {higher} final training error than {name}-{lo} "
+                f"({mb:.1f} % against {ma:.1f} %, mean of {len(b)} and {len(a)} seed(s))")
+        if sa is None or sb is None:
+            return text + "; with one seed per depth this is not resolved beyond seed noise."
+        if abs(mb - ma) <= sa + sb:
+            return text + f"; the difference is within the seeds' spread ({sa + sb:.1f} points): not resolved at this budget."
+        return text + f"; the difference is beyond the seeds' spread ({sa + sb:.1f} points)."
+    return {"dep_degradation": sentence(plain, "plain"), "dep_residual": sentence(residual, "ResNet")}
+
+
+def fig6(ch, plain: dict[int, list[RunResult]], residual: dict[int, list[RunResult]]):
+    """Plain nets above ResNets, the first seed of each depth: training (dashed) and test error."""
+    groups = {"plain networks": {f"plain-{d}": runs[0] for d, runs in plain.items()},
+              "residual networks (option A)": {f"ResNet-{d}": runs[0] for d, runs in residual.items()}}
+    every = [r for g in groups.values() for r in g.values()]
+    return A.side_by_side(groups, title=ch.caption("Fig. 6 again: plain vs residual, dashed training error, "
+                                                   "bold test error", *every))
+
+
+def all50k(ch, split: list[RunResult], full: list[RunResult]) -> tuple[object, dict]:
+    """ResNet-32 trained on 45k (5k held out for decisions) and retrained on all 50k images
+    with the same schedule: table over seeds and the `dep_50k_*` text values."""
+    arms = {"45k train / 5k val (schedule chosen here)": split, "all 50k images, same schedule": full}
+    table, verdicts = seed_comparison(arms, next(iter(arms)))
+    sizes = {label: runs[0].summary.get("train_size") for label, runs in arms.items()}
+    facts = {"dep_50k_verdict": (f"At profile {ch.profile} on {ch.dataset.label}: "
+                                 + verdicts["all 50k images, same schedule"] + "."),
+             "dep_50k_sizes": " and ".join(f"{v:,}" if isinstance(v, int) else "–" for v in sizes.values())}
+    every = split + full
+    return A.styled(table, ch.caption("ResNet-32 on the 45k split and on all 50k images", *every), 2), facts
