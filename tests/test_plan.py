@@ -102,10 +102,15 @@ def test_the_plan_lists_every_run_each_notebook_trains(seed, profile):
     assert set(shared.chapters) >= {"02_model", "03_augmentation", "04_schedule", "05_optimizers"}
 
 
-def test_the_plan_drops_the_dtype_runs_a_device_cannot_do():
+def test_the_plan_drops_the_dtype_runs_a_device_cannot_do(monkeypatch):
+    declared = P.declared
+    monkeypatch.setattr(P, "declared", lambda seed=0, profile="smoke": {
+        **declared(seed, profile), "05_optimizers": {f"dtype-{d}": dict(seed=seed, dtype=d) for d in ("float64", "bfloat16")}})
     names = lambda device: {r.name for r in P.plan("smoke", device=device)}  # noqa: E731
     assert {"dtype-float64", "dtype-bfloat16"} <= names("cpu")
     assert "dtype-float64" not in names("mps") and "dtype-bfloat16" not in names("mps")
+    monkeypatch.undo()
+    assert not any("dtype" in r.overrides for r in P.plan("paper"))  # speed per format: the benchmark's records
     assert [r.name for r in P.plan("smoke", chapters=["04"])] == CHAPTER4
     with pytest.raises(P.PlanError, match="chapter '08' is not one of the chapters with runs: 02_model"):
         P.plan("smoke", chapters=["08"])
@@ -183,7 +188,8 @@ def test_a_profile_is_estimated_from_runs_of_another_on_a_device_not_here(tmp_pa
     runs = {r.name: r for r in P.plan("paper")}
     fake_record(tmp_path / "runs" / "official" / "quick", runs["resnet32-seed0"], "quick", status="complete",
                 iterations_done=6400, wall_time_s=100.0, eval_time_s=20.0, device="mps", device_name="Apple M9")
-    rows = P.estimates([runs["resnet32-seed0"], runs["resnet20-seed0"], runs["dtype-float64"]], "paper",
+    float64 = P.PlannedRun("dtype-float64", dict(seed=0, dtype="float64"), ("05_optimizers",))
+    rows = P.estimates([runs["resnet32-seed0"], runs["resnet20-seed0"], float64], "paper",
                        tmp_path / "runs" / "official" / "paper", torch.device("mps"), tmp_path / "no-records")
     assert rows[0]["seconds"] == pytest.approx(1200.0)  # 10x the iterations of the quick run's 120 s
     assert rows[0]["source"] == "rate of 1 finished run(s) on Apple M9 (quick/resnet32-seed0)"
@@ -210,7 +216,7 @@ def test_accounting_per_profile(tmp_path, dataset, monkeypatch):
     assert (smoke["runs"], smoke["iterations per run"], smoke["runs × iterations"]) == (n, 20, 20 * n)
     assert (smoke["finished"], smoke["measured s"], smoke["training images"]) == (3, 12.0, 20 * n * 32)
     assert smoke["estimated s (the rest)"] > 0 and smoke["measured on"] == device_label("cpu")
-    assert smoke["runs without estimate"] == 2  # float64, bfloat16: no finished run of theirs, no benchmark here
+    assert smoke["runs without estimate"] == 0  # every smoke run is float32, priced by the finished ones
     assert table.loc["paper", "runs × iterations"] == len(P.plan("paper")) * 64000 and table.loc["paper", "finished"] == 0
 
 

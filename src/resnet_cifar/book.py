@@ -337,6 +337,17 @@ class Chapter:
                 "compare: rebuild with profile quick or paper to compare them.")
 
     @staticmethod
+    def numerics(run: RunResult) -> str:
+        """How `run` computed, from its summary's `numerics`: dtype, TF32 for matmuls and cuDNN
+        convolutions, cuDNN autotuning."""
+        n, onoff = run.summary.get("numerics") or {}, lambda v: "–" if v is None else ("on" if v else "off")  # noqa: E731
+        if not n:
+            return f"{run.summary.get('name', 'this run')}'s summary records no numerics."
+        return (f"dtype {n.get('dtype')}, TF32 matmuls {onoff(n.get('tf32_matmul'))}, TF32 cuDNN convolutions "
+                f"{onoff(n.get('tf32_cudnn'))}, cudnn.benchmark {onoff(n.get('cudnn_benchmark'))} "
+                f"(run {run.run_dir.name}, on {run.summary.get('device_name')})")
+
+    @staticmethod
     def errors(named: dict[str, RunResult], spec: str = ".1f") -> dict[str, str]:
         """Final test error (%) of each run, formatted, under its key; '–' for a run without one."""
         return {key: fmt(run.error(), spec) for key, run in named.items()}
@@ -461,31 +472,32 @@ class Chapter:
         from .plan import dtype_supported
         return dtype_supported(dtype, self.torch_device)
 
-    def dtype_speed(self, runs: dict[str, RunResult], dtypes) -> tuple["pd.io.formats.style.Styler", dict]:
-        """Training speed per number format against float32 (table), and the page's sentence."""
-        fp32 = runs["float32"].summary["train_images_per_s"]
+    def format_speeds(self, records_dir: Path | None = None) -> tuple["pd.io.formats.style.Styler", dict]:
+        """Training speed per number format from the benchmark's records (book/records/bench-*.json,
+        the appendix's measurements): one row per record and variant without torch.compile, its
+        library images/s and the ratio to the record's fp32; the page's `opt_*` sentence."""
+        from .bench import load_records
+        records = load_records(records_dir or project_root() / "book" / "records")
         rows, sentences = {}, []
-        for label, run in runs.items():
-            s = run.summary
-            rows[label] = {"images/s": s["train_images_per_s"],
-                           "× float32": s["train_images_per_s"] / fp32 if fp32 and s["train_images_per_s"] else None,
-                           "train time s": s["wall_time_s"], "test error %": run.error(),
-                           "status": s["status"]}
-        for d in dtypes:
-            speed = runs[d].summary["train_images_per_s"] if d in runs else None
-            if d not in runs:
-                sentences.append(f"{d} was skipped (not supported on {self.torch_device.type})")
-            elif speed and fp32:
-                ratio = fp32 / speed
-                sentences.append(f"{d} trained at {speed:,.0f} images/s, " + (
-                    f"{ratio:.1f}× slower than" if ratio >= 1 else f"{1 / ratio:.1f}× faster than") + " float32")
-        device = torch.device(runs["float32"].summary["device"])
-        facts = {"opt_fp32_speed": fmt(fp32, ",.0f"), "opt_dtype_verdict": "; ".join(sentences),
+        for name, rec in records.items():
+            info = rec["info"]
+            variants = [v for v in rec["variants"] if "compile" not in v["variant"] and v.get("library")]
+            fp32 = next((v["library"] for v in variants if v["variant"] == "fp32"), None)
+            for v in variants:
+                rows[(info["device_name"], v["variant"])] = {
+                    "dtype": v["dtype"], "images/s": v["library"], "× fp32": v["library"] / fp32 if fp32 else None,
+                    "record": f"{name}.json, {info['date']}, batch {info['batch_size']}"}
+            parts = [f"{v['variant']} {v['library']:,.0f} images/s ({v['library'] / fp32:.2f}× fp32)"
+                     for v in variants if fp32 and v["variant"] != "fp32"]
+            if fp32:
+                sentences.append(f"on {info['device_name']} ({name}.json, {info['date']}): fp32 {fp32:,.0f} images/s, "
+                                 + ", ".join(parts))
+        facts = {"opt_dtype_verdict": "; ".join(sentences) or "no benchmark record is committed, so this build has "
+                                                               "no measured speed per number format",
                  "opt_log_speed": f"{45000 / 10.32:,.0f}",  # the log: 45k training images in 10.3 s per epoch
-                 "opt_device": f"{device} ({runs['float32'].summary['device_name']})",
-                 "opt_native_bf16": "has" if native_bf16(device) else "has no"}
-        table = pd.DataFrame(rows).T.rename_axis("number format")
-        return A.styled(table, self.caption("Number formats: training speed", *runs.values()), 2), facts
+                 "opt_native_bf16": "has" if native_bf16(self.torch_device) else "has no"}
+        table = pd.DataFrame(rows).T.rename_axis(["device", "variant"]) if rows else pd.DataFrame()
+        return A.styled(table, "Number formats: training speed from the benchmark's records (appendix)", 2), facts
 
     # -- chapter 6: where the errors are, timing
     def class_errors(self, runs: dict[str, RunResult]) -> tuple[object, "pd.io.formats.style.Styler", dict]:
@@ -608,7 +620,7 @@ class Headline:
                            "lands from the paper has not been measured here.")
         elif ch.dataset.identity != "official":
             context.append(f"The data ({ch.dataset.label}) is not verified to be the official CIFAR-10.")
-        return {"head_profile": ch.profile, "head_data": ch.dataset.label,
+        return {**self.checks(), "head_profile": ch.profile, "head_data": ch.dataset.label,
                 "head_devices": ch.source(*runs).split(" · ")[-1], "head_source": ch.source(*runs),
                 "head_mean": fmt(mean, ".2f"), "head_std": fmt(self.std, ".2f", "–"),
                 "head_gap": fmt(None if mean is None else mean - paper, "+.2f"),
@@ -616,6 +628,26 @@ class Headline:
                 "head_iterations": f"{budget.iterations:,}", "head_batch": str(budget.batch_size),
                 "head_verdict": verdict,
                 "head_context": " ".join(context) or "both hold here, so this is a like-for-like comparison."}
+
+    def checks(self) -> dict:
+        """`head_best` and `head_checks`: same data? same budget? the paper's 7.51 % within the
+        seeds' spread (their std plus the paper's only reported spread, ResNet-110's 0.16)?"""
+        ch, budget, paper = self.chapter, self.chapter.config("results"), A.PAPER_ERROR["ResNet-32"]
+        same_data = ch.dataset.identity == "official"
+        same_budget = (budget.iterations, budget.batch_size, budget.subset) == (PAPER_ITERATIONS, PAPER_BATCH, None)
+        parts = [f"same data: {'yes' if same_data else 'no'} ({ch.dataset.label})",
+                 f"same budget: {'yes' if same_budget else 'no'} ({budget.iterations:,} iterations × batch "
+                 f"{budget.batch_size}" + ("" if budget.subset is None else f" on {budget.subset}-image subsets")
+                 + f"; the paper: {PAPER_ITERATIONS:,} × {PAPER_BATCH})"]
+        if self.mean is None:
+            parts.append("within the spread of the paper's 7.51 %: cannot say, no run finished")
+        else:
+            spread, gap = (self.std or 0.0) + 0.16, abs(self.mean - paper)
+            parts.append(f"within the spread of the paper's 7.51 %: {'yes' if gap <= spread else 'no'} (|Δ| {gap:.2f} "
+                         f"{'≤' if gap <= spread else '>'} {spread:.2f} = this build's std "
+                         f"{fmt(self.std, '.2f', 'unknown (one seed)')} + 0.16, the paper's ResNet-110 std; the paper "
+                         f"reports no spread for ResNet-32)")
+        return {"head_best": fmt(min(self.errors) if self.errors else None, ".2f"), "head_checks": "; ".join(parts) + "."}
 
     def comparison(self):
         """The paper, a reimplementation and this build's runs (the introduction's table)."""
@@ -641,6 +673,7 @@ class Headline:
         table.loc["mean ± std"] = [f"{len(self.errors)} of {len(self.runs)} complete", None,
                                    f"{fmt(self.mean, '.2f')} ± {fmt(self.std, '.2f')}",
                                    statistics.mean(at_val) if at_val else None]
+        table.loc["best"] = [None, None, min(self.errors) if self.errors else None, min(at_val) if at_val else None]
         table.loc["He et al. 2016, Table 6"] = ["reference", PAPER_ITERATIONS, A.PAPER_ERROR["ResNet-32"], None]
         return A.styled(table, ch.caption("ResNet-32 test error per seed, mean ± std, and the paper",
                                           *self.runs.values()), 2)

@@ -24,8 +24,10 @@ from .runs import FINISHED, lock_owner
 FIG6_DEPTHS = (20, 32)                     # 02_model: plain vs residual
 PLATEAU_PATIENCES, PLATEAU_THRESHOLD = (1000, 10), 1e-5  # 04_schedule
 ADAM_LR, ADAM_HIGH_LR, ADAMW_WEIGHT_DECAY = 1e-3, 0.1, 0.05  # 05_optimizers
-BN_EPS_VALUES = (1e-3, 1e-1)
-DTYPES = ("float32", "float64", "bfloat16")
+BN_EPS_VALUES = (1e-3, 1e-1, 0.9)          # 0.9: the positional mistake BatchNorm2d(64, 0.9)
+BN_MOMENTA = (0.9, 0.01)                   # PyTorch's momentum is 1 - Keras/TF's: 0.9 is the other reading
+ADAM_CONSTANT_LRS = (1e-4, 1e-3, 1e-2, 1e-1)  # the log's Adam: no schedule, lr 1e-4 ... 0.1
+LOG_PATIENCE = 1000                        # the log's plateau scheduler (its second run), threshold 1e-5
 TABLE6_DEPTHS = (20, 32, 44, 56, 110)      # 07_depth: the paper's Table 6
 PLAIN_DEPTHS = (20, 32, 44, 56)            # 07_depth: the paper's Fig. 6 (left)
 WARMUP_110 = 0.8                           # ResNet-110: lr 0.01 until the training error is below 80 %
@@ -85,14 +87,22 @@ def declared(seed: int = 0, profile: str = "smoke") -> dict[str, dict[str, dict]
     depth.update({f"plain{d}-seed{s}": dict(arch="plain", depth=d, seed=s)
                   for d in PLAIN_DEPTHS for s in arm_seeds(profile, seed)})
     depth.update({f"resnet32-all50k-seed{s}": dict(val_size=0, seed=s) for s in arm_seeds(profile, seed)})
+    plateau = dict(schedule="plateau", plateau_patience=LOG_PATIENCE, plateau_threshold=PLATEAU_THRESHOLD)
+    log_r34 = {"resnet34-imagenet": dict(arch="resnet34-imagenet"),  # the paper's schedule and augmentation
+               "resnet34-imagenet-plateau": dict(arch="resnet34-imagenet", **plateau),  # the log's schedule
+               "resnet34-imagenet-plateau-nocrop": dict(arch="resnet34-imagenet", crop=False, **plateau)}
     chapters = {
-        "02_model": {f"resnet32-seed{seed}": {}, f"resnet32-optionB-seed{seed}": dict(shortcut="B"),
+        "02_model": {**base, **{f"resnet32-optionB-seed{s}": dict(shortcut="B", seed=s) for s in arm_seeds(profile, seed)},
+                     **{f"resnet32-optionB-nobn-seed{s}": dict(shortcut="B-no-bn", seed=s) for s in arm_seeds(profile, seed)},
                      **{f"plain{d}-seed{seed}": dict(arch="plain", depth=d) for d in FIG6_DEPTHS},
-                     **{f"resnet{d}-seed{seed}": dict(depth=d) for d in FIG6_DEPTHS}},
+                     **{f"resnet{d}-seed{seed}": dict(depth=d) for d in FIG6_DEPTHS},
+                     **{f"{name}-seed{s}": dict(o, seed=s) for name, o in log_r34.items() for s in arm_seeds(profile, seed)
+                        if trains("resnet34-imagenet", profile)}},
         "03_augmentation": {**base, **arms(seed, profile, **{"aug-none": dict(crop=False, flip=False),
                                                             "aug-flip": dict(crop=False),
                                                             "norm-per-channel": dict(normalization="per-channel"),
-                                                            "eval-without-mean": dict(normalize_eval=False)})},
+                                                            "eval-without-mean": dict(normalize_eval=False),
+                                                            "norm-none": dict(normalization="none")})},
         "04_schedule": {**base, **arms(seed, profile, **{
             f"plateau-patience{p}": dict(schedule="plateau", plateau_patience=p, plateau_threshold=PLATEAU_THRESHOLD)
             for p in PLATEAU_PATIENCES}, cosine=dict(schedule="cosine"))},
@@ -101,9 +111,10 @@ def declared(seed: int = 0, profile: str = "smoke") -> dict[str, dict[str, dict]
             **{f"adam-lr{x:g}": dict(optimizer="adam", lr=x) for x in (ADAM_LR, ADAM_HIGH_LR)},
             f"adamw-lr{lr}-wd{wd}": dict(optimizer="adamw", lr=ADAM_LR, weight_decay=ADAMW_WEIGHT_DECAY),
             f"nadam-lr{lr}": dict(optimizer="nadam", lr=ADAM_LR),
-            **{f"bn-eps{e:g}": dict(bn_eps=e) for e in BN_EPS_VALUES}}),
-                          "final-relu": dict(final_relu=True),
-                          **{f"dtype-{d}": dict(dtype=d) for d in DTYPES}},
+            **{f"bn-eps{e:g}": dict(bn_eps=e) for e in BN_EPS_VALUES},
+            **{f"bn-momentum{m:g}": dict(bn_momentum=m) for m in BN_MOMENTA},
+            **{f"adam-constant-lr{x:g}": dict(optimizer="adam", lr=x, schedule="constant") for x in ADAM_CONSTANT_LRS}}),
+                          "final-relu": dict(final_relu=True)},
         "06_results": results,
         "07_depth": depth,
         "intro": results,
@@ -147,6 +158,8 @@ class PlannedRun:
 
     def model(self) -> str:
         c = TrainConfig(**{k: v for k, v in self.overrides.items() if k in ("arch", "depth", "shortcut")})
+        if c.arch == "resnet34-imagenet":
+            return c.arch
         return f"{c.arch}{c.depth}" + (f" ({c.shortcut})" if c.arch == "resnet" and c.shortcut != "A" else "")
 
 
