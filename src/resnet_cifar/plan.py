@@ -10,6 +10,7 @@ folder and its time, measured or estimated from a measured step rate.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,6 +290,12 @@ def bench_rates(records_dir: Path, device: torch.device) -> list[dict]:
     return rates
 
 
+def same_machine(a: str | None, b: str | None) -> bool:
+    """Two device labels name the same processor or GPU, whatever their thread counts."""
+    strip = lambda label: re.sub(r"; \d+ of \d+ threads\)$", ")", label or "")  # noqa: E731
+    return bool(a) and strip(a) == strip(b)
+
+
 def reference_rates(folders, label: str | None, device_type: str) -> list[dict]:
     """Seconds per (training image x multiply-add) of the finished runs in `folders` (folders
     of run folders) on the device `label` (None: any device of `device_type`), evaluation included."""
@@ -299,7 +306,8 @@ def reference_rates(folders, label: str | None, device_type: str) -> list[dict]:
             if path.parent.resolve() in seen or not (s and c) or s.get("status") not in FINISHED:
                 continue
             seen.add(path.parent.resolve())
-            on = s.get("device_name") == label if label else str(s.get("device", "")).split(":")[0] == device_type
+            on = (same_machine(s.get("device_name"), label) if label
+                  else str(s.get("device", "")).split(":")[0] == device_type)
             if on and s.get("wall_time_s") and s.get("iterations_done"):
                 c = TrainConfig(**c)
                 per = (s["wall_time_s"] + (s.get("eval_time_s") or 0)) / (s["iterations_done"] * c.batch_size
