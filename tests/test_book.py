@@ -350,7 +350,19 @@ def test_headline_without_a_finished_run_says_so(dataset, tmp_path):
     assert facts["head_mean"] == "–" and facts["head_gap"] == "–"
     assert facts["head_verdict"].startswith("None of the 2 runs finished")
     fig, table, class_facts = ch.class_errors(head.runs)
-    assert fig is None and class_facts["res_best"] == "no complete run"
+    assert fig is None and class_facts["res_best"] == "no run with weights (no run finished)"
+
+
+def test_published_records_without_weights_render_placeholders(dataset, tmp_path):
+    """Published records hold no model.pt: the figures and numbers that need the weights say
+    so instead of failing the chapter."""
+    from resnet_cifar import book
+    ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
+    published = {f"seed {s}": _record(tmp_path, str(s), "complete", 0.2) for s in (0, 1)}
+    assert not any(r.has_weights for r in published.values())
+    fig, table, facts = ch.class_errors(published)
+    assert fig is None and facts["res_check"] == "cannot be checked: published records carry no weights"
+    assert "No run with weights: published records carry no weights" in table.to_html()
 
 
 def test_run_tables_format_numbers_and_missing_values(dataset, tmp_path):

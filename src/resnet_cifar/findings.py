@@ -161,7 +161,7 @@ class Findings:
         subtracted (`without_mean`'s configuration), and how far the two runs' training errors
         differ: the `aug_*` values of chapter 3."""
         facts = {"aug_train_diff": A.max_curve_gap(baseline, without_mean, "train_error")}
-        model = baseline.load_model().to(self.torch_device) if baseline.status == "complete" else None
+        model = baseline.load_model().to(self.torch_device) if baseline.has_weights else None
         for key, run in (("with", baseline), ("without", without_mean)):
             err = top = None
             if model is not None:
@@ -214,7 +214,7 @@ class Findings:
             init = A.weight_stats(build_model(cfg.arch, cfg.depth, cfg.shortcut))
         rms = {"at initialization": init["rms"]}
         rms.update({f"trained: {label}": A.weight_stats(run.load_model())["rms"]
-                    for label, run in runs.items() if run.status == "complete"})  # a diverged run has no weights
+                    for label, run in runs.items() if run.has_weights})  # diverged runs, published records: none
         convs = init.drop(index="fc", errors="ignore")["rms"]
         facts = {"opt_init_rms_min": f"{convs.min():.3f}", "opt_init_rms_max": f"{convs.max():.3f}",
                  "opt_adam_high_lr": f"{high_lr:g}", "opt_kick": f"{high_lr / convs.min():.1f}"}
@@ -228,12 +228,12 @@ class Findings:
         x, y = probe.test_x[:images], probe.test_y[:images]
         facts = dict(opt_zero=None, opt_label_zero=None, opt_all_zero=None, opt_base_negative=None)
         with torch.no_grad():
-            if relu.status == "complete":
+            if relu.has_weights:
                 dead = relu.load_model().to(self.torch_device)(x) == 0
                 facts.update(opt_zero=100 * dead.float().mean().item(),
                              opt_label_zero=100 * dead.gather(1, y[:, None]).float().mean().item(),
                              opt_all_zero=100 * dead.all(1).float().mean().item())
-            if baseline.status == "complete":
+            if baseline.has_weights:
                 logits = baseline.load_model().to(self.torch_device)(x)
                 facts["opt_base_negative"] = 100 * (logits < 0).float().mean().item()
         facts = {k: fmt(v, ".0f") for k, v in facts.items()}
@@ -245,7 +245,7 @@ class Findings:
     def bn_variances(baseline: RunResult, eps_values) -> dict:
         """The baseline's BatchNorm running variances (median, 1st percentile, smallest) and how
         much each eps shrinks a channel of median variance (`opt_var_*`, `opt_eps_factors`)."""
-        if baseline.status != "complete":
+        if not baseline.has_weights:
             return {"opt_var_median": "–", "opt_var_q01": "–", "opt_var_min": "–",
                     "opt_eps_factors": "(no baseline model)"}
         var = torch.cat([m.running_var.flatten() for m in baseline.load_model().modules()
@@ -289,12 +289,14 @@ class Findings:
         """The complete run with the lowest validation error, evaluated again on its test split:
         confusion matrix (figure), per-class error (table) and the `res_*` text values. Without a
         complete run: no figure, an empty table, and text that says so."""
-        complete = {k: r for k, r in runs.items() if r.status == "complete"}
+        complete = {k: r for k, r in runs.items() if r.has_weights}  # published records carry no weights
         if not complete:
             facts = {k: "–" for k in ("res_eval_err", "res_test_n", "res_per_class", "res_class_step",
                                       "res_hardest", "res_easiest")}
-            facts.update(res_best="no complete run", res_check="cannot be checked: no run finished")
-            return None, A.styled(pd.DataFrame(), "No complete run"), facts
+            why = ("published records carry no weights" if any(r.complete for r in runs.values())
+                   else "no run finished")
+            facts.update(res_best=f"no run with weights ({why})", res_check=f"cannot be checked: {why}")
+            return None, A.styled(pd.DataFrame(), f"No run with weights: {why}"), facts
         key = lambda k: (complete[k].summary["best_val_error"] is None,  # noqa: E731
                          complete[k].summary["best_val_error"] or complete[k].summary["final_test_error"] or 1.0)
         label = min(complete, key=key)

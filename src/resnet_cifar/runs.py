@@ -63,6 +63,11 @@ class RunResult:
     def complete(self) -> bool:
         return self.status == "complete"
 
+    @property
+    def has_weights(self) -> bool:
+        """Whether the final weights are here: complete runs have them, published records do not."""
+        return self.complete and (self.run_dir / "model.pt").is_file()
+
     def error(self, key: str = "final_test_error") -> float | None:
         """An error of the summary in percent (None when the run has none, e.g. it diverged first)."""
         value = self.summary.get(key)
