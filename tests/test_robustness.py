@@ -1,4 +1,4 @@
-"""Issue 4: runs survive kills, refuse to share a folder, stop on divergence, and bad
+"""Robustness: runs survive kills, refuse to share a folder, stop on divergence, and bad
 input ends with one clear message and no half-written run record."""
 import json
 import os
