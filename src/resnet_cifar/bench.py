@@ -37,10 +37,10 @@ from .devices import cpu_features, device_label, native_bf16, pick_device, set_n
 from .measure import (conventional_loader, load_average, macs_per_image, matmul_peak, measure_concurrent,
                       profile_steps, race, sync)
 from .runs import git_commit
-from .train import build_training, eval_batch_size, evaluate, train_step
+from .train import build_training, eval_batch_size, evaluate, step_dtypes, train_step
 
 FORMAT = 2  # the record's layout (book/records/bench-*.json)
-PAPER_ITERATIONS = 64_000
+PAPER_ITERATIONS = TrainConfig.iterations  # the recipe's default
 DTYPES = {"fp32": "float32", "tf32": "tf32", "fp64": "float64", "bf16": "bfloat16"}
 DEFAULT_VARIANTS = ("fp32", "fp32+cl", "tf32", "tf32+cl", "fp64", "bf16", "bf16+cl", "fp32+cl+compile",
                     "tf32+cl+compile", "bf16+cl+compile", "bf16+cl+cudagraphs")
@@ -104,11 +104,10 @@ def setup(variant: Variant, dataset: D.CIFAR10, device: torch.device, batch_size
                          dtype=variant.dtype, channels_last=variant.channels_last, compile=variant.compile is not None,
                          compile_mode=variant.compile or "default", progress="none").validate()
     numerics = set_numerics(config.dtype, device)
-    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    dtype, autocast = step_dtypes(config)
     data = D.prepare_data(config, device, dataset)
     batches = D.TrainBatches(data, config, dtype=dtype)
     model, step_model, optimizer, _ = build_training(config, device, 1, dtype)
-    autocast = torch.bfloat16 if config.dtype == "bfloat16" else None
     s = SimpleNamespace(config=config, numerics=numerics, device=device, dtype=dtype, data=data, model=model)
     s.step = lambda x, y: train_step(step_model, optimizer, x, y, config.lr, autocast)
     counter, fixed = itertools.count(), batches(0)

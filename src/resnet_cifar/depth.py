@@ -3,13 +3,13 @@
 Every sentence is computed from the run records, with the numbers and the condition it rests on."""
 from __future__ import annotations
 
-import math
 import statistics
 
 import pandas as pd
 
 from . import analysis as A
 from .compare import mean_std, seed_comparison, values
+from .findings import fmt
 from .runs import RunResult
 
 # Table 6 (ResNet-110: best of 5 runs 6.43, mean ± std 6.61 ± 0.16).
@@ -41,7 +41,7 @@ def table6(ch, arms: dict[int, list[RunResult]]) -> tuple[object, dict]:
             "paper mean ± std": f"{PAPER_110_MEAN} ± {PAPER_110_STD}" if d == 110 else "–",
             "warm-up": (f"lr {r.config['warmup_lr']:g} until training error < {100 * r.config['warmup_until_error']:.0f} %"
                         if (r := runs[0]).config.get("warmup_until_error") else "none")}
-        facts[f"dep_{d}"] = f"{fmt(mean)} ± {fmt(std)} % (n = {len(xs)})"
+        facts[f"dep_{d}"] = f"{fmt(mean, '.2f')} ± {fmt(std, '.2f')} % (n = {len(xs)})"
     means = {d: mean_std(values(r))[0] for d, r in arms.items()}
     known = [d for d in arms if means[d] is not None]
     if len(known) >= 2:
@@ -56,10 +56,6 @@ def table6(ch, arms: dict[int, list[RunResult]]) -> tuple[object, dict]:
     table = pd.DataFrame(rows).T.rename_axis("network")
     every = [r for runs in arms.values() for r in runs]
     return A.styled(table, ch.caption("Table 6 again: test error over seeds, and the paper's", *every), 2), facts
-
-
-def fmt(value, spec: str = ".2f") -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
 def degradation(plain: dict[int, list[RunResult]], residual: dict[int, list[RunResult]]) -> dict:

@@ -23,7 +23,7 @@ from .devices import device_label, native_bf16
 from .runs import RunResult
 from .train import evaluate
 
-PAPER_ITERATIONS, PAPER_BATCH = 64000, 128
+PAPER_ITERATIONS, PAPER_BATCH = TrainConfig.iterations, TrainConfig.batch_size  # the recipe's defaults
 
 
 def fmt(value, spec: str = ".1f", missing: str = "–") -> str:

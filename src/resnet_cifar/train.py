@@ -89,6 +89,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
                                                                                        device=y.device)])
 
 
+def step_dtypes(config: TrainConfig) -> tuple[torch.dtype, torch.dtype | None]:
+    """(weights' and inputs' dtype, autocast dtype or None) for config.dtype: float64 weights for
+    float64, bf16 autocast over float32 weights for bfloat16, else float32 (tf32 is a backend setting)."""
+    return (torch.float64 if config.dtype == "float64" else torch.float32,
+            torch.bfloat16 if config.dtype == "bfloat16" else None)
+
+
 def loss_read_interval(device: torch.device) -> int:
     """Steps between reads of the step losses: every step on a CPU; on a GPU every 50
     (one host sync for 50 steps), and always before an evaluation or a checkpoint."""
@@ -101,7 +108,7 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
     device = device or pick_device(config.device)
     numerics = set_numerics(config.dtype, device)
     data = prepare_data(config, device, dataset)
-    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    dtype, autocast_dtype = step_dtypes(config)
     batches = TrainBatches(data, config, rank, world, dtype)
     eval_every = config.eval_every or batches.per_epoch
     checkpoint_every = config.checkpoint_every or eval_every
@@ -115,7 +122,6 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
     record = runs.Record(config, run_dir, batches.per_epoch, run_facts(config, run_dir, data, device, numerics, model,
                                                                        world), enabled=rank == 0)
     record.start(state)
-    autocast_dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
     read_every = loss_read_interval(device)
     warm_until = state["iteration"] + min(WARMUP_ITERATIONS, (config.iterations - state["iteration"]) // 2)
     progress = Progress(config, run_dir.name, state["iteration"], rank)
