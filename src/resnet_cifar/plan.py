@@ -35,8 +35,19 @@ WARMUP_110 = 0.8                           # ResNet-110: lr 0.01 until the train
 
 # Seeds per compared arm and for the headline ResNet-32, by profile: a difference between two
 # arms is only read as one when it is larger than the seeds' spread (compare.py).
-SEEDS_PER_ARM = {"smoke": 1, "quick": 3, "paper": 3}
-HEADLINE_SEEDS = {"smoke": 2, "quick": 5, "paper": 5}
+SEEDS_PER_ARM = {"smoke": 1, "cpu": 2, "quick": 3, "paper": 3}
+HEADLINE_SEEDS = {"smoke": 2, "cpu": 3, "quick": 5, "paper": 5}
+# The cpu profile trains only these arms of each chapter (each over its seeds): the comparisons a
+# 1,600-iteration budget resolves, within hours of a 2-core CPU. Names without their -seed<k>.
+CPU_ARMS = {
+    "02_model": ("resnet32", "plain20", "resnet20"),
+    "03_augmentation": ("resnet32",),
+    "04_schedule": ("resnet32",),
+    "05_optimizers": ("resnet32", "final-relu", "adam-constant-lr0.1", "adam-constant-lr0.001", "bn-eps0.9"),
+    "06_results": ("resnet32",),
+    "07_depth": ("resnet32", "resnet20", "resnet56", "plain20", "plain56"),
+    "intro": ("resnet32",),
+}
 # Runs the plan declares for quick and paper but not for smoke, with the reason. (A 20-iteration
 # ResNet-110 smoke run measured 18 s on one thread of a busy 2-core CPU: it stays in smoke.)
 SMOKE_SKIPPED: dict[str, str] = {}
@@ -115,11 +126,14 @@ def declared(seed: int = 0, profile: str = "smoke") -> dict[str, dict[str, dict]
             **{f"bn-eps{e:g}": dict(bn_eps=e) for e in BN_EPS_VALUES},
             **{f"bn-momentum{m:g}": dict(bn_momentum=m) for m in BN_MOMENTA},
             **{f"adam-constant-lr{x:g}": dict(optimizer="adam", lr=x, schedule="constant") for x in ADAM_CONSTANT_LRS}}),
-                          "final-relu": dict(final_relu=True)},
+                          **arms(seed, profile, **{"final-relu": dict(final_relu=True)})},
         "06_results": results,
         "07_depth": depth,
         "intro": results,
     }
+    if profile == "cpu":
+        chapters = {c: {name: o for name, o in runs.items() if re.sub(r"-seed\d+$", "", name) in CPU_ARMS[c]}
+                    for c, runs in chapters.items()}
     return {c: {name: {"seed": seed, **o} for name, o in runs.items()} for c, runs in chapters.items()}
 
 
