@@ -5,7 +5,6 @@ The runner tests train the smoke runs of chapter 4 (four 20-iteration ResNet-32 
 processes can be compared bit for bit."""
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import os
@@ -19,6 +18,7 @@ import pytest
 
 from conftest import ROOT, real_data_dir
 from resnet_cifar import book
+from resnet_cifar import experiments as E
 from resnet_cifar import plan as P
 from resnet_cifar import records as REC
 from resnet_cifar.devices import device_label
@@ -27,110 +27,89 @@ from resnet_cifar.runs import RunError, load_run
 CHAPTER4 = ["resnet32-seed0", "plateau-patience1000", "plateau-patience10", "cosine"]
 
 
-# ---------------------------------------------------------------- the plan is what the notebooks train
+# ---------------------------------------------------------------- the plan is the chapters' experiments
 
-class RunCalls(ast.NodeVisitor):
-    """Every `ch.run(name, **kw)` of a notebook, evaluated with its parameters and for every
-    value of the loops and comprehensions around it."""
-
-    def __init__(self, namespace: dict):
-        self.namespace, self.loops, self.calls = namespace, [], []
-
-    def visit_For(self, node):
-        self.loops.append((node.target, node.iter))
-        self.generic_visit(node)
-        self.loops.pop()
-
-    def visit_comprehension_node(self, node):
-        self.loops += [(g.target, g.iter) for g in node.generators]
-        self.generic_visit(node)
-        del self.loops[-len(node.generators):]
-
-    visit_ListComp = visit_DictComp = visit_SetComp = visit_GeneratorExp = visit_comprehension_node
-
-    def visit_Call(self, node):
-        f = node.func
-        if isinstance(f, ast.Attribute) and f.attr == "run" and isinstance(f.value, ast.Name) and f.value.id == "ch":
-            for env in self.bindings():
-                value = lambda n: eval(compile(ast.Expression(n), "<nb>", "eval"), env)  # noqa: E731
-                self.calls.append((value(node.args[0]), {k.arg: value(k.value) for k in node.keywords}))
-        self.generic_visit(node)
-
-    def bindings(self):
-        envs = [dict(self.namespace)]
-        for target, iterable in self.loops:
-            envs = [dict(env, **self.assign(target, v)) for env in envs
-                    for v in eval(compile(ast.Expression(iterable), "<nb>", "eval"), env)]
-        return envs
-
-    def assign(self, target, value) -> dict:
-        if isinstance(target, ast.Name):
-            return {target.id: value}
-        return {k: v for t, x in zip(target.elts, value) for k, v in self.assign(t, x).items()}
+def parameters_cell(path: Path) -> dict:
+    """The values of a notebook's `parameters` cell (literal assignments)."""
+    cell = next(c for c in json.loads(path.read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
+    namespace: dict = {}
+    exec("".join(cell["source"]), namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("__")}
 
 
-def notebook_runs(path: Path, seed: int, profile: str = "quick") -> list[tuple[str, dict]]:
-    """The notebook's ch.run calls for parameters `seed` and `profile` (the plan module is `P`,
-    as the notebooks import it)."""
-    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
-    namespace: dict = {"P": P}
-    for cell in cells:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            exec("".join(cell["source"]), namespace)
-    namespace.update(seed=seed, profile=profile)
-    calls = RunCalls(namespace)
-    for cell in cells:
-        calls.visit(ast.parse("".join(cell["source"])))
-    return calls.calls
+def test_each_chapter_runs_its_experiments_with_its_parameters_cell_as_the_defaults():
+    for chapter in E.CHAPTERS:
+        path = ROOT / "book" / f"{chapter}.ipynb"
+        values, code = parameters_cell(path), path.read_text()
+        assert f'ch.experiments(\\"{chapter}\\"' in code, chapter
+        for name, default in E.defaults(chapter).items():
+            assert name in values, f"{chapter}: parameter {name} is not in its parameters cell"
+            given = values[name]
+            assert (list(given) if isinstance(given, (list, tuple)) else given) == \
+                   (list(default) if isinstance(default, (list, tuple)) else default), (chapter, name)
+            assert f"{name}={name}" in code, f"{chapter} does not pass {name} to its experiments"
 
 
-@pytest.mark.parametrize("seed, profile", [(0, "quick"), (1, "quick"), (0, "smoke"), (1, "paper")])
-def test_the_plan_lists_every_run_each_notebook_trains(seed, profile):
-    notebooks = {p.stem: notebook_runs(p, seed, profile) for p in sorted((ROOT / "book").glob("*.ipynb"))}
-    training = {stem: calls for stem, calls in notebooks.items() if calls}
-    declared = P.declared(seed, profile)
-    assert set(training) == set(declared) == {"02_model", "03_augmentation", "04_schedule", "05_optimizers",
-                                              "06_results", "07_depth", "intro"}
-    for stem, calls in training.items():
-        assert {name for name, _ in calls} == set(declared[stem]), stem
-        for name, overrides in calls:  # the notebook's settings are the plan's (raises otherwise)
-            config = P.planned_config(name, profile, seed, overrides)
-            assert config.run_name() == name and config.iterations == book.profile_config(profile).iterations
+@pytest.mark.parametrize("seed, profile", [(0, "quick"), (1, "quick"), (0, "smoke"), (1, "paper"), (0, "cpu")])
+def test_the_plan_has_each_run_once_and_shares_the_baseline(seed, profile):
     runs = P.plan(profile, seed)
     assert len({r.name for r in runs}) == len(runs)
     shared = next(r for r in runs if r.name == f"resnet32-seed{seed}")
-    assert set(shared.chapters) >= {"02_model", "03_augmentation", "04_schedule", "05_optimizers"}
+    assert set(shared.chapters) >= {"02_model", "03_augmentation", "04_schedule", "05_optimizers", "06_results"}
+    for r in runs:  # every name is its config's: one folder, one identity
+        assert r.config(profile).run_name() == r.name
+        assert r.config(profile).iterations == P.profile_config(profile).iterations
 
 
-def test_the_plan_drops_the_dtype_runs_a_device_cannot_do(monkeypatch):
-    declared = P.declared
-    monkeypatch.setattr(P, "declared", lambda seed=0, profile="smoke": {
-        **declared(seed, profile), "05_optimizers": {f"dtype-{d}": dict(seed=seed, dtype=d) for d in ("float64", "bfloat16")}})
-    names = lambda device: {r.name for r in P.plan("smoke", device=device)}  # noqa: E731
-    assert {"dtype-float64", "dtype-bfloat16"} <= names("cpu")
-    assert "dtype-float64" not in names("mps") and "dtype-bfloat16" not in names("mps")
-    monkeypatch.undo()
-    assert not any("dtype" in r.overrides for r in P.plan("paper"))  # speed per format: the benchmark's records
+def test_the_cpu_plan_keeps_its_runs():
+    """The cpu profile's runs are trained over several sessions: their names and settings stay."""
+    runs = {r.name: r.overrides for r in P.plan("cpu")}
+    assert sorted(runs) == sorted(
+        [f"resnet32-seed{s}" for s in range(3)] + [f"{m}{d}-seed{s}" for m in ("resnet", "plain") for d in (20, 56)
+                                                   for s in (0, 1)]
+        + [f"{a}{x}" for a in ("final-relu", "adam-constant-lr0.1", "adam-constant-lr0.001", "bn-eps0.9")
+           for x in ("", "-seed1")])
+    assert runs["adam-constant-lr0.1-seed1"] == dict(optimizer="adam", schedule="constant", seed=1)  # lr 0.1: the default
+    assert runs["plain56-seed1"] == dict(arch="plain", depth=56, seed=1)
+    config = P.plan("cpu", only=["bn-eps0.9"])[0].config("cpu")
+    assert (config.iterations, config.milestones, config.eval_every, config.bn_eps) == (1600, (800, 1200), 200, 0.9)
+    assert len(P.plan("quick")) == 116 and len(P.plan("smoke")) == 39
+
+
+def test_plan_set_shows_what_a_rerun_with_other_values_trains():
+    names = lambda **kw: [r.name for r in P.plan("smoke", chapters=["05"], params={"05_optimizers": kw})]  # noqa: E731
+    assert "adam-lr0.01" in names(adam_lr=0.01) and "adam-lr0.001" not in names(adam_lr=0.01)
+    assert [n for n in names(bn_eps_values=[0.5]) if n.startswith("bn-eps")] == ["bn-eps0.5"]
+    # a value that its run's name does not show gets the settings' hash: never the default's folder
+    renamed = [r for r in P.plan("smoke", chapters=["04"], params={"04_schedule": dict(plateau_threshold=1e-3)})]
+    plateau = [r for r in renamed if r.name.startswith("plateau-patience10-")]
+    assert len(plateau) == 1 and plateau[0].overrides["plateau_threshold"] == 1e-3
+    assert P.parse_settings(["adam_lr=0.01", "bn_eps_values=[0.9]"], ["05"]) == {
+        "05_optimizers": {"adam_lr": 0.01, "bn_eps_values": [0.9]}}
+    with pytest.raises(P.PlanError, match="--set needs --chapters"):
+        P.parse_settings(["adam_lr=0.01"], None)
+    with pytest.raises(P.PlanError, match="no chapter of 04 has a parameter 'adam_lr'; theirs: 04_schedule: long_patience"):
+        P.parse_settings(["adam_lr=0.01"], ["04"])
+    with pytest.raises(P.PlanError, match="--set takes NAME=VALUE"):
+        P.parse_settings(["adam_lr"], ["05"])
+    with pytest.raises(P.PlanError, match="chapter 05_optimizers has no parameter nope"):
+        P.plan("smoke", params={"05_optimizers": {"nope": 1}})
+
+
+def test_the_cpu_profile_leaves_out_arms_its_budget_does_not_resolve():
+    assert E.left_out("05_optimizers", "cpu")[:2] == ["sgd-nesterov", "sgd-nesterov-seed1"]
+    assert E.left_out("05_optimizers", "quick") == []
+    kept = E.sections("05_optimizers", "cpu", adam_constant_lrs=[0.05, 0.1])["adam_constant"]
+    assert list(kept) == ["Adam, constant lr 0.05", "Adam, constant lr 0.1"]  # a reader's own value trains
+
+
+def test_the_plan_by_chapter_and_by_name():
     assert [r.name for r in P.plan("smoke", chapters=["04"])] == CHAPTER4
     with pytest.raises(P.PlanError, match="chapter '08' is not one of the chapters with runs: 02_model"):
         P.plan("smoke", chapters=["08"])
     with pytest.raises(P.PlanError, match="not in the plan of profile smoke: resnet1202"):
         P.plan("smoke", only=["resnet1202"])
 
-
-def test_chapter_run_refuses_a_run_outside_the_plan(dataset, tmp_path):
-    ch = book.Chapter("smoke", "cpu", dataset, tmp_path / "runs", 0)
-    with pytest.raises(P.PlanError, match=r"run 'resnet1202-seed0' is not in the plan .* declare it in plan.declared"):
-        ch.run("resnet1202-seed0", depth=1202)
-    with pytest.raises(P.PlanError, match=r"run 'aug-none' is asked for with settings the plan does not give it: "
-                                          r"flip=True \(plan: False\)"):
-        ch.run("aug-none", crop=False)
-    assert not (tmp_path / "runs").exists()  # refused before anything trained
-    config = P.planned_config("resnet32-seed0", "smoke", 0, dict(depth=32, seed=0), device="cpu")
-    assert (config.depth, config.iterations, config.batch_size, config.device) == (32, 20, 32, "cpu")
-
-
-# ---------------------------------------------------------------- status and estimates
 
 def fake_record(folder: Path, run: P.PlannedRun, profile: str, **summary) -> Path:
     """A run folder as train() leaves it (config.json, summary.json) with the given summary."""
@@ -400,8 +379,9 @@ def test_export_then_chapters_render_from_records_without_training(chapter4, tmp
 
     ch = book.chapter("smoke", "cpu", data, str(records), 0)
     assert ch.records == manifest and ch.runs_dir == published
-    for name in CHAPTER4:
-        run = ch.run(name, **({"schedule": "cosine"} if name == "cosine" else {}))
+    schedules = ch.experiments("04_schedule")["schedules"]
+    for run in (runs[0] for runs in schedules.values()):
+        name = run.name
         original = load_run(reference / name)
         assert run.summary == original.summary and run.history.equals(original.history)
         assert run.lr_trace["iteration"].tolist() == original.lr_trace["iteration"].tolist()
@@ -414,7 +394,7 @@ def test_export_then_chapters_render_from_records_without_training(chapter4, tmp
     assert (f", commit {commit}" in source) == bool(commit)
     with pytest.raises(RunError, match=r"'aug-none' is not in the records .* does not train. Train it with "
                                        r"`python -m resnet_cifar run --profile smoke` .* `python -m resnet_cifar export"):
-        ch.run("aug-none", crop=False, flip=False)
+        ch.train("aug-none", dict(crop=False, flip=False, seed=0))
     assert sorted(str(p) for p in records.rglob("*")) == before  # nothing trained or written
     table = ch.plan_table("04")
     assert list(table.index) == CHAPTER4 and (table["state"] == "finished").all()

@@ -21,7 +21,7 @@ from resnet_cifar import book
 from resnet_cifar import data as D
 from resnet_cifar import runs as R
 from resnet_cifar import train as T
-from resnet_cifar.config import TrainConfig
+from resnet_cifar.config import TrainConfig, profile_config
 from resnet_cifar.runs import RunError, load_run
 from resnet_cifar.train import train
 
@@ -384,9 +384,9 @@ def test_bad_config_fails_before_anything_is_written(tiny, dataset, change, mess
 
 
 def test_bad_profile_name():
-    with pytest.raises(ValueError, match=r"profile must be one of \('smoke', 'quick', 'paper'\), got 'fast'"):
-        book.profile_config("fast")
-    with pytest.raises(ValueError, match=r"parameter profile must be one of \('smoke', 'quick', 'paper'\)"):
+    with pytest.raises(ValueError, match=r"profile must be one of \('smoke', 'cpu', 'quick', 'paper'\), got 'fast'"):
+        profile_config("fast")
+    with pytest.raises(ValueError, match=r"parameter profile must be one of \('smoke', 'cpu', 'quick', 'paper'\)"):
         book.chapter(profile="fast")
 
 

@@ -2,20 +2,14 @@
 and run tables. The numbers, tables and figures particular to each chapter are `Chapter` methods
 too, written in findings.py, so that a chapter's cells are one-line calls.
 
-Profiles set budgets; explicit chapter parameters override them:
-    smoke  CPU (one thread), 250-image subsets (25 per class), 20 iterations: seconds per run (what CI builds)
-    cpu    full data, 1/40 of the paper's schedule (1.6k iterations): hours for its whole plan on a 2-core CPU
-    quick  full data, 1/10 of the paper's schedule (6.4k iterations): minutes on a GPU
-    paper  the paper's recipe: 64k iterations, ÷10 at 32k and 48k
-The milestones scale with the iterations (at 50 % and 75 %), as in the paper.
-All profiles run the step in channels_last memory format.
+The profiles (budgets) are config.PROFILES; each chapter's arms are experiments.py's.
 """
 from __future__ import annotations
 
 import builtins
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -23,41 +17,22 @@ import torch
 
 from . import analysis as A
 from . import data as D
-from .config import TrainConfig
+from .config import PROFILE_THREADS, PROFILES, TrainConfig, profile_config
 from .devices import device_label, pick_device
+from . import experiments as E
+from .plan import accounting, match_chapters, plan
+from .plan import table as plan_table
+from .records import RECORDS, load_record, project_root, resolve_runs, shown_path  # noqa: F401 (shown_path: chapters)
 from .runs import RunResult
 from .findings import Findings, Headline, fmt  # noqa: F401  (Headline, fmt: for chapters)
 from .train import train
 
-PROFILES = {
-    "smoke": dict(iterations=20, batch_size=32, subset=250, eval_every=10),
-    # evaluations every 200 iterations: 8 points per curve, a sixth of a run's time on a CPU
-    "cpu": dict(iterations=1600, eval_every=200),
-    "quick": dict(iterations=6400),
-    "paper": dict(),
-}
-# CPU threads a profile's runs train with (None: PyTorch's default, every core). Smoke runs are
-# batch-32 steps that gain little from a second thread and lose many times over when the CPU is
-# shared: on a busy 2-core machine a smoke ResNet-32 run took 6 s on one thread, 40-50 s on two.
-PROFILE_THREADS = {"smoke": 1}
 GLUE_PREFIX = "application/papermill.record/"  # myst-nb's glue outputs (display=False)
 
 # Warnings a chapter's reader cannot act on, silenced once by `chapter()`.
 KNOWN_WARNINGS = [
     dict(message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning),  # fvcore's tracing
 ]
-
-
-def profile_config(profile: str, **overrides) -> TrainConfig:
-    """A TrainConfig for `profile`, milestones scaled to its iterations, then `overrides`."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {tuple(PROFILES)}, got {profile!r}")
-    # channels_last changes how the step runs, not what it computes (it is not part of a run's
-    # identity): the benchmark appendix measures it faster on CPUs, as it is on GPUs.
-    settings = {"channels_last": True, **PROFILES[profile], **overrides}
-    iterations = settings.get("iterations", TrainConfig.iterations)
-    settings.setdefault("milestones", (iterations // 2, iterations * 3 // 4))
-    return TrainConfig(**settings).validate()
 
 
 def profiles_table() -> "pd.io.formats.style.Styler":
@@ -73,32 +48,11 @@ def profiles_table() -> "pd.io.formats.style.Styler":
     return A.styled(pd.DataFrame(rows).T.rename_axis("profile"), "The profiles (resnet_cifar.book.PROFILES)")
 
 
-def project_root(start: Path | None = None) -> Path:
-    """The folder holding _toc.yml (the book's root), searched upwards from `start`."""
-    start = (start or Path.cwd()).resolve()
-    for folder in (start, *start.parents):
-        if (folder / "_toc.yml").is_file():
-            return folder
-    return start
-
-
 def data_folder(data_dir=None, root: Path | None = None) -> Path:
     """`data.resolve_data_dir` (argument > $RESNET_CIFAR_DATA > data), a relative result taken
     from the project root, so that a chapter finds ./data wherever its kernel was started."""
     path = D.resolve_data_dir(data_dir)
     return path if path.is_absolute() else (root or project_root()) / path
-
-
-def shown_path(path: Path, root: Path | None = None) -> str:
-    """A path as the book may print it: relative to the project root when inside it, else only
-    its own name (the builder's folders are nobody's business)."""
-    path, root = Path(path), (root or project_root())
-    for candidate in (path, path.resolve()):
-        try:
-            return candidate.relative_to(root).as_posix() or "."
-        except ValueError:
-            continue
-    return "…/" + path.name
 
 
 @dataclass
@@ -113,6 +67,8 @@ class Chapter(Findings):
     runs_dir: Path
     seed: int
     records: dict | None = None  # the records.json of published records (read only), else None
+    params: dict = field(default_factory=dict)   # chapter -> the parameter values its experiments ran with
+    outside: dict = field(default_factory=dict)  # chapter -> its runs that are not in the default plan
 
     # -- runs
     def config(self, name: str, **overrides) -> TrainConfig:
@@ -120,17 +76,35 @@ class Chapter(Findings):
                         runs_dir=str(self.runs_dir), seed=self.seed, progress="log", wait=True)
         return profile_config(self.profile, **{**settings, **overrides})
 
-    def run(self, name: str, **overrides) -> RunResult:
-        """The run `name` of the plan (plan.py) on this chapter's profile: read from published
-        records, or trained (reused, resumed) on the CPU with the profile's PROFILE_THREADS (the
-        kernel's own setting is restored afterwards). `overrides` must restate the plan's
-        settings; a run that is not in the plan is an error."""
-        from .plan import planned_config
-        execution = dict(device=self.device, data_dir=str(self.dataset.root), runs_dir=str(self.runs_dir),
-                         progress="log", wait=True)
-        config = planned_config(name, self.profile, self.seed, overrides, **execution)
+    def experiments(self, chapter: str, **params) -> dict[str, dict[str, list[RunResult]]]:
+        """The chapter's experiments (experiments.py) for its parameter values `params`, each run
+        read from published records or trained (reused, resumed): section -> label -> runs (one
+        per seed, the chapter's own seed first). Runs outside the default plan are remembered for
+        `plan_slice`."""
+        self.params[chapter] = params
+        sections = E.sections(chapter, self.profile, self.seed, **params)
+        default = {r.name: r for r in plan(self.profile, chapters=[chapter])}
+        for name, overrides in E.flat(sections).items():
+            if name not in default or default[name].overrides != overrides:
+                self.outside.setdefault(chapter, []).append(name)
+        return {key: {label: [self.train(name, overrides) for name, overrides in arm.items()]
+                      for label, arm in arms.items()} for key, arms in sections.items()}
+
+    @staticmethod
+    def own_seed(arms: dict[str, list[RunResult]]) -> dict[str, RunResult]:
+        """Each arm's run of the chapter's own seed (the first)."""
+        return {label: runs[0] for label, runs in arms.items()}
+
+    def left_out(self, chapter: str) -> str:
+        """The runs of the chapter's default arms that this profile does not train, or 'none'."""
+        return ", ".join(E.left_out(chapter, self.profile, self.seed)) or "none"
+
+    def train(self, name: str, overrides: dict) -> RunResult:
+        """Run `name` with `overrides` on this chapter's profile: read from published records, or
+        trained (reused, resumed); on the CPU with the profile's PROFILE_THREADS (the kernel's
+        own setting is restored afterwards)."""
+        config = self.config(name, **overrides)
         if self.records is not None:
-            from .records import load_record
             return load_record(self.runs_dir, config, self.profile)
         threads = PROFILE_THREADS.get(self.profile) if pick_device(config.device).type == "cpu" else None
         before = torch.get_num_threads()
@@ -141,24 +115,27 @@ class Chapter(Findings):
             torch.set_num_threads(before)
 
     def plan_table(self, chapter: str | None = None):
-        """The plan's runs of `chapter` ('02', '05_optimizers'; default: every chapter) as a
-        DataFrame: status in this chapter's runs folder, time measured or estimated."""
-        from .plan import table
-        return table(self.profile, self.runs_dir, self.device, project_root() / "book" / "records",
-                     seed=self.seed, chapters=[chapter] if chapter else None)
+        """The plan's runs of `chapter` ('02', '05_optimizers'; default: every chapter), at this
+        page's parameter values, as a DataFrame: status in this chapter's runs folder, time
+        measured or estimated."""
+        return plan_table(self.profile, self.runs_dir, self.device, project_root() / RECORDS, seed=self.seed,
+                          chapters=[chapter] if chapter else None, params=self.params)
 
     def plan_slice(self, chapter: str) -> "pd.io.formats.style.Styler":
         """The runs `chapter` trains, from the plan: seed, model, iterations, status and time
         (measured, else estimated, with where the estimate comes from)."""
         import datetime
         table = self.plan_table(chapter)[["seed", "model", "iterations", "status", "time s", "time from"]]
+        outside = self.outside.get(match_chapters([chapter])[0], [])
+        table.insert(0, "default plan", ["no" if name in outside else "yes" for name in table.index])
         clock = lambda s: "–" if s != s or s is None else str(datetime.timedelta(seconds=round(s)))  # noqa: E731
+        note = (f"; {len(outside)} outside the default plan (this page's parameter values): {', '.join(outside)}"
+                if outside else "")
         return (table.rename(columns={"time s": "time"}).style.format({"iterations": "{:,}", "time": clock})
-                .set_caption(self.caption(f"The plan's runs of this chapter ({len(table)})")))
+                .set_caption(self.caption(f"The plan's runs of this chapter ({len(table)}){note}")))
 
     def accounting(self) -> "pd.io.formats.style.Styler":
         """What each profile's plan costs: runs, iterations, images, measured and estimated time."""
-        from .plan import accounting
         table = accounting(self.dataset.identity, device=self.device, seed=self.seed).T  # profiles as columns
         return table.style.format(lambda v: f"{v:,.0f}" if isinstance(v, (int, float)) else v).set_caption(
             f"Compute per profile (estimates for {self.torch_device}, one run at a time) — {self.dataset.label}")
@@ -297,6 +274,5 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
     root = project_root()
     dataset = D.load_cifar10(data_folder(data_dir, root))
     # explicit runs_dir > published records of this dataset and profile (not smoke) > <root>/runs
-    from .records import resolve_runs
     runs, records = resolve_runs(root, profile, dataset.identity, runs_dir)
     return Chapter(profile, device, dataset, runs, seed, records)

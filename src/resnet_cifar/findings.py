@@ -20,6 +20,7 @@ from . import data as D
 from .config import TrainConfig
 from .data import prepare_data
 from .devices import device_label, native_bf16
+from .records import RECORDS, project_root, shown_path
 from .runs import RunResult
 from .train import evaluate
 
@@ -112,7 +113,6 @@ class Findings:
                        "detail a 32×32 classifier relies on. Error rates on it are NOT comparable with the "
                        "paper's 7.51 %: the data's notes report that a reference ResNet-32 scoring 92.8 % on "
                        "the real test set scores 82.6 % on this copy's test split.")
-        from .book import shown_path
         return {"ds_root": shown_path(ds.root), "ds_identity": ds.identity, "ds_label": ds.label,
                 "ds_verdict": verdict}
 
@@ -137,9 +137,10 @@ class Findings:
                 f"(run {run.run_dir.name}, on {run.summary.get('device_name')})")
 
     @staticmethod
-    def errors(named: dict[str, RunResult], spec: str = ".1f") -> dict[str, str]:
-        """Final test error (%) of each run, formatted, under its key; '–' for a run without one."""
-        return {key: fmt(run.error(), spec) for key, run in named.items()}
+    def errors(named: dict[str, RunResult | None], spec: str = ".1f") -> dict[str, str]:
+        """Final test error (%) of each run, formatted, under its key; '–' for a run without one
+        (or no run: an arm this profile does not train)."""
+        return {key: fmt(run.error() if run is not None else None, spec) for key, run in named.items()}
 
     # -- chapter 2: the model
     @staticmethod
@@ -154,6 +155,36 @@ class Findings:
                 "stage_flops": ", ".join(f"{v:.1f}" for v in stages.values()),
                 "flops32": f"{A.flop_count(model) / 1e6:.1f}M",
                 "b_extra": f"{params_b - params:,}", "b_extra_pct": f"{100 * (params_b - params) / params:.1f}"}
+
+    def imagenet_runs(self, arms: dict[str, list[RunResult]]) -> tuple["pd.io.formats.style.Styler", dict]:
+        """The log's ResNet-34 against ResNet-32 over seeds (table), each change's verdict
+        (`r34_architecture`, `r34_schedule`, `r34_augmentation`) and the runs this profile leaves out."""
+        from .compare import comparison, values, verdict
+        table, facts = comparison(self, arms, "ResNet-32 (paper)", "The log's ResNet-34", "r34")
+        names = list(arms)
+        for key, (a, b) in {"r34_architecture": (1, 0), "r34_schedule": (2, 1), "r34_augmentation": (3, 2)}.items():
+            facts[key] = (f"{names[a]} against {names[b]}: " + verdict(values(arms[names[a]]), values(arms[names[b]]),
+                                                                         names[b])
+                          if len(names) > max(a, b) else "not trained at this profile")
+        return table, {**facts, "r34_skipped": self.left_out("02_model")}
+
+    def shortcut_facts(self, arms: dict[str, list[RunResult]]) -> tuple["pd.io.formats.style.Styler", dict]:
+        """Option A against B over seeds (table) and the chapter's text values about them."""
+        from .compare import comparison
+        table, facts = comparison(self, arms, "ResNet-32, option A", "Shortcuts", "shortcut")
+        own = {label: runs[0] for label, runs in arms.items()}
+        a = own["ResNet-32, option A"]
+        facts.update(self.errors({"err_A": a, "err_B": own.get("ResNet-32, option B"),
+                                  "err_Bnobn": own.get("ResNet-32, option B without BN")}))
+        return table, {**facts, "budget_note": self.budget_note(a), "opt_shortcut_n": facts["shortcut_n"],
+                       "numerics": self.numerics(a)}
+
+    def fig6_facts(self, plain: dict[str, RunResult], residual: dict[str, RunResult], depths) -> dict:
+        """Chapter 2's Fig. 6 values: the depths and the deepest plain and residual nets' errors."""
+        deepest = max(depths)
+        return {"fig6_depths": " and ".join(map(str, depths)), "fig6_deepest": str(deepest),
+                **self.errors({"fig6_plain_err": plain.get(f"plain-{deepest}"),
+                               "fig6_resnet_err": residual.get(f"ResNet-{deepest}")})}
 
     # -- chapter 3: the log's test without mean subtraction
     def mean_probe(self, baseline: RunResult, without_mean: RunResult) -> dict:
@@ -221,6 +252,24 @@ class Findings:
         table = pd.DataFrame(rms).rename_axis("stage")
         return A.styled(table, self.caption("RMS of conv/FC weights per stage", *runs.values()), 3), facts
 
+    def adam_facts(self, runs: dict[str, RunResult], adam_lr: float, high_lr: float):
+        """`adam_kick` for SGD and Adam at `adam_lr` and `high_lr`, with their errors and Adam's
+        status at `high_lr` (the `opt_*` values)."""
+        sgd, low, high = (runs[k] for k in ("SGD, momentum 0.9 (paper)", f"Adam, lr {adam_lr:g}",
+                                            f"Adam, lr {high_lr:g}"))
+        rms, facts = self.adam_kick({"SGD, momentum 0.9 (paper)": sgd, f"Adam, lr {adam_lr:g}": low,
+                                     f"Adam, lr {high_lr:g}": high}, high_lr)
+        return rms, {**facts, "opt_adam_lr": f"{adam_lr:g}", "opt_adam_high_status": high.summary["status_detail"],
+                     **self.errors({"opt_adam_high_err": high, "opt_adam_low_err": low, "opt_sgd_err": sgd})}
+
+    def adam_constant(self, arms: dict[str, list[RunResult]], lrs) -> tuple["pd.io.formats.style.Styler", dict]:
+        """Adam at each constant learning rate over seeds, against lr 1e-3 (the default) when
+        it is among `lrs`, else the first."""
+        from .compare import comparison
+        reference = f"Adam, constant lr {1e-3:g}" if 1e-3 in lrs else next(iter(arms))
+        table, facts = comparison(self, arms, reference, "Adam at a constant learning rate", "adamc")
+        return table, {**facts, "opt_constant_lrs": ", ".join(f"{x:g}" for x in lrs)}
+
     def relu_probe(self, relu: RunResult, baseline: RunResult, images: int) -> dict:
         """The final-ReLU model's logits on the first `images` test images: dead logits, dead
         correct-class logits, all-dead images; and the baseline's share of negative logits."""
@@ -261,8 +310,7 @@ class Findings:
         the appendix's measurements): one row per record and variant without torch.compile, its
         library images/s and the ratio to the record's fp32; the page's `opt_*` sentence."""
         from .bench import load_records
-        from .book import project_root
-        records = load_records(records_dir or project_root() / "book" / "records")
+        records = load_records(records_dir or project_root() / RECORDS)
         rows, sentences = {}, []
         for name, rec in records.items():
             info = rec["info"]

@@ -186,6 +186,26 @@ def flop_count(model: nn.Module) -> int | None:
 
 
 @functools.lru_cache(maxsize=None)
+def multiply_adds(arch: str = "resnet", depth: int = 32, shortcut: str = "A") -> int:
+    """Multiply-adds of one 3x32x32 image through the model's convolutions and classifier
+    (forward hooks: milliseconds, where fvcore's trace takes seconds). The one counter that
+    speed estimates and the benchmark's utilisation use."""
+    with torch.random.fork_rng(devices=[]):
+        model, total = build_model(arch, depth, shortcut).eval(), [0]
+
+    def count(m, inputs, out):
+        if isinstance(m, nn.Conv2d):
+            total[0] += out[0].numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total[0] += m.in_features * m.out_features
+    for m in model.modules():
+        m.register_forward_hook(count)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    return total[0]
+
+
+@functools.lru_cache(maxsize=None)
 def architecture_flops(arch: str, depth: int, shortcut: str) -> int | None:
     """`flop_count(build_model(arch, depth, shortcut))`, traced once per process (fvcore
     counts neither ReLUs nor BN's eps); built under a forked RNG, so a cache miss leaves

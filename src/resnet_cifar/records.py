@@ -20,8 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
-from .config import TrainConfig, lr_at
-from .runs import RunError, RunResult, git_commit, load_run, write_json
+from .config import PROFILES, TrainConfig, lr_at
+from .runs import RunError, RunResult, git_commit, load_run, read_json, state, write_json
 
 RECORDS = Path("book") / "records"
 MANIFEST = "records.json"
@@ -29,8 +29,28 @@ FILES = ("config.json", "summary.json", "history.csv")
 SMALL_TRACE = 32 * 1024  # bytes: a smoke run's lr_trace.csv is copied, a 6.4k-iteration one rebuilt
 
 
+def project_root(start: Path | None = None) -> Path:
+    """The folder holding _toc.yml (the book's root), searched upwards from `start`."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "_toc.yml").is_file():
+            return folder
+    return start
+
+
+def shown_path(path: Path, root: Path | None = None) -> str:
+    """A path as the book may print it: relative to the project root when inside it, else only
+    its own name (the builder's folders are nobody's business)."""
+    path, root = Path(path), (root or project_root())
+    for candidate in (path, path.resolve()):
+        try:
+            return candidate.relative_to(root).as_posix() or "."
+        except ValueError:
+            continue
+    return "…/" + path.name
+
+
 def read_manifest(folder: Path) -> dict | None:
-    from .plan import read_json
     return read_json(Path(folder) / MANIFEST)
 
 
@@ -125,11 +145,10 @@ def source_text(manifest: dict, runs: tuple[RunResult, ...] = ()) -> str:
 def export(runs, profile: str, dataset: str, source: Path, target: Path, partial: bool = False) -> dict:
     """Copy the small files of the finished runs of `runs` (PlannedRun) from `source` to
     `target` (replaced as a whole) and write its records.json; returns the manifest."""
-    from .plan import status
     source, target = Path(source), Path(target)
     if inside(target, source) or inside(source, target):
         raise RunError(f"the records folder {target} and the runs folder {source} must not contain each other")
-    states = {r.name: status(r, profile, source) for r in runs}
+    states = {r.name: state(r.config(profile), source / r.name) for r in runs}
     finished = [r for r in runs if states[r.name]["state"] == "finished"]
     missing = [f"{r.name} ({states[r.name]['text']})" for r in runs if r not in finished]
     if not finished or (missing and not partial):
@@ -165,7 +184,6 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
 
 def committed(root: Path, dataset: str) -> list[dict]:
     """The committed records of `dataset` (not smoke): profile, runs published / planned, date."""
-    from .book import PROFILES
     out = []
     for profile in PROFILES:
         manifest = read_manifest(Path(root) / RECORDS / dataset / profile)
@@ -177,7 +195,6 @@ def committed(root: Path, dataset: str) -> list[dict]:
 
 def best_profile(root: Path, dataset: str) -> str | None:
     """The committed profile with the largest share of its planned runs (ties: the longer budget)."""
-    from .book import PROFILES
     found = committed(root, dataset)
     share = lambda r: (r["runs"] / max(r["planned"] or 1, 1), list(PROFILES).index(r["profile"]))  # noqa: E731
     return max(found, key=share)["profile"] if found else None

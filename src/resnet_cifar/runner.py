@@ -27,8 +27,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import TrainConfig
-from .runs import FINISHED, write_json
+from .config import PROFILE_THREADS, PROFILES, TrainConfig
+from .runs import FINISHED, read_json, write_json
 
 
 @dataclass
@@ -44,7 +44,6 @@ class Task:
     seconds: float = 0.0
 
     def done_now(self) -> int:
-        from .plan import read_json
         summary = read_json(Path(self.config.runs_dir) / self.name / "summary.json") or {}
         return int(summary.get("iterations_done") or 0)
 
@@ -201,7 +200,6 @@ def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int =
     tasks.sort(key=lambda t: -t.work)  # the longest first: the last ones to finish are short
     gpus, worker_device = slots(device, jobs, len(tasks))
     if threads is None and gpus[0] is None:  # CPU: the profile's thread count (smoke: 1; see book.PROFILE_THREADS)
-        from .book import PROFILE_THREADS
         threads = PROFILE_THREADS.get(profile)
     threads_given, threads = threads, threads or max(1, (os.cpu_count() or 1) // len(gpus))
     where = (f"in this process on {device}" if len(gpus) == 1 else f"{len(gpus)} worker processes" +
@@ -325,15 +323,15 @@ def _report(folder: Path, profile: str, device: str, gpus, tasks: list[Task], vi
 
 # ---------------------------------------------------------------- command line: plan, run, export, records
 
-COMMANDS = ("plan", "run", "export", "records")
-
-
 def add_commands(sub) -> None:
     def selection(p, device=True):
-        p.add_argument("--profile", default="smoke", help="smoke | quick | paper (default: smoke)")
+        p.add_argument("--profile", default="smoke", help=f"{' | '.join(PROFILES)} (default: smoke)")
         p.add_argument("--chapters", nargs="+", metavar="CHAPTER", help="only the runs of these chapters (02, 05_optimizers, intro)")
         p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (names as `plan` lists them)")
         p.add_argument("--seed", type=int, default=0, help="the chapters' seed parameter (default: 0)")
+        p.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                       help="a chapter parameter other than its default, as papermill -p would set it (with "
+                            "--chapters): --chapters 05 --set adam_lr=0.01 'bn_eps_values=[0.9]'")
         p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
         p.add_argument("--runs-dir", default="runs", help="runs go to RUNS_DIR/<dataset>/<profile>/<run> (default: runs)")
         if device:
@@ -368,8 +366,7 @@ def dataset_identity(data_dir) -> str:
 
 
 def main(args) -> int:
-    from .book import project_root
-    from .records import RECORDS, inside, read_manifest
+    from .records import RECORDS, inside, project_root, read_manifest
     identity = dataset_identity(args.data_dir)
     root = project_root()
     if args.command == "records":
@@ -382,7 +379,7 @@ def main(args) -> int:
         if args.profile == "smoke" and not args.records_dir:
             raise ValueError("smoke runs are not published: the smoke build always trains from scratch (it is what "
                              "the tests build); pass --records-dir to export them elsewhere")
-        runs = P.plan(args.profile, args.seed, args.chapters, args.only)
+        runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
         manifest = export(runs, args.profile, identity, folder, records / identity / args.profile, args.partial)
         print(f"exported {len(manifest['runs'])} of {len(runs)} runs of profile {args.profile} to "
               f"{records / identity / args.profile} (config, summary, history; no weights)")
@@ -390,7 +387,7 @@ def main(args) -> int:
     if read_manifest(folder) is not None or inside(folder, root / RECORDS):
         raise ValueError(f"{folder} holds published records; runs are trained into a runs folder (--runs-dir runs) "
                          f"and published with `export`")
-    runs = P.plan(args.profile, args.seed, args.chapters, args.only, device=args.device)
+    runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
     if args.command == "run":
         return run_plan(runs, args.profile, folder, args.device, args.jobs, args.data_dir, args.threads,
                         args.status_every)
@@ -406,6 +403,7 @@ def _flags(args) -> list[str]:
     import shlex
     flags = [f"--profile {args.profile}", f"--device {args.device}"]
     flags += [f"--seed {args.seed}"] if args.seed else []
+    flags += ["--chapters", *args.chapters, "--set", *map(shlex.quote, args.set)] if args.set else []
     flags += [f"--data-dir {shlex.quote(str(args.data_dir))}"] if args.data_dir else []
     flags += [f"--runs-dir {shlex.quote(str(args.runs_dir))}"] if args.runs_dir != "runs" else []
     return flags

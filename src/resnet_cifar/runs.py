@@ -105,28 +105,65 @@ def load_run(run_dir) -> RunResult:
 
 # ---------------------------------------------------------------- reuse, resume or start over
 
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def config_diff(ours: TrainConfig, theirs: TrainConfig) -> list[str]:
+    """The identity fields in which two configs differ (sorted)."""
+    a, b = ours.identity(), theirs.identity()
+    return sorted(k for k in a if a[k] != b.get(k))
+
+
+def state(config: TrainConfig, run_dir: Path) -> dict:
+    """What the folder `run_dir` holds for `config`, the one reading of a run folder:
+    state (missing / unreadable / conflict / finished / running / interrupted / failed), a
+    text, the iterations done and the summary (None when missing or unreadable)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").is_file():
+        return dict(state="missing", text="missing", done=0, summary=None)
+    summary, stored = read_json(run_dir / "summary.json"), read_json(run_dir / "config.json")
+    if summary is None or stored is None:
+        return dict(state="unreadable", text="unreadable record", done=0, summary=None)
+    done = summary.get("iterations_done") or 0
+    diff = config_diff(config, TrainConfig(**stored))
+    if diff:
+        return dict(state="conflict", text=f"other config in its folder ({', '.join(diff)})", done=done,
+                    summary=summary, diff=diff)
+    if summary.get("status") in FINISHED:
+        return dict(state="finished", text=summary.get("status_detail", summary["status"]), done=done, summary=summary)
+    if lock_owner(run_dir):
+        return dict(state="running", text=f"running, at {done:,}", done=done, summary=summary)
+    if (run_dir / "checkpoint.pt").is_file():
+        return dict(state="interrupted", text=f"interrupted at {done:,}", done=done, summary=summary)
+    return dict(state="failed", text=f"{summary.get('status_detail', 'failed')} (no checkpoint: starts over)",
+                done=done, summary=summary)
+
+
 def decide(config: TrainConfig, run_dir: Path) -> str:
     """'reuse' a finished identical run, 'resume' an interrupted one, or start 'fresh'."""
-    summary_path = run_dir / "summary.json"
-    if config.force or not summary_path.is_file():
+    if config.force:
         return "fresh"
-    try:
-        stored = json.loads((run_dir / "config.json").read_text())
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError) as e:
-        raise RunError(f"run record {run_dir} is unreadable ({e}); pass force=True to retrain it.") from e
-    ours, theirs = config.identity(), TrainConfig(**stored).identity()
-    if ours != theirs:
-        diff = sorted(k for k in ours if ours[k] != theirs.get(k))
-        raise RunError(f"run {run_dir} exists with a different config (differs in {', '.join(diff)}); "
+    s = state(config, run_dir)
+    if s["state"] == "missing":
+        return "fresh"
+    if s["state"] == "unreadable":
+        raise RunError(f"run record {run_dir} is unreadable (its summary.json or config.json is not valid JSON); "
+                       f"pass force=True to retrain it.")
+    if s["state"] == "conflict":
+        raise RunError(f"run {run_dir} exists with a different config (differs in {', '.join(s['diff'])}); "
                        f"pick another name or pass force=True to overwrite it.")
-    if summary.get("status") in FINISHED:
+    if s["state"] == "finished":
         return "reuse"
     if config.resume and (run_dir / "checkpoint.pt").is_file():
         return "resume"
     if config.resume:
         return "fresh"  # killed before its first checkpoint: nothing to keep
-    raise RunError(f"run {run_dir} is {summary.get('status')} (not finished); pass resume=True to continue "
+    raise RunError(f"run {run_dir} is {s['summary'].get('status')} (not finished); pass resume=True to continue "
                    f"it or force=True to start over.")
 
 

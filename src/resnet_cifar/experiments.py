@@ -1,0 +1,240 @@
+"""Every experiment of the book, declared once: each chapter's arms as a function of that
+chapter's parameters.
+
+A chapter calls its function here with the values of its `parameters` cell and trains what it
+returns; `plan.py` calls the same functions with their defaults (the values the cells hold), so
+the plan is exactly what the default book trains, and `plan --set NAME=VALUE` shows what a rerun
+with other values would train.
+
+A function returns sections (one per table or figure of the chapter), each a dict of arms:
+label -> {run name: config overrides}, one run per seed. Run names are stable across rebuilds
+(they are the run folders): `<model>-seed<k>` for the model runs, `<arm>` for the chapter's own
+seed and `<arm>-seed<k>` for the others.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+
+from .config import TrainConfig
+
+# Seeds per compared arm and for the headline ResNet-32, by profile: a difference between two
+# arms is only read as one when it is larger than the seeds' spread (compare.py).
+SEEDS_PER_ARM = {"smoke": 1, "cpu": 2, "quick": 3, "paper": 3}
+HEADLINE_SEEDS = {"smoke": 2, "cpu": 3, "quick": 5, "paper": 5}
+WARMUP_110 = 0.8  # ResNet-110 (Sec. 4.2): lr 0.01 until the training error is below 80 %
+
+# The cpu profile trains only these arms of each chapter's default parameters (each over its
+# seeds): the comparisons a 1,600-iteration budget resolves within hours of a 2-core CPU. Arms
+# that other parameter values add are trained too. Names without their -seed<k>.
+CPU_ARMS = {
+    "02_model": ("resnet32", "plain20", "resnet20"),
+    "03_augmentation": ("resnet32",),
+    "04_schedule": ("resnet32",),
+    "05_optimizers": ("resnet32", "final-relu", "adam-constant-lr0.1", "adam-constant-lr0.001", "bn-eps0.9"),
+    "06_results": ("resnet32",),
+    "07_depth": ("resnet32", "resnet20", "resnet56", "plain20", "plain56"),
+    "intro": ("resnet32",),
+}
+
+Arm = dict[str, dict]          # run name -> config overrides (seed included)
+Sections = dict[str, dict[str, Arm]]
+
+
+def arm_seeds(profile: str, seed: int = 0) -> tuple[int, ...]:
+    """The seeds each compared arm of a chapter trains with: `seed`, `seed + 1`, ..."""
+    return tuple(range(seed, seed + SEEDS_PER_ARM[profile]))
+
+
+def headline_seeds(profile: str) -> tuple[int, ...]:
+    """The seeds of the headline ResNet-32 (introduction, chapters 6 and 7): 0, 1, ..."""
+    return tuple(range(HEADLINE_SEEDS[profile]))
+
+
+def _given(overrides: dict, seed: int) -> dict:
+    """`overrides` without the values TrainConfig has anyway, plus the seed: one spelling per run."""
+    return {**{k: v for k, v in overrides.items() if getattr(TrainConfig, k) != v}, "seed": seed}
+
+
+def seeded(profile: str, seed: int, name: str, **overrides) -> Arm:
+    """Arm `name` once per seed of `arm_seeds`: `name` for the chapter's seed, `name-seed<k>` else."""
+    return {(name if s == seed else f"{name}-seed{s}"): _given(overrides, s) for s in arm_seeds(profile, seed)}
+
+
+def model_runs(seeds, model: str, **overrides) -> Arm:
+    """The runs `<model>-seed<k>` of one model for each seed in `seeds`."""
+    return {f"{model}-seed{s}": _given(overrides, s) for s in seeds}
+
+
+def baseline(profile: str, seed: int) -> Arm:
+    """The paper's ResNet-32 over the arm seeds: the reference of every comparison."""
+    return model_runs(arm_seeds(profile, seed), "resnet32")
+
+
+def first(arm: Arm) -> Arm:
+    """The arm's run of the chapter's own seed (the first)."""
+    name = next(iter(arm))
+    return {name: arm[name]}
+
+
+# ---------------------------------------------------------------- the chapters
+
+def model(profile: str = "smoke", seed: int = 0, fig6_depths=(20, 32), log_patience: int = 1000,
+          plateau_threshold: float = 1e-5) -> Sections:
+    """Chapter 2: the log's ImageNet ResNet-34 (paper schedule; the log's plateau; without crop)
+    against ResNet-32, option A against B shortcuts, and Fig. 6's plain vs residual nets."""
+    plateau = dict(schedule="plateau", plateau_patience=log_patience, plateau_threshold=plateau_threshold)
+    seeds, r34 = arm_seeds(profile, seed), "resnet34-imagenet"
+    return {
+        "imagenet": {"ResNet-32 (paper)": baseline(profile, seed),
+                     "ResNet-34 (ImageNet), paper schedule": model_runs(seeds, r34, arch=r34),
+                     "ResNet-34 (ImageNet), log's plateau": model_runs(seeds, f"{r34}-plateau", arch=r34, **plateau),
+                     "ResNet-34 (ImageNet), log's plateau, no crop":
+                         model_runs(seeds, f"{r34}-plateau-nocrop", arch=r34, crop=False, **plateau)},
+        "shortcuts": {"ResNet-32, option A": baseline(profile, seed),
+                      "ResNet-32, option B": model_runs(seeds, "resnet32-optionB", shortcut="B"),
+                      "ResNet-32, option B without BN": model_runs(seeds, "resnet32-optionB-nobn", shortcut="B-no-bn")},
+        "plain": {f"plain-{d}": model_runs([seed], f"plain{d}", arch="plain", depth=d) for d in fig6_depths},
+        "residual": {f"ResNet-{d}": model_runs([seed], f"resnet{d}", depth=d) for d in fig6_depths},
+    }
+
+
+def augmentation(profile: str = "smoke", seed: int = 0) -> Sections:
+    """Chapter 3: the augmentation ablation and the input normalizations (the log's test without
+    the per-pixel mean among them)."""
+    base = baseline(profile, seed)
+    return {
+        "augmentation": {"no augmentation": seeded(profile, seed, "aug-none", crop=False, flip=False),
+                         "flip only": seeded(profile, seed, "aug-flip", crop=False),
+                         "crop + flip (paper)": base},
+        "normalization": {"per-pixel mean (paper)": base,
+                          "per-channel mean/std": seeded(profile, seed, "norm-per-channel", normalization="per-channel"),
+                          "test without mean subtraction": seeded(profile, seed, "eval-without-mean",
+                                                                  normalize_eval=False),
+                          "no mean subtraction (train and test)": seeded(profile, seed, "norm-none",
+                                                                         normalization="none")},
+    }
+
+
+def schedule(profile: str = "smoke", seed: int = 0, long_patience: int = 1000, short_patience: int = 10,
+             plateau_threshold: float = 1e-5) -> Sections:
+    """Chapter 4: the paper's multistep schedule against the log's plateau scheduler (two
+    patiences) and a cosine schedule."""
+    plateau = lambda p: seeded(profile, seed, f"plateau-patience{p}", schedule="plateau",  # noqa: E731
+                               plateau_patience=p, plateau_threshold=plateau_threshold)
+    return {"schedules": {"multistep (paper)": baseline(profile, seed),
+                          f"plateau, patience {long_patience}": plateau(long_patience),
+                          f"plateau, patience {short_patience}": plateau(short_patience),
+                          "cosine": seeded(profile, seed, "cosine", schedule="cosine")}}
+
+
+def optimizers(profile: str = "smoke", seed: int = 0, adam_lr: float = 1e-3, adam_high_lr: float = 0.1,
+               adamw_weight_decay: float = 0.05, bn_eps_values=(1e-3, 1e-1, 0.9), bn_momenta=(0.9, 0.01),
+               adam_constant_lrs=(1e-4, 1e-3, 1e-2, 1e-1)) -> Sections:
+    """Chapter 5: SGD against Adam-family optimizers, Adam at a constant learning rate (the
+    log's), a ReLU after the last FC layer, and BatchNorm's eps and momentum."""
+    arm = lambda name, **o: seeded(profile, seed, name, **o)  # noqa: E731
+    base, lr, wd = baseline(profile, seed), f"{adam_lr:g}", f"{adamw_weight_decay:g}"
+    return {
+        "optimizers": {"SGD, momentum 0.9 (paper)": base, "SGD + Nesterov": arm("sgd-nesterov", nesterov=True),
+                       f"Adam, lr {lr}": arm(f"adam-lr{lr}", optimizer="adam", lr=adam_lr),
+                       f"Adam, lr {adam_high_lr:g}": arm(f"adam-lr{adam_high_lr:g}", optimizer="adam", lr=adam_high_lr),
+                       f"AdamW, lr {lr}, wd {wd}": arm(f"adamw-lr{lr}-wd{wd}", optimizer="adamw", lr=adam_lr,
+                                                       weight_decay=adamw_weight_decay),
+                       f"NAdam, lr {lr}": arm(f"nadam-lr{lr}", optimizer="nadam", lr=adam_lr)},
+        "adam_constant": {f"Adam, constant lr {x:g}": arm(f"adam-constant-lr{x:g}", optimizer="adam", lr=x,
+                                                           schedule="constant") for x in adam_constant_lrs},
+        "final_relu": {"no final ReLU (paper)": base, "ReLU after the last FC": arm("final-relu", final_relu=True)},
+        "batchnorm": {"eps 1e-5, momentum 0.1 (default)": base,
+                      **{f"eps {e:g}": arm(f"bn-eps{e:g}", bn_eps=e) for e in bn_eps_values},
+                      **{f"momentum {m:g}": arm(f"bn-momentum{m:g}", bn_momentum=m) for m in bn_momenta}},
+    }
+
+
+def results(profile: str = "smoke", seed: int = 0, seeds=None) -> Sections:
+    """Chapter 6 and the introduction: the headline ResNet-32, one arm per seed (`seeds`;
+    default HEADLINE_SEEDS of the profile)."""
+    return {"headline": {f"seed {s}": model_runs([s], "resnet32") for s in (seeds or headline_seeds(profile))}}
+
+
+def depth(profile: str = "smoke", seed: int = 0, table6_depths=(20, 32, 44, 56, 110),
+          plain_depths=(20, 32, 44, 56)) -> Sections:
+    """Chapter 7: Table 6 (ResNet-110 with the paper's warm-up rule), Fig. 6 over seeds, and
+    ResNet-32 trained on all 50k training images."""
+    seeds = arm_seeds(profile, seed)
+    warm = lambda d: {"warmup_until_error": WARMUP_110} if d == 110 else {}  # noqa: E731
+    return {
+        "table6": {d: model_runs(seeds, f"resnet{d}", depth=d, **warm(d)) for d in table6_depths},
+        "plain": {d: model_runs(seeds, f"plain{d}", arch="plain", depth=d) for d in plain_depths},
+        "all50k": {"45k/5k split": baseline(profile, seed),
+                   "all 50k": model_runs(seeds, "resnet32-all50k", val_size=0)},
+    }
+
+
+CHAPTERS = {"02_model": model, "03_augmentation": augmentation, "04_schedule": schedule,
+            "05_optimizers": optimizers, "06_results": results, "07_depth": depth, "intro": results}
+
+
+# ---------------------------------------------------------------- chapters' runs
+
+class ExperimentError(ValueError):
+    """A chapter or a parameter that the experiments do not know."""
+
+
+def defaults(chapter: str) -> dict:
+    """The chapter's own parameters and their default values (its `parameters` cell's)."""
+    params = inspect.signature(CHAPTERS[chapter]).parameters
+    return {k: p.default for k, p in params.items() if k not in ("profile", "seed")}
+
+
+def _stem(name: str) -> str:
+    return re.sub(r"-seed\d+$", "", name)
+
+
+def flat(sections: Sections) -> Arm:
+    return {name: o for arms in sections.values() for arm in arms.values() for name, o in arm.items()}
+
+
+def _suffix(overrides: dict) -> str:
+    return hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def sections(chapter: str, profile: str, seed: int = 0, **params) -> Sections:
+    """The chapter's sections for `params` (the others at their defaults), on `profile`.
+
+    A run name that the default parameters give other settings gets a suffix of its settings'
+    hash (`plateau-patience10-seed0` stays the default's run; other values make another folder).
+    On the cpu profile the default arms outside CPU_ARMS are left out."""
+    if chapter not in CHAPTERS:
+        raise ExperimentError(f"chapter {chapter!r} has no experiments; chapters: {', '.join(CHAPTERS)}")
+    unknown = sorted(set(params) - set(defaults(chapter)))
+    if unknown:
+        raise ExperimentError(f"chapter {chapter} has no parameter {', '.join(unknown)}; its parameters: "
+                              f"{', '.join(defaults(chapter)) or 'none but profile and seed'}")
+    ours = CHAPTERS[chapter](profile, seed, **params)
+    default = flat(CHAPTERS[chapter](profile, seed))
+    keep = (lambda name: name not in default or _stem(name) in CPU_ARMS[chapter]) if profile == "cpu" else None
+    renamed = {}
+    for key, arms in ours.items():
+        renamed[key] = {}
+        for label, arm in arms.items():
+            arm = {(n if default.get(n, o) == o else f"{n}-{_suffix(o)}"): o for n, o in arm.items()}
+            arm = {n: o for n, o in arm.items() if keep is None or keep(n)}
+            if arm:
+                renamed[key][label] = arm
+    return renamed
+
+
+def declared(profile: str, seed: int = 0, params: dict[str, dict] | None = None) -> dict[str, Arm]:
+    """chapter -> run name -> overrides of every chapter, with `params` (chapter -> values) over
+    the defaults."""
+    params = params or {}
+    return {c: flat(sections(c, profile, seed, **params.get(c, {}))) for c in CHAPTERS}
+
+
+def left_out(chapter: str, profile: str, seed: int = 0) -> list[str]:
+    """The runs of the chapter's default arms that `profile` does not train (cpu: CPU_ARMS)."""
+    kept = flat(sections(chapter, profile, seed))
+    return [name for name in flat(CHAPTERS[chapter](profile, seed)) if name not in kept]
