@@ -341,6 +341,29 @@ def test_best_committed_profile(tmp_path):
     (tmp_path / "book/records/official/paper/records.json").write_text(
         json.dumps({"planned": 24, "runs": {str(i): {} for i in range(24)}}))
     assert REC.best_profile(tmp_path, "official") == "paper"  # a tie: the longer budget
+    for profile in ("quick", "paper"):
+        (tmp_path / f"book/records/official/{profile}/records.json").write_text(
+            json.dumps({"planned": 24, "runs": {"a": {}}}))
+    assert REC.best_profile(tmp_path, "official") is None  # partial records are never the book's
+
+
+def test_partial_exports_add_up_across_machines(tmp_path):
+    """Runs published by an earlier export stay published when a later one (another machine,
+    without their run folders) adds the runs that finished since."""
+    a, b, c = P.plan("cpu", chapters=["05"])[:3]
+    target = tmp_path / "records"
+    for run in (a, b):
+        first = fake_record(tmp_path / "first", run, "cpu", status="complete", iterations_done=1600)
+        (first / "history.csv").write_text("iteration,test_error\n1600,0.5\n")
+    REC.export([a, b, c], "cpu", "official", tmp_path / "first", target, partial=True)
+    later = fake_record(tmp_path / "later", c, "cpu", status="complete", iterations_done=1600)
+    (later / "history.csv").write_text("iteration,test_error\n1600,0.4\n")
+    manifest = REC.export([a, b, c], "cpu", "official", tmp_path / "later", target, partial=True)
+    assert set(manifest["runs"]) == {a.name, b.name, c.name}
+    assert all((target / r.name / "summary.json").is_file() for r in (a, b, c))
+    assert (target / a.name / "history.csv").read_text().endswith("0.5\n")
+    with pytest.raises(RunError, match="are not finished"):
+        REC.export([a, b, c], "cpu", "official", tmp_path / "empty", tmp_path / "other")
 
 
 @pytest.mark.parametrize("schedule", [dict(milestones=(12, 18)), dict(schedule="cosine"), dict(warmup=5),

@@ -149,7 +149,9 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
     if inside(target, source) or inside(source, target):
         raise RunError(f"the records folder {target} and the runs folder {source} must not contain each other")
     states = {r.name: state(r.config(profile), source / r.name) for r in runs}
-    finished = [r for r in runs if states[r.name]["state"] == "finished"]
+    kept = {r.name: state(r.config(profile), target / r.name) for r in runs if states[r.name]["state"] != "finished"}
+    kept = {name for name, s in kept.items() if s["state"] == "finished"}  # published earlier: kept as they are
+    finished = [r for r in runs if states[r.name]["state"] == "finished" or r.name in kept]
     missing = [f"{r.name} ({states[r.name]['text']})" for r in runs if r not in finished]
     if not finished or (missing and not partial):
         raise RunError(f"{len(missing)} of {len(runs)} runs of profile {profile} are not finished in {source}: "
@@ -159,7 +161,12 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
     shutil.rmtree(tmp, ignore_errors=True)
     manifest = dict(profile=profile, dataset=dataset, exported=time.strftime("%Y-%m-%d %H:%M"),
                     export_commit=git_commit(), planned=len(runs), runs={})
+    previous = read_manifest(target) or {}
     for r in finished:
+        if r.name in kept:
+            shutil.copytree(target / r.name, tmp / r.name)
+            manifest["runs"][r.name] = previous.get("runs", {}).get(r.name, {})
+            continue
         src, dst = source / r.name, tmp / r.name
         dst.mkdir(parents=True)
         for name in FILES:
@@ -194,7 +201,8 @@ def committed(root: Path, dataset: str) -> list[dict]:
 
 
 def best_profile(root: Path, dataset: str) -> str | None:
-    """The committed profile with the largest share of its planned runs (ties: the longer budget)."""
-    found = committed(root, dataset)
+    """The committed profile with the largest share of its planned runs (ties: the longer budget);
+    partial records (exported with --partial, while the rest still trains) are never the best."""
+    found = [r for r in committed(root, dataset) if r["runs"] >= (r["planned"] or 0)]
     share = lambda r: (r["runs"] / max(r["planned"] or 1, 1), list(PROFILES).index(r["profile"]))  # noqa: E731
     return max(found, key=share)["profile"] if found else None

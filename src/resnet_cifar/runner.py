@@ -388,6 +388,13 @@ def main(args) -> int:
         raise ValueError(f"{folder} holds published records; runs are trained into a runs folder (--runs-dir runs) "
                          f"and published with `export`")
     runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
+    published = root / RECORDS / identity / args.profile
+    if args.command == "run" and args.profile != "smoke" and read_manifest(published) is not None:
+        done = {r.name for r in runs if P.status(r, args.profile, published)["state"] == "finished"}
+        if done:  # trained before, perhaps on another machine: published runs are not trained again
+            print(f"{len(done)} run(s) of the plan are published in {published} and not trained again: "
+                  f"{', '.join(sorted(done))}")
+            runs = [r for r in runs if r.name not in done]
     if args.command == "run":
         return run_plan(runs, args.profile, folder, args.device, args.jobs, args.data_dir, args.threads,
                         args.status_every)

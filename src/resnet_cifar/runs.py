@@ -221,12 +221,6 @@ class RunLock:
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
 
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
 
 def lock_owner(run_dir: Path) -> int:
     """The pid of the live process holding the run's lock, or 0."""
