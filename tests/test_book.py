@@ -25,6 +25,8 @@ import nbformat
 import pytest
 import yaml
 
+from resnet_cifar.chapters import ch06_results as results
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -329,7 +331,7 @@ def _record(tmp_path, name, status, final=None, history=True, iterations=20):
 def test_headline_leaves_out_runs_that_did_not_finish(dataset, tmp_path):
     from resnet_cifar import book
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
-    head = book.Headline(ch, {"seed 0": _record(tmp_path, "a", "complete", 0.2),
+    head = results.Headline(ch, {"seed 0": _record(tmp_path, "a", "complete", 0.2),
                               "seed 1": _record(tmp_path, "b", "diverged", None, history=False, iterations=7)})
     facts = head.facts()
     assert (facts["head_mean"], facts["head_n"], facts["head_runs"], facts["head_std"]) == ("20.00", "1", "2", "–")
@@ -345,11 +347,11 @@ def test_headline_leaves_out_runs_that_did_not_finish(dataset, tmp_path):
 def test_headline_without_a_finished_run_says_so(dataset, tmp_path):
     from resnet_cifar import book
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
-    head = book.Headline(ch, {f"seed {s}": _record(tmp_path, str(s), "diverged", None, history=False) for s in (0, 1)})
+    head = results.Headline(ch, {f"seed {s}": _record(tmp_path, str(s), "diverged", None, history=False) for s in (0, 1)})
     facts = head.facts()
     assert facts["head_mean"] == "–" and facts["head_gap"] == "–"
     assert facts["head_verdict"].startswith("None of the 2 runs finished")
-    fig, table, class_facts = ch.class_errors(head.runs)
+    fig, table, class_facts = results.class_errors(ch, head.runs)
     assert fig is None and class_facts["res_best"] == "no run with weights (no run finished)"
 
 
@@ -360,7 +362,7 @@ def test_published_records_without_weights_render_placeholders(dataset, tmp_path
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
     published = {f"seed {s}": _record(tmp_path, str(s), "complete", 0.2) for s in (0, 1)}
     assert not any(r.has_weights for r in published.values())
-    fig, table, facts = ch.class_errors(published)
+    fig, table, facts = results.class_errors(ch, published)
     assert fig is None and facts["res_check"] == "cannot be checked: published records carry no weights"
     assert "No run with weights: published records carry no weights" in table.to_html()
 

@@ -34,12 +34,19 @@ RUN_COLUMNS = ("status", "iterations", "final test error %", "best val error %",
                "train time s", "images/s")
 
 
+def fmt(value, spec: str = ".1f", missing: str = "–") -> str:
+    """`value` formatted with `spec`, or `missing` when there is no value (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value, spec)
+
+
 def use_book_style() -> None:
     """Set BOOK_STYLE for the figures that follow."""
     plt.rcParams.update(BOOK_STYLE)
 
 
-def _detached(fig):
+def detached(fig):
     """`fig`, closed in pyplot: a notebook cell that returns it shows it once (pyplot's inline
     backend would show it again at the end of the cell), and a glued figure is not shown."""
     plt.close(fig)
@@ -160,7 +167,7 @@ def error_curves(runs: dict[str, RunResult], title: str = "", ax=None, metric: s
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, frameon=False)
     ax.figure.tight_layout()
-    return _detached(ax.figure) if own else ax.figure
+    return detached(ax.figure) if own else ax.figure
 
 
 def lr_traces(runs: dict[str, RunResult], title: str = "", ax=None):
@@ -175,7 +182,7 @@ def lr_traces(runs: dict[str, RunResult], title: str = "", ax=None):
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, frameon=False)
     ax.figure.tight_layout()
-    return _detached(ax.figure) if own else ax.figure
+    return detached(ax.figure) if own else ax.figure
 
 
 def image_grid(images: torch.Tensor, titles: list[str] | None = None, ncols: int = 8, title: str = ""):
@@ -194,7 +201,7 @@ def image_grid(images: torch.Tensor, titles: list[str] | None = None, ncols: int
             ax.set_title(titles[i], fontsize=9)
     fig.suptitle(title, wrap=True)
     fig.tight_layout()
-    return _detached(fig)
+    return detached(fig)
 
 
 def confusion_matrix(confusion: torch.Tensor, classes: list[str], title: str = ""):
@@ -212,7 +219,7 @@ def confusion_matrix(confusion: torch.Tensor, classes: list[str], title: str = "
     ax.set_title(title, wrap=True)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    return _detached(fig)
+    return detached(fig)
 
 
 def weight_stats(model: nn.Module) -> pd.DataFrame:
@@ -257,16 +264,6 @@ def layer_table(model: nn.Module, parts: list[str], image_size: int = 32) -> pd.
     return pd.DataFrame(rows).set_index("part")
 
 
-def complexity_shown(models: dict[str, nn.Module]) -> pd.DataFrame:
-    """`complexity_table` as the book prints it: parameters, the paper's (Table 6), FLOPs in
-    millions, the paper's test error."""
-    table = complexity_table(models)
-    return pd.DataFrame({
-        "parameters": table["params"],
-        "paper (Table 6)": table["paper_params"].map(lambda p: None if pd.isna(p) else f"{p / 1e6:.2f}M"),
-        "FLOPs": table["flops"].map(lambda f: f"{f / 1e6:,.1f}M"),
-        "paper's test error %": [PAPER_ERROR.get(name) for name in table.index],
-    }).astype(object)
 
 
 def module_flops(model: nn.Module, names: list[str]) -> dict[str, float]:
@@ -279,116 +276,16 @@ def module_flops(model: nn.Module, names: list[str]) -> dict[str, float]:
     return {name: by_module[name] / 1e6 for name in names}
 
 
-def imagenet_comparison(r34: nn.Module, r32: nn.Module) -> tuple[pd.DataFrame, dict]:
-    """Parameters and FLOPs of the ImageNet ResNet-34 (10 classes) and ResNet-32 on a 32x32
-    image (table), and the numbers the model chapter quotes (`r34_*`)."""
-    from fvcore.nn import FlopCountAnalysis
-    from torchvision.models import resnet34
-    table = complexity_table({"ResNet-34 (ImageNet layout, 10 classes)": r34, "ResNet-32": r32})[["params", "flops"]]
-    flops224 = FlopCountAnalysis(r34, torch.zeros(1, 3, 224, 224))
-    flops224.unsupported_ops_warnings(False)
-    flops224.uncalled_modules_warnings(False)
-    params = table["params"]
-    facts = {"r34_params": f"{params.iloc[0]:,}", "r34_params_1000": f"{count_parameters(resnet34()):,}",
-             "r34_flops32": f"{table['flops'].iloc[0] / 1e6:.3f}M", "r34_flops224": f"{flops224.total() / 1e9:.2f}G",
-             "r34_ratio": f"{params.iloc[0] / params.iloc[1]:.0f}"}
-    return table.rename(columns={"params": "parameters", "flops": "FLOPs"}).astype(object), facts
 
 
-def feature_map_sizes(model: nn.Module, parts: list[str], sizes=(224, 32)) -> pd.DataFrame:
-    """Output shape of each named part of `model` for each input size (one column per size)."""
-    return pd.DataFrame({f"{s}×{s} input": layer_table(model, parts, image_size=s)["output (C×H×W)"].drop("total")
-                         for s in sizes}).rename_axis("part")
 
 
-def mean_image_panels(normalizer, image: torch.Tensor, class_name: str, title: str = ""):
-    """The per-pixel mean and one uint8 image, at true scale and stretched to each panel's own
-    range, and the image minus the mean (stretched)."""
-    def stretch(img):
-        return (img - img.min()) / (img.max() - img.min() + 1e-8)
-
-    panels = {"mean image (true scale)": normalizer.mean, f"a {class_name} (true scale)": image.float() / 255,
-              "mean image (stretched)": stretch(normalizer.mean),
-              "the image minus the mean (stretched)": stretch(normalizer(image[None])[0])}
-    fig, axes = plt.subplots(1, 4, figsize=(10, 3.2))
-    for ax, (name, img) in zip(axes, panels.items()):
-        ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(name, fontsize=10, wrap=True)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, wrap=True)
-    fig.tight_layout()
-    return _detached(fig)
 
 
-def class_samples(dataset, indices: torch.Tensor, per_class: int, title: str = ""):
-    """The first `per_class` images of each class among `indices`: one column per class."""
-    labels = dataset.train_labels[indices]
-    per = torch.stack([indices[labels == c][:per_class] for c in range(len(dataset.classes))])
-    order = per.T.flatten()  # one row per rank, one column per class
-    return image_grid(dataset.train_images[order], [dataset.classes[int(dataset.train_labels[i])] for i in order],
-                      ncols=len(dataset.classes), title=title)
 
 
-def augmentation_views(dataset, count: int, mean_sample: int, seed: int, title: str = ""):
-    """One training image of each of the first `count` classes, then three draws of the paper's
-    pad-4 crop + flip (the mean added back for display, so the padding shows as the mean)."""
-    from . import data as D
-    idx = D.balanced_subset(dataset.train_labels, 10)[:count]
-    images = dataset.train_images[idx]
-    normalizer = D.Normalizer.fit(dataset.train_images[:mean_sample], "per-pixel-mean")
-    g = torch.Generator().manual_seed(seed)
-    views = [normalizer(images)] + [D.augment(normalizer(images), g) for _ in range(3)]
-    titles = [dataset.classes[int(c)] for c in dataset.train_labels[idx]]
-    titles += [f"draw {k}" for k in (1, 2, 3) for _ in range(count)]
-    pixels = [((v + normalizer.mean) * 255).round().clamp(0, 255).to(torch.uint8) for v in views]
-    return image_grid(torch.cat(pixels), titles, ncols=count, title=title)
 
 
-def normalization_facts(dataset, mean_sample: int, title: str = "") -> tuple[object, dict]:
-    """The per-pixel mean of the first `mean_sample` training images next to one image and that
-    image minus the mean (figure), and the mean's range, channel averages and the per-channel
-    std (the augmentation chapter's `aug_*` values)."""
-    from . import data as D
-    sample = dataset.train_images[:mean_sample]
-    pixel, channel = D.Normalizer.fit(sample, "per-pixel-mean"), D.Normalizer.fit(sample, "per-channel")
-    first = int(D.balanced_subset(dataset.train_labels, 10)[0])
-    image = dataset.train_images[first]
-    panel = torch.stack([pixel.mean, image.float() / 255, pixel(image[None])[0]])
-    fig = image_grid(panel, ["mean image", f"a {dataset.classes[int(dataset.train_labels[first])]}", "minus the mean"],
-                     ncols=3, title=title)
-    facts = {"aug_mean_n": f"{len(sample):,}", "aug_mean_min": f"{pixel.mean.min():.3f}",
-             "aug_mean_max": f"{pixel.mean.max():.3f}",
-             "aug_mean_rgb": ", ".join(f"{float(v):.3f}" for v in pixel.mean.mean((1, 2))),
-             "aug_std_rgb": ", ".join(f"{float(v):.3f}" for v in channel.std.flatten())}
-    return fig, facts
-
-
-def plateau_table(runs: dict[str, RunResult]) -> pd.DataFrame:
-    """For each plateau-scheduled run: its patience, evaluations, learning-rate reductions (read
-    from the LR trace), the first reduction's iteration and the final learning rate."""
-    rows = []
-    for label, run in runs.items():
-        if run.config["schedule"] != "plateau":
-            continue
-        trace = run.lr_trace
-        drops = trace[trace["lr"].diff() < 0] if len(trace) else trace
-        rows.append({"run": label, "patience": run.config["plateau_patience"], "evaluations": len(run.history),
-                     "LR reductions": len(drops),
-                     "first reduction at": int(drops["iteration"].iloc[0]) if len(drops) else "never",
-                     "final LR": f"{trace['lr'].iloc[-1]:g}" if len(trace) else None})
-    return pd.DataFrame(rows).set_index("run").astype(object)
-
-
-def plateau_verdicts(runs: dict[str, RunResult]) -> dict[int, str]:
-    """'never reduced the learning rate' or 'reduced it N time(s), first at iteration I', per
-    plateau patience."""
-    verdicts = {}
-    for _, row in plateau_table(runs).iterrows():
-        verdicts[row["patience"]] = ("never reduced the learning rate" if row["LR reductions"] == 0 else
-                                     f"reduced it {row['LR reductions']} time(s), first at iteration "
-                                     f"{row['first reduction at']:,}")
-    return verdicts
 
 
 def side_by_side(groups: dict[str, dict[str, RunResult]], title: str = ""):
@@ -400,4 +297,4 @@ def side_by_side(groups: dict[str, dict[str, RunResult]], title: str = ""):
     if title:
         fig.suptitle(title, wrap=True)
     fig.tight_layout()
-    return _detached(fig)
+    return detached(fig)

@@ -1,6 +1,6 @@
-"""What the book's chapters share: run profiles, parameter checks, the chapter set-up, captions
-and run tables. The numbers, tables and figures particular to each chapter are `Chapter` methods
-too, written in findings.py, so that a chapter's cells are one-line calls.
+"""What the book's chapters share: parameter checks, the chapter set-up (data, runs, the chapter's
+experiments), captions and caveats, glue, run tables and curves. The numbers, tables and figures
+particular to each chapter are free functions in chapters/chNN_<name>.py, one module per notebook.
 
 The profiles (budgets) are config.PROFILES; each chapter's arms are experiments.py's.
 """
@@ -24,7 +24,7 @@ from .plan import accounting, match_chapters, plan
 from .plan import table as plan_table
 from .records import RECORDS, load_record, project_root, resolve_runs, shown_path  # noqa: F401 (shown_path: chapters)
 from .runs import RunResult
-from .findings import Findings, Headline, fmt  # noqa: F401  (Headline, fmt: for chapters)
+from .analysis import fmt
 from .train import train
 
 GLUE_PREFIX = "application/papermill.record/"  # myst-nb's glue outputs (display=False)
@@ -56,7 +56,7 @@ def data_folder(data_dir=None, root: Path | None = None) -> Path:
 
 
 @dataclass
-class Chapter(Findings):
+class Chapter:
     """One chapter's parameters, checked, with the dataset loaded once.
 
     Runs go to `<runs_dir>/<dataset identity>/<profile>/<name>`, so smoke runs, JPEG-copy
@@ -89,6 +89,12 @@ class Chapter(Findings):
                 self.outside.setdefault(chapter, []).append(name)
         return {key: {label: [self.train(name, overrides) for name, overrides in arm.items()]
                       for label, arm in arms.items()} for key, arms in sections.items()}
+
+    @staticmethod
+    def errors(named: dict[str, RunResult | None], spec: str = ".1f") -> dict[str, str]:
+        """Final test error (%) of each run, formatted, under its key; '–' for a run without one
+        (or no run: an arm this profile does not train)."""
+        return {key: fmt(run.error() if run is not None else None, spec) for key, run in named.items()}
 
     @staticmethod
     def own_seed(arms: dict[str, list[RunResult]]) -> dict[str, RunResult]:

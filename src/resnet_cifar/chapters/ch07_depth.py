@@ -7,10 +7,10 @@ import statistics
 
 import pandas as pd
 
-from . import analysis as A
-from .compare import mean_std, seed_comparison, values
-from .findings import fmt
-from .runs import RunResult
+from .. import analysis as A
+from ..compare import mean_std, seed_comparison, values
+from ..analysis import fmt
+from ..runs import RunResult
 
 # Table 6 (ResNet-110: best of 5 runs 6.43, mean ± std 6.61 ± 0.16).
 PAPER_110_MEAN, PAPER_110_STD = 6.61, 0.16

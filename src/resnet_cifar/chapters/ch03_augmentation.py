@@ -1,0 +1,61 @@
+"""Chapter 3's computations: the log's test without the per-pixel mean, on the baseline's model."""
+from __future__ import annotations
+
+import torch
+
+from .. import analysis as A
+from .. import data as D
+from ..analysis import fmt
+from ..config import TrainConfig
+from ..data import prepare_data
+from ..runs import RunResult
+from ..train import evaluate
+
+
+def mean_probe(ch, baseline: RunResult, without_mean: RunResult) -> dict:
+    """`baseline`'s final model evaluated on the test images with and without the mean
+    subtracted (`without_mean`'s configuration), and how far the two runs' training errors
+    differ: the `aug_*` values of chapter 3."""
+    facts = {"aug_train_diff": A.max_curve_gap(baseline, without_mean, "train_error")}
+    model = baseline.load_model().to(ch.torch_device) if baseline.has_weights else None
+    for key, run in (("with", baseline), ("without", without_mean)):
+        err = top = None
+        if model is not None:
+            data = prepare_data(TrainConfig(**run.config), ch.torch_device, ch.dataset)
+            result = evaluate(model, data.test_x, data.test_y)
+            predicted = result["confusion"].sum(0)
+            err, top = 100 * result["error"], 100 * predicted.max().item() / max(predicted.sum().item(), 1)
+        facts.update({f"aug_err_{key}": fmt(err), f"aug_top_{key}": fmt(top, ".0f")})
+    return facts
+
+
+def augmentation_views(dataset, count: int, mean_sample: int, seed: int, title: str = ""):
+    """One training image of each of the first `count` classes, then three draws of the paper's
+    pad-4 crop + flip (the mean added back for display, so the padding shows as the mean)."""
+    idx = D.balanced_subset(dataset.train_labels, 10)[:count]
+    images = dataset.train_images[idx]
+    normalizer = D.Normalizer.fit(dataset.train_images[:mean_sample], "per-pixel-mean")
+    g = torch.Generator().manual_seed(seed)
+    views = [normalizer(images)] + [D.augment(normalizer(images), g) for _ in range(3)]
+    titles = [dataset.classes[int(c)] for c in dataset.train_labels[idx]]
+    titles += [f"draw {k}" for k in (1, 2, 3) for _ in range(count)]
+    pixels = [((v + normalizer.mean) * 255).round().clamp(0, 255).to(torch.uint8) for v in views]
+    return A.image_grid(torch.cat(pixels), titles, ncols=count, title=title)
+
+
+def normalization_facts(dataset, mean_sample: int, title: str = "") -> tuple[object, dict]:
+    """The per-pixel mean of the first `mean_sample` training images next to one image and that
+    image minus the mean (figure), and the mean's range, channel averages and the per-channel
+    std (the augmentation chapter's `aug_*` values)."""
+    sample = dataset.train_images[:mean_sample]
+    pixel, channel = D.Normalizer.fit(sample, "per-pixel-mean"), D.Normalizer.fit(sample, "per-channel")
+    first = int(D.balanced_subset(dataset.train_labels, 10)[0])
+    image = dataset.train_images[first]
+    panel = torch.stack([pixel.mean, image.float() / 255, pixel(image[None])[0]])
+    fig = A.image_grid(panel, ["mean image", f"a {dataset.classes[int(dataset.train_labels[first])]}", "minus the mean"],
+                     ncols=3, title=title)
+    facts = {"aug_mean_n": f"{len(sample):,}", "aug_mean_min": f"{pixel.mean.min():.3f}",
+             "aug_mean_max": f"{pixel.mean.max():.3f}",
+             "aug_mean_rgb": ", ".join(f"{float(v):.3f}" for v in pixel.mean.mean((1, 2))),
+             "aug_std_rgb": ", ".join(f"{float(v):.3f}" for v in channel.std.flatten())}
+    return fig, facts

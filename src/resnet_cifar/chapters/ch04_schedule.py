@@ -1,0 +1,68 @@
+"""Chapter 4's computations: when the plateau scheduler fired, and test error chosen by the
+validation split against the one a peek at the test set would choose."""
+from __future__ import annotations
+
+import pandas as pd
+
+from .. import analysis as A
+from ..analysis import fmt
+from ..runs import RunResult
+
+
+def schedule_facts(ch, base: RunResult, **plateau_runs: RunResult) -> dict:
+    """The step schedule's budget and evaluation rhythm, and what each plateau run's
+    scheduler did, under its keyword: `sch_<key>_patience`, `sch_<key>_verdict`."""
+    cfg = ch.config("schedule")
+    per_epoch = max(base.summary["train_size"] // cfg.batch_size, 1)
+    facts = {"sch_iterations": f"{cfg.iterations:,}", "sch_milestones": " and ".join(f"{m:,}" for m in cfg.milestones),
+             "sch_eval_every": f"{cfg.eval_every or per_epoch:,}", "sch_iters_per_epoch": f"{per_epoch:,}",
+             "sch_evaluations": f"{len(base.history):,}"}
+    for key, run in plateau_runs.items():
+        patience = run.config["plateau_patience"]
+        facts[f"sch_{key}_patience"] = f"{patience:,}"
+        facts[f"sch_{key}_verdict"] = plateau_verdicts({key: run})[patience]
+    return facts
+
+
+def selection(ch, runs: dict[str, RunResult], base_label: str) -> tuple["pd.io.formats.style.Styler", dict]:
+    """Final vs validation-selected vs peeked test error per run (table), and the step
+    schedule's three numbers with the validation split's resolution (`sch_*`)."""
+    columns = ["status", "final test error %", "best val error %", "test error at best val %",
+               "lowest test error seen %"]
+    table = A.runs_table(runs)[columns]
+    base = runs[base_label]
+    h = base.history.dropna(subset=["val_error"]) if len(base.history) else base.history
+    best_iteration = int(h.loc[h["val_error"].idxmin(), "iteration"]) if len(h) else None
+    val_size = base.summary["val_size"]
+    facts = {"sch_final": fmt(base.error()),
+             "sch_at_best_val": fmt(base.error("test_error_at_best_val")),
+             "sch_best_val_iteration": fmt(best_iteration, ","), "sch_peek": fmt(table.loc[base_label, columns[-1]]),
+             "sch_val_size": f"{val_size:,}", "sch_val_step": f"{100 / max(val_size, 1):.2f}"}
+    return A.styled(table, ch.caption("Final vs validation-selected vs peeked test error", *runs.values())), facts
+
+
+def plateau_table(runs: dict[str, RunResult]) -> pd.DataFrame:
+    """For each plateau-scheduled run: its patience, evaluations, learning-rate reductions (read
+    from the LR trace), the first reduction's iteration and the final learning rate."""
+    rows = []
+    for label, run in runs.items():
+        if run.config["schedule"] != "plateau":
+            continue
+        trace = run.lr_trace
+        drops = trace[trace["lr"].diff() < 0] if len(trace) else trace
+        rows.append({"run": label, "patience": run.config["plateau_patience"], "evaluations": len(run.history),
+                     "LR reductions": len(drops),
+                     "first reduction at": int(drops["iteration"].iloc[0]) if len(drops) else "never",
+                     "final LR": f"{trace['lr'].iloc[-1]:g}" if len(trace) else None})
+    return pd.DataFrame(rows).set_index("run").astype(object)
+
+
+def plateau_verdicts(runs: dict[str, RunResult]) -> dict[int, str]:
+    """'never reduced the learning rate' or 'reduced it N time(s), first at iteration I', per
+    plateau patience."""
+    verdicts = {}
+    for _, row in plateau_table(runs).iterrows():
+        verdicts[row["patience"]] = ("never reduced the learning rate" if row["LR reductions"] == 0 else
+                                     f"reduced it {row['LR reductions']} time(s), first at iteration "
+                                     f"{row['first reduction at']:,}")
+    return verdicts

@@ -1,0 +1,120 @@
+"""Chapter 5's computations: Adam's first steps against the weights' scale, Adam at a constant
+learning rate, what a ReLU after the last FC layer does to the logits, BatchNorm's eps against
+its running variances, and training speed per number format from the benchmark's records."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .. import analysis as A
+from ..analysis import fmt
+from ..bench import load_records
+from ..compare import comparison
+from ..config import TrainConfig
+from ..data import prepare_data
+from ..devices import native_bf16
+from ..models import build_model
+from ..records import RECORDS, project_root
+from ..runs import RunResult
+
+
+def adam_kick(ch, runs: dict[str, RunResult], high_lr: float) -> tuple["pd.io.formats.style.Styler", dict]:
+    """RMS of the weights per stage at initialization and after each complete run of `runs`
+    (table), and how far Adam's first ±lr step at `high_lr` moves the weights (`opt_*`)."""
+    cfg = ch.config("init")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ch.seed)  # train() seeds, then builds the model: the same initialization
+        init = A.weight_stats(build_model(cfg.arch, cfg.depth, cfg.shortcut))
+    rms = {"at initialization": init["rms"]}
+    rms.update({f"trained: {label}": A.weight_stats(run.load_model())["rms"]
+                for label, run in runs.items() if run.has_weights})  # diverged runs, published records: none
+    convs = init.drop(index="fc", errors="ignore")["rms"]
+    facts = {"opt_init_rms_min": f"{convs.min():.3f}", "opt_init_rms_max": f"{convs.max():.3f}",
+             "opt_adam_high_lr": f"{high_lr:g}", "opt_kick": f"{high_lr / convs.min():.1f}"}
+    table = pd.DataFrame(rms).rename_axis("stage")
+    return A.styled(table, ch.caption("RMS of conv/FC weights per stage", *runs.values()), 3), facts
+
+
+def adam_facts(ch, runs: dict[str, RunResult], adam_lr: float, high_lr: float):
+    """`adam_kick` for SGD and Adam at `adam_lr` and `high_lr`, with their errors and Adam's
+    status at `high_lr` (the `opt_*` values)."""
+    sgd, low, high = (runs[k] for k in ("SGD, momentum 0.9 (paper)", f"Adam, lr {adam_lr:g}",
+                                        f"Adam, lr {high_lr:g}"))
+    rms, facts = adam_kick(ch, {"SGD, momentum 0.9 (paper)": sgd, f"Adam, lr {adam_lr:g}": low,
+                                 f"Adam, lr {high_lr:g}": high}, high_lr)
+    return rms, {**facts, "opt_adam_lr": f"{adam_lr:g}", "opt_adam_high_status": high.summary["status_detail"],
+                 **ch.errors({"opt_adam_high_err": high, "opt_adam_low_err": low, "opt_sgd_err": sgd})}
+
+
+def adam_constant(ch, arms: dict[str, list[RunResult]], lrs) -> tuple["pd.io.formats.style.Styler", dict]:
+    """Adam at each constant learning rate over seeds, against lr 1e-3 (the default) when
+    it is among `lrs`, else the first."""
+    reference = f"Adam, constant lr {1e-3:g}" if 1e-3 in lrs else next(iter(arms))
+    table, facts = comparison(ch, arms, reference, "Adam at a constant learning rate", "adamc")
+    return table, {**facts, "opt_constant_lrs": ", ".join(f"{x:g}" for x in lrs)}
+
+
+def relu_probe(ch, relu: RunResult, baseline: RunResult, images: int) -> dict:
+    """The final-ReLU model's logits on the first `images` test images: dead logits, dead
+    correct-class logits, all-dead images; and the baseline's share of negative logits."""
+    probe = prepare_data(TrainConfig(**relu.config), ch.torch_device, ch.dataset)
+    x, y = probe.test_x[:images], probe.test_y[:images]
+    facts = dict(opt_zero=None, opt_label_zero=None, opt_all_zero=None, opt_base_negative=None)
+    with torch.no_grad():
+        if relu.has_weights:
+            dead = relu.load_model().to(ch.torch_device)(x) == 0
+            facts.update(opt_zero=100 * dead.float().mean().item(),
+                         opt_label_zero=100 * dead.gather(1, y[:, None]).float().mean().item(),
+                         opt_all_zero=100 * dead.all(1).float().mean().item())
+        if baseline.has_weights:
+            logits = baseline.load_model().to(ch.torch_device)(x)
+            facts["opt_base_negative"] = 100 * (logits < 0).float().mean().item()
+    facts = {k: fmt(v, ".0f") for k, v in facts.items()}
+    loss = relu.history["train_loss"].iloc[-1] if len(relu.history) else None
+    facts.update(opt_probe_n=f"{len(y):,}", opt_ln10=f"{math.log(10):.3f}", opt_relu_loss=fmt(loss, ".3f"))
+    return facts
+
+
+def bn_variances(baseline: RunResult, eps_values) -> dict:
+    """The baseline's BatchNorm running variances (median, 1st percentile, smallest) and how
+    much each eps shrinks a channel of median variance (`opt_var_*`, `opt_eps_factors`)."""
+    if not baseline.has_weights:
+        return {"opt_var_median": "–", "opt_var_q01": "–", "opt_var_min": "–",
+                "opt_eps_factors": "(no baseline model)"}
+    var = torch.cat([m.running_var.flatten() for m in baseline.load_model().modules()
+                     if isinstance(m, torch.nn.BatchNorm2d)]).double()
+    median = var.median().item()
+    return {"opt_var_median": f"{median:.3g}", "opt_var_q01": f"{var.quantile(0.01).item():.3g}",
+            "opt_var_min": f"{var.min().item():.3g}",
+            "opt_eps_factors": ", ".join(f"{math.sqrt(median / (median + e)):.3f} for eps {e:g}"
+                                         for e in [1e-5, *eps_values])}
+
+
+def format_speeds(ch, records_dir: Path | None = None) -> tuple["pd.io.formats.style.Styler", dict]:
+    """Training speed per number format from the benchmark's records (book/records/bench-*.json,
+    the appendix's measurements): one row per record and variant without torch.compile, its
+    library images/s and the ratio to the record's fp32; the page's `opt_*` sentence."""
+    records = load_records(records_dir or project_root() / RECORDS)
+    rows, sentences = {}, []
+    for name, rec in records.items():
+        info = rec["info"]
+        variants = [v for v in rec["variants"] if "compile" not in v["variant"] and v.get("library")]
+        fp32 = next((v["library"] for v in variants if v["variant"] == "fp32"), None)
+        for v in variants:
+            rows[(info["device_name"], v["variant"])] = {
+                "dtype": v["dtype"], "images/s": v["library"], "× fp32": v["library"] / fp32 if fp32 else None,
+                "record": f"{name}.json, {info['date']}, batch {info['batch_size']}"}
+        parts = [f"{v['variant']} {v['library']:,.0f} images/s ({v['library'] / fp32:.2f}× fp32)"
+                 for v in variants if fp32 and v["variant"] != "fp32"]
+        if fp32:
+            sentences.append(f"on {info['device_name']} ({name}.json, {info['date']}): fp32 {fp32:,.0f} images/s, "
+                             + ", ".join(parts))
+    facts = {"opt_dtype_verdict": "; ".join(sentences) or "no benchmark record is committed, so this build has "
+                                                           "no measured speed per number format",
+             "opt_log_speed": f"{45000 / 10.32:,.0f}",  # the log: 45k training images in 10.3 s per epoch
+             "opt_native_bf16": "has" if native_bf16(ch.torch_device) else "has no"}
+    table = pd.DataFrame(rows).T.rename_axis(["device", "variant"]) if rows else pd.DataFrame()
+    return A.styled(table, "Number formats: training speed from the benchmark's records (appendix)", 2), facts
