@@ -271,6 +271,15 @@ def rounds_note(rounds: dict | list | None) -> str:
     return f"{worst:.2f}×" + (" flagged" if worst > SPREAD_LIMIT else "")
 
 
+def _grouped(labels: list[str]) -> str:
+    """'fp32 library', 'fp32 model', 'bf16 data' -> 'fp32 (library, model); bf16 (data)' ('none' if empty)."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        variant, what = label.split(" ", 1)
+        groups.setdefault(variant, []).append(what)
+    return "; ".join(f"{v} ({', '.join(w)})" for v, w in groups.items()) or "none"
+
+
 def summarize(record: dict, base: str = "fp32") -> dict:
     """The figures the appendix quotes, as plain numbers and names (None where the record has
     none), and its sentences (`say_*`), written here so that the rules hold on every page:
@@ -327,8 +336,7 @@ def summarize(record: dict, base: str = "fp32") -> dict:
         eval_rate=ev.get("images_per_s"), eval_variant=host.get("variant"),
         eval_share=ratio(eval_s, eval_s + epoch_s) if eval_s and epoch_s else None,
         concurrent_runs=conc.get("runs"), concurrent_speedup=conc.get("speedup"),
-        rounds=info.get("rounds") if recorded else None, spread_limit=SPREAD_LIMIT,
-        flagged="; ".join(flagged) or "none")
+        rounds=info.get("rounds") if recorded else None, spread_limit=SPREAD_LIMIT, flagged=_grouped(flagged))
     # each quoted figure: its value and rounds; a sentence names the figures it quotes
     figures = dict(
         library=(s["library"], _row_rounds(b).get("library")), conventional=(s["conventional"], c.get("rounds")),
