@@ -86,6 +86,18 @@ def test_the_check_ends_within_its_budget(tmp_path, training_data):
     assert plan["status"] == "cut" or plan["note"] in ("needs run --fuse", "no time left"), plan
 
 
+@pytest.mark.slow
+def test_a_later_step_that_fails_is_recorded_and_the_check_goes_on(tmp_path, training_data):
+    """Past the environment a failed step does not cost the others' figures: the check goes
+    on, writes check.json, and exits 1 naming the step."""
+    settings = {**TINY, "BENCH_ARGS": "--variants fp16"}  # not a variant: bench refuses it
+    proc = _run(tmp_path, training_data[0], BUDGET="120", PLAN="none", **settings)
+    assert proc.returncode == 1 and "FAILED at step 'benchmark'" in proc.stderr
+    check = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert check["steps"]["benchmark"]["status"] == "failed (exit 2)"
+    assert check["steps"]["paper"]["status"] == "done" and check["paper"]["iterations_done"] == 20
+
+
 @pytest.mark.parametrize("budget, message", [("ten", "positive whole number"), ("0", "positive whole number"),
                                              ("5", "too short to run anything")])
 def test_a_bad_budget_is_refused_with_what_to_give(tmp_path, budget, message):
