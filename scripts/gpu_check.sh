@@ -26,8 +26,8 @@
 #    check resumes it (PLAN=none leaves it out; without `run --fuse`: skipped, "needs run --fuse").
 # Results in $OUT (default gpu-check/): check.log (every step, the environment), probe-<mode>.log,
 # paper.log, paper-history.csv, bench.log, bench-<device>.json, plan.log, check.json (the figures,
-# the budget and each step's limit, seconds and outcome). A step that fails is recorded and the
-# check goes on; the exit status is then 1.
+# the budget and each step's limit, seconds and outcome). A step after the environment that fails is
+# recorded and the check goes on; the exit status is then 1.
 #
 # Every setting is an environment variable (relative paths are from the project's root). A dry
 # run on a CPU, in a minute:
