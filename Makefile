@@ -57,7 +57,8 @@ test: setup
 bench: setup
 	$(PY) -m resnet_cifar bench --device $(DEVICE)
 
-# Time the paper's schedule and the benchmark on this machine's CUDA GPU; results in gpu-check/
+# Measure this machine's CUDA GPU within BUDGET seconds (default 540: BUDGET=540 make gpu-check):
+# probes, the fused benchmark, the paper's schedule, the quick plan fused; results in gpu-check/
 # (settings: the environment variables at the top of scripts/gpu_check.sh).
 gpu-check:
 	PYTHON=$${PYTHON:-$(if $(wildcard $(PY)),$(PY),python3)} bash scripts/gpu_check.sh

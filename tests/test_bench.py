@@ -3,6 +3,7 @@ exercised on the CPU. Speeds are printed by `python -m resnet_cifar bench`, neve
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,81 @@ def test_bench_rejects_bad_sizes(dataset):
         B.run_benchmark(device="cpu", rounds=0, dataset=dataset)
 
 
+# ---------------------------------------------------------------- rounds, medians, flags
+
+def test_race_takes_the_median_of_rounds_timed_in_turns():
+    calls = []
+    steps = dict(a=lambda: calls.append("a"), b=lambda: calls.append("b"))
+    res = M.race(steps, dict(a=2, b=5), torch.device("cpu"), rounds=3, warmup=1, seconds=0.0)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # one warm-up call each, then one window each per round, in turns
+    for name, r in res.items():
+        assert len(r["rates"]) == 3 and r["images_per_s"] == statistics.median(r["rates"])
+        assert r["spread"] == pytest.approx(max(r["rates"]) / min(r["rates"]))
+    assert M.spread([4.0]) is None and M.spread([2.0, 3.0]) == 1.5
+
+
+def _variant_row(variant, dtype, library, model, data, matmul, batch=128, macs=69_468_800):
+    """A format-3 variant row from its rounds, derived as run_benchmark derives it."""
+    med = {k: statistics.median(v) for k, v in dict(library=library, model=model, data=data, matmul=matmul).items()}
+    gflops = 6 * macs * med["model"] / 1e9
+    return dict(variant=variant, dtype=dtype, channels_last="+cl" in variant, compile=None, numerics={},
+                library=med["library"], model=med["model"], data_ms=1000 * batch / med["data"],
+                step_ms=1000 * batch / med["library"], data_share=100 * med["library"] / med["data"], gflops=gflops,
+                matmul_gflops=med["matmul"], peak_share=100 * gflops / med["matmul"], warmup_s=1.0,
+                rounds=dict(library=library, model=model, data=data, matmul=matmul))
+
+
+def _record(fp32_library, fp32_conventional, cl_library):
+    """fp32 timed with the conventional pipeline; fp32+cl, faster, in rounds of its own."""
+    fp32 = _variant_row("fp32", "float32", fp32_library, [40.0, 41.0, 42.0], [9000.0, 9100.0, 9050.0],
+                        [300.0, 310.0, 305.0])
+    cl = _variant_row("fp32+cl", "float32", cl_library, [170.0, 171.0, 169.0], [9000.0, 9100.0, 9050.0],
+                      [300.0, 310.0, 305.0])
+    info = dict(device="cpu", device_name="test CPU", threads=2, load_average=[1.0], batch_size=128, depth=32,
+                rounds=3, train_gflop_per_image=0.42, date="2026-01-01 00:00", git_commit="abc1234")
+    conv = [dict(variant="fp32", num_workers=0, library=fp32["library"],
+                 images_per_s=statistics.median(fp32_conventional), rounds=fp32_conventional)]
+    return dict(format=B.FORMAT, info=info, peaks=dict(float32=305.0), variants=[fp32, cl], conventional=conv,
+                skipped=[], errors=[], notes=[], profile=None, concurrent=None,
+                evaluation=dict(variant="fp32", images_per_s=1000.0, batch_size=256, images=512,
+                                rounds=[990.0, 1000.0, 1010.0]))
+
+
+def _sentences(s):
+    return " ".join(v for k, v in s.items() if k.startswith("say_"))
+
+
+def test_rounds_that_agree_give_their_medians_and_ratio():
+    record = _record([39.0, 40.0, 41.0], [29.0, 30.0, 31.0], [160.0, 164.0, 168.0])
+    s = B.summarize(record)
+    assert s["flagged"] == "none" and s["library"] == 40.0 and s["conventional"] == 30.0
+    assert s["ratio"] == pytest.approx(40 / 30)
+    text = _sentences(s)
+    assert f"{40 / 30:.2f}×" in s["say_library"] and "40 images/s" in s["say_library"]
+    assert "median of 3 rounds" in s["say_rounds"] and f"within {M.SPREAD_LIMIT:.2f}×" in s["say_rounds"]
+    # fp32+cl is the fastest, but its rounds held no conventional pipeline: no ratio between other rounds' figures
+    assert s["fastest"] == "fp32+cl" and s["fastest_vs_conventional"] is None
+    assert f"{164 / 30:.2f}" not in text and "no ratio to that is stated" in s["say_fastest"]
+    assert "164 images/s" in s["say_fastest"]
+
+
+def test_rounds_that_disagree_are_flagged_and_left_out_of_the_sentences():
+    record = _record([30.0, 40.0, 41.0], [29.0, 30.0, 31.0], [160.0, 164.0, 240.0])  # 41/30 and 240/160 > 1.25
+    s = B.summarize(record)
+    assert s["flagged"].startswith("fp32 (library") and "fp32+cl (library" in s["flagged"]
+    assert "conventional" not in s["flagged"]  # its rounds agree
+    text = _sentences(s)
+    for rate in (s["library"], s["fastest_rate"], s["fastest_fp32_rate"]):
+        assert f" {rate:,.0f} images/s" not in text
+    assert f"{s['ratio']:.2f}×" not in text and f"{s['ceiling']:.2f}×" in s["say_model"]  # model-only agrees
+    assert "No figure is stated" in s["say_library"] and f"{41 / 30:.2f}×" in s["say_library"]  # the spread, named
+    assert s["flagged"] in s["say_rounds"] and "flagged" in s["say_rounds"]
+    # the evaluation share is a ratio to the fp32 library rate of its rounds: left out too
+    assert "No figure is stated" in s["say_evaluation"]
+    marks = dict(zip(B.tables(record)["variants"]["variant"], B.tables(record)["variants"]["rounds max / min"]))
+    assert marks["fp32"].endswith("flagged") and marks["fp32+cl"] == f"{240 / 160:.2f}× flagged"
+
+
 # ---------------------------------------------------------------- where the step's time goes
 
 def _row(name, device_type, cpu_us=0.0, device_us=0.0, calls=1):
@@ -153,12 +229,17 @@ def test_benchmark_numbers_are_consistent(tiny_record):
         assert v["step_ms"] == pytest.approx(1000 * 16 / v["library"])
         assert v["data_share"] == pytest.approx(100 * v["data_ms"] / v["step_ms"])
         assert v["gflops"] == pytest.approx(6 * r["info"]["macs_per_image"] * v["model"] / 1e9)
-        assert v["peak_share"] == pytest.approx(100 * v["gflops"] / r["peaks"]["float32"])
+        assert v["peak_share"] == pytest.approx(100 * v["gflops"] / v["matmul_gflops"])  # the peak of its rounds
+        assert {k: len(x) for k, x in v["rounds"].items()} == dict(library=2, model=2, data=2, matmul=2)
+        assert v["library"] == pytest.approx(statistics.median(v["rounds"]["library"]))
         assert v["numerics"] == dict(dtype="float32", tf32_matmul=False, tf32_cudnn=False, cudnn_benchmark=False)
     conv = r["conventional"]
     assert [(c["variant"], c["num_workers"]) for c in conv] == [("fp32", 0), ("fp32", 1)]
     assert all(c["images_per_s"] > 0 and c["library"] == r["variants"][0]["library"] for c in conv)
+    assert all(c["images_per_s"] == pytest.approx(statistics.median(c["rounds"])) for c in conv)
+    assert r["peaks"]["float32"] == max(v["matmul_gflops"] for v in r["variants"])
     assert r["evaluation"]["images_per_s"] > 0 and r["evaluation"]["batch_size"] == 256
+    assert r["evaluation"]["variant"] == "fp32" and len(r["evaluation"]["rounds"]) == 2
     assert r["profile"]["time"] == "self CPU time" and r["profile"]["by_kind"]["convolution"] > 0
     assert r["info"]["macs_per_image"] == M.macs_per_image(8) and len(r["info"]["load_average"]) == 2
     s = B.summarize(r)
@@ -167,10 +248,12 @@ def test_benchmark_numbers_are_consistent(tiny_record):
     assert s["ratio"] == pytest.approx(s["library"] / s["conventional"])
     assert s["ceiling"] == pytest.approx(r["variants"][0]["model"] / s["conventional"])
     assert s["fastest_fp32"] in ("fp32", "fp32+cl") and s["skipped"] == "none" and s["concurrent_runs"] is None
+    assert s["rounds"] == 2 and all(s[k] for k in s if k.startswith("say_"))
     assert s["schedule_fp32_min"] == pytest.approx(64_000 * 16 / s["fastest_fp32_rate"] / 60)
     assert 0 < s["eval_share"] < 1
     tables = B.tables(r)
     assert list(tables["variants"]["variant"]) == ["fp32", "fp32+cl"] and len(tables["conventional"]) == 2
+    assert all(note.endswith(("×", "× flagged")) for note in tables["variants"]["rounds max / min"])
     assert len(tables["profile"]) >= 1
 
 
@@ -199,6 +282,9 @@ def test_the_recorded_benchmarks_load_and_summarize():
     cpu = records["bench-cpu"]  # converted from the first format: the same measured numbers
     assert cpu["info"]["date"] == "2026-11-30 07:01" and cpu["info"]["git_commit"] == "d451c24"
     assert B.summarize(cpu)["library"] == pytest.approx(338.9712638311593)
+    # format 2 keeps no rounds: its figures load as single, unflagged measurements
+    assert B.summarize(cpu)["flagged"] == "none" and "no per-round figures" in B.summarize(cpu)["say_rounds"]
+    assert set(B.tables(cpu)["variants"]["rounds max / min"]) == {"not recorded"}
     # the plan's time estimates read the same records: eager variants, library rates
     from resnet_cifar.plan import bench_rates
     rates = {(r["dtype"], r["channels_last"]): r["rate"] for r in bench_rates(RECORDS, torch.device("cpu"))}

@@ -1,12 +1,14 @@
 """scripts/gpu_check.sh, dry-run on the CPU: every step runs, the outputs are the ones the
-book reads, nothing it runs needs fvcore, matplotlib or tqdm, and a failed step stops the
-check with a message that names it."""
+book reads, nothing it runs needs fvcore, matplotlib or tqdm, the check ends within its
+BUDGET, a bad BUDGET is refused, and a failed step stops the check with a message that
+names it."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,16 +32,28 @@ def _run(tmp_path: Path, data_dir: Path, **env) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+TINY = dict(DEVICE="cpu", MODES="eager", PROBE_EPOCHS="1", TRAIN_ARGS="--depth 8 --subset 320 --batch-size 32",
+            PAPER_ARGS="--iterations 20", FUSED="1 2",
+            BENCH_ARGS="--quick --depth 8 --batch-size 16 --train-images 64 --variants fp32 tf32 --workers 0")
+STEPS = ("environment", "probe-eager", "benchmark", "paper")
+
+
 @pytest.mark.slow
 def test_dry_run_on_the_cpu_writes_the_check_and_a_benchmark_record(tmp_path, training_data):
-    proc = _run(tmp_path, training_data[0], DEVICE="cpu", MODES="eager", PROBE_EPOCHS="1",
-                TRAIN_ARGS="--depth 8 --subset 320 --batch-size 32", PAPER_ARGS="--iterations 20",
-                BENCH_ARGS="--quick --depth 8 --batch-size 16 --train-images 64 --variants fp32 tf32 --workers 0")
+    """A budget the tiny steps fit in: every step finishes, the check ends early."""
+    proc = _run(tmp_path, training_data[0], BUDGET="400", PLAN="none", **TINY)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "out"
     assert {"check.log", "check.json", "probe-eager.log", "paper.log", "paper-history.csv", "bench.log",
             "bench-cpu.json"} <= {p.name for p in out.iterdir()}
     check = json.loads((out / "check.json").read_text())
+    assert check["budget_s"] == 400 and check["elapsed_s"] <= 400
+    assert set(STEPS) <= set(check["steps"]) and "plan" not in check["steps"]
+    for step in STEPS:
+        assert check["steps"][step]["status"] == "done" and 0 <= check["steps"][step]["seconds"]
+    assert sum(check["steps"][s]["seconds"] for s in STEPS) <= check["elapsed_s"]
+    fused = check["steps"].get("bench-fused")  # this version's bench may not have --fused yet
+    assert fused is None or fused["note"] == "needs bench --fused"
     assert check["mode"] == "eager" and check["probes"]["eager"]["iterations_done"] == 10
     paper = check["paper"]
     assert paper["status"] == "complete" and paper["iterations_done"] == 20 and paper["train_images_per_s"] > 0
@@ -49,6 +63,47 @@ def test_dry_run_on_the_cpu_writes_the_check_and_a_benchmark_record(tmp_path, tr
     summary = json.loads((tmp_path / "runs" / "paper" / "summary.json").read_text())
     assert summary["flops"] is None and "fvcore is not installed" in summary["flops_note"]
     assert "done" in (out / "check.log").read_text().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_the_check_ends_within_its_budget(tmp_path, training_data):
+    """BUDGET=60 with a plan that cannot finish in it: the plan is stopped at the budget's end,
+    the check still ends within the budget (and a little slack for the interpreter's exit) and
+    records every step's seconds."""
+    start = time.monotonic()
+    proc = _run(tmp_path, training_data[0], BUDGET="60", PLAN="smoke", **TINY)
+    wall = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert wall <= 60 + 15, wall
+    check = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert check["budget_s"] == 60 and check["elapsed_s"] <= 60
+    assert set(STEPS) | {"plan"} <= set(check["steps"])
+    for step, outcome in check["steps"].items():
+        assert outcome["status"] in ("done", "cut", "skipped"), (step, outcome)
+        assert 0 <= outcome["seconds"] and (outcome["status"] != "cut" or outcome["seconds"] >= outcome["limit_s"])
+    assert sum(o["seconds"] for o in check["steps"].values()) <= check["elapsed_s"]
+    plan = check["steps"]["plan"]
+    assert plan["status"] == "cut" or plan["note"] in ("needs run --fuse", "no time left"), plan
+
+
+@pytest.mark.slow
+def test_a_later_step_that_fails_is_recorded_and_the_check_goes_on(tmp_path, training_data):
+    """Past the environment a failed step does not cost the others' figures: the check goes
+    on, writes check.json, and exits 1 naming the step."""
+    settings = {**TINY, "BENCH_ARGS": "--variants fp16"}  # not a variant: bench refuses it
+    proc = _run(tmp_path, training_data[0], BUDGET="120", PLAN="none", **settings)
+    assert proc.returncode == 1 and "FAILED at step 'benchmark'" in proc.stderr
+    check = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert check["steps"]["benchmark"]["status"] == "failed (exit 2)"
+    assert check["steps"]["paper"]["status"] == "done" and check["paper"]["iterations_done"] == 20
+
+
+@pytest.mark.parametrize("budget, message", [("ten", "positive whole number"), ("0", "positive whole number"),
+                                             ("5", "too short to run anything")])
+def test_a_bad_budget_is_refused_with_what_to_give(tmp_path, budget, message):
+    proc = _run(tmp_path, tmp_path, BUDGET=budget, DEVICE="cpu")
+    assert proc.returncode == 2 and message in proc.stderr and "BUDGET" in proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything ran
 
 
 def test_a_failed_step_stops_the_check_and_names_it(tmp_path, training_data):

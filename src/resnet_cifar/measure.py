@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import sys
 import time
 
@@ -28,10 +29,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def race(steps: dict, images: int, device: torch.device, rounds: int, warmup: int, seconds: float) -> dict:
+SPREAD_LIMIT = 1.25  # a figure whose rounds differ by more (max / min) is flagged: the machine changed under it
+
+
+def spread(rates) -> float | None:
+    """max / min of a figure's rounds (1.0: they agree; None: fewer than two rounds)."""
+    rates = [r for r in rates or () if r]
+    return max(rates) / min(rates) if len(rates) > 1 else None
+
+
+def race(steps: dict, images, device: torch.device, rounds: int, warmup: int, seconds: float) -> dict:
     """Time each step function of `steps`: `warmup` untimed calls (at least one; the last
     sizes its window: about `seconds`, at least one call), then `rounds` rounds in which each
-    takes its window in turn. {name: {images_per_s (the best window), warmup_s}}."""
+    takes its window in turn, so that whatever else slows the machine slows them alike and
+    their ratios hold. `images`: what one call processes, one number or {name: number}.
+    {name: {images_per_s (the median of the rounds), rates (each round's), spread (max / min),
+    warmup_s}}."""
+    per_call = images if isinstance(images, dict) else dict.fromkeys(steps, images)
     out = {}
     for name, fn in steps.items():
         t0 = time.perf_counter()
@@ -49,28 +63,38 @@ def race(steps: dict, images: int, device: torch.device, rounds: int, warmup: in
             for _ in range(out[name]["n"]):
                 fn()
             sync(device)
-            out[name]["rates"].append(images * out[name]["n"] / (time.perf_counter() - t0))
-    return {name: dict(images_per_s=max(r["rates"]), warmup_s=r["warmup_s"]) for name, r in out.items()}
+            out[name]["rates"].append(per_call[name] * out[name]["n"] / (time.perf_counter() - t0))
+    return {name: dict(images_per_s=statistics.median(r["rates"]), rates=r["rates"], spread=spread(r["rates"]),
+                       warmup_s=r["warmup_s"]) for name, r in out.items()}
 
 
-def matmul_peak(device: torch.device, numerics: str = "float32", n: int | None = None, reps: int = 3) -> float:
-    """GFLOP/s of an n x n x n torch.matmul (2 n^3 FLOP) in `numerics` (float32 with TF32 off,
-    tf32, float64 or bfloat16; n = 2048 on a CPU, 8192 on a GPU), best of `reps` after a warm-up
-    (on a GPU each timing holds 10 matmuls, so that launch and sync do not count)."""
+def matmul_step(device: torch.device, numerics: str = "float32", n: int | None = None):
+    """(step, FLOP per call): an n x n x n torch.matmul in `numerics` (float32 with TF32 off,
+    tf32, float64 or bfloat16; n = 2048 on a CPU, 8192 on a GPU); on a GPU a call holds 10
+    matmuls, so that launch and sync do not count. Sets the numerics."""
     n, inner = (n or 8192, 10) if device.type == "cuda" else (n or 2048, 1)
     set_numerics(numerics, device)
     dtype = {"float64": torch.float64, "bfloat16": torch.bfloat16}.get(numerics, torch.float32)
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+
+    def step():
+        for _ in range(inner):
+            a @ b
+    return step, 2 * n ** 3 * inner
+
+
+def matmul_peak(device: torch.device, numerics: str = "float32", n: int | None = None, reps: int = 3) -> float:
+    """GFLOP/s of `matmul_step`, the best of `reps` calls after a warm-up."""
+    step, flop = matmul_step(device, numerics, n)
     times = []
     for _ in range(reps + 1):
         sync(device)
         t0 = time.perf_counter()
-        for _ in range(inner):
-            a @ b
+        step()
         sync(device)
-        times.append((time.perf_counter() - t0) / inner)
-    return 2 * n ** 3 / min(times[1:]) / 1e9
+        times.append(time.perf_counter() - t0)
+    return flop / min(times[1:]) / 1e9
 
 
 def macs_per_image(depth: int = 32) -> int:
