@@ -355,7 +355,10 @@ def test_partial_exports_add_up_across_machines(tmp_path):
     for run in (a, b):
         first = fake_record(tmp_path / "first", run, "cpu", status="complete", iterations_done=1600)
         (first / "history.csv").write_text("iteration,test_error\n1600,0.5\n")
+        (first / "model.pt").write_bytes(b"weights")
     REC.export([a, b, c], "cpu", "official", tmp_path / "first", target, partial=True)
+    assert a.name in REC.KEPT_WEIGHTS["cpu"] and b.name not in REC.KEPT_WEIGHTS["cpu"]
+    assert (target / a.name / "model.pt").is_file() and not (target / b.name / "model.pt").exists()
     later = fake_record(tmp_path / "later", c, "cpu", status="complete", iterations_done=1600)
     (later / "history.csv").write_text("iteration,test_error\n1600,0.4\n")
     manifest = REC.export([a, b, c], "cpu", "official", tmp_path / "later", target, partial=True)

@@ -250,7 +250,7 @@ def _spread(rounds) -> float | None:
     return spread(rounds) if rounds else None
 
 
-def _flagged(rounds) -> bool:
+def is_flagged(rounds) -> bool:
     """The figure's rounds disagree: max / min beyond SPREAD_LIMIT."""
     return (_spread(rounds) or 1.0) > SPREAD_LIMIT
 
@@ -299,12 +299,12 @@ def summarize(record: dict, base: str = "fp32") -> dict:
     info, ev = record["info"], record.get("evaluation") or {}
     prof, conc = record.get("profile") or {}, record.get("concurrent") or {}
     recorded = any(r.get("rounds") for r in rows.values())
-    flagged = [f"{r['variant']} {k}" for r in rows.values() for k, v in _row_rounds(r).items() if _flagged(v)]
+    flagged = [f"{r['variant']} {k}" for r in rows.values() for k, v in _row_rounds(r).items() if is_flagged(v)]
     flagged += [f"{x['variant']} conventional (num_workers {x['num_workers']})" for x in record["conventional"]
-                if _flagged(x.get("rounds"))]
-    flagged += [f"{ev['variant']} evaluation"] if _flagged(ev.get("rounds")) else []
+                if is_flagged(x.get("rounds"))]
+    flagged += [f"{ev['variant']} evaluation"] if is_flagged(ev.get("rounds")) else []
     worst = [r for r in rows.values() if r.get("data_share") is not None
-             and not any(_flagged(_row_rounds(r).get(k)) for k in ("library", "data"))]
+             and not any(is_flagged(_row_rounds(r).get(k)) for k in ("library", "data"))]
     worst = max(worst, key=lambda r: r["data_share"], default={})
     fastest_conv = best.get(fastest.get("variant"), {})  # only a conventional figure from the fastest's own rounds
     host = rows.get(ev.get("variant"), b)  # the variant whose rounds held the evaluation (format 2: the base)
@@ -357,7 +357,7 @@ def summarize(record: dict, base: str = "fp32") -> dict:
         missing = [n for n in names if figures[n][0] is None]
         if missing:
             return f"This record has no figure for {what}."
-        bad = [f"{labels[n]} {_spread(figures[n][1]):.2f}×" for n in names if _flagged(figures[n][1])]
+        bad = [f"{labels[n]} {_spread(figures[n][1]):.2f}×" for n in names if is_flagged(figures[n][1])]
         if bad:
             return (f"No figure is stated for {what}: the rounds of {', '.join(bad)} (max / min) differ by more than "
                     f"{SPREAD_LIMIT:.2f}×, so the machine changed under them; the tables mark them.")
@@ -386,7 +386,7 @@ def summarize(record: dict, base: str = "fp32") -> dict:
                           f"({s['max_data_share_variant']})." if worst else ".")), f"the {base} data work")
     if not fastest_conv:
         versus = "; it was not timed against the conventional pipeline in its rounds, so no ratio to that is stated."
-    elif _flagged(fastest_conv.get("rounds")):
+    elif is_flagged(fastest_conv.get("rounds")):
         versus = (f"; its conventional pipeline's rounds differ by {_spread(fastest_conv['rounds']):.2f}× "
                   f"(max / min), more than {SPREAD_LIMIT:.2f}×, so no ratio to that is stated.")
     else:

@@ -154,6 +154,7 @@ class Chapter:
     def source(self, *runs: RunResult) -> str:
         """'profile smoke · CIFAR-10 (JPEG q75 copy) · cpu (...)': where a figure came from
         (with no runs: the device this chapter would train on, marked 'no training')."""
+        runs = tuple(r for r in runs if r is not None)  # an arm the profile does not train
         devices = sorted({f"{r.summary['device']} ({r.summary['device_name']})" for r in runs})
         if not runs:  # a data-only figure: name the device this chapter would train on
             devices = [f"{self.torch_device} ({device_label(self.torch_device)}), no training"]

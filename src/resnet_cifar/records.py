@@ -26,6 +26,11 @@ from .runs import RunError, RunResult, git_commit, load_run, read_json, state, w
 RECORDS = Path("book") / "records"
 MANIFEST = "records.json"
 FILES = ("config.json", "summary.json", "history.csv")
+# The runs whose final weights (model.pt, 1.9 MB for a ResNet-32; no checkpoint, no optimizer
+# state) are published with their records, per profile: those the pages look inside (the
+# baseline: chapter 3's test without the mean, chapter 5's BN variances, chapter 6's per-class
+# errors; chapter 5's final-ReLU probe).
+KEPT_WEIGHTS = {"cpu": ("resnet32-seed0", "final-relu")}
 SMALL_TRACE = 32 * 1024  # bytes: a smoke run's lr_trace.csv is copied, a 6.4k-iteration one rebuilt
 
 
@@ -107,9 +112,11 @@ def same_trace(run: RunResult) -> bool:
 
 
 class PublishedRun(RunResult):
-    """A run read from published records: everything but the weights."""
+    """A run read from published records: everything but the weights (except KEPT_WEIGHTS)."""
 
     def load_model(self, map_location="cpu"):
+        if (self.run_dir / "model.pt").is_file():
+            return super().load_model(map_location)
         raise RunError(f"{self.run_dir} is a published record, and records hold no weights (model.pt); a page "
                        f"that looks inside the trained model needs the trained runs: build it from runs/ "
                        f"(make book PROFILE=..., or build_book.py --runs-dir runs).")
@@ -171,6 +178,8 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
         dst.mkdir(parents=True)
         for name in FILES:
             shutil.copy2(src / name, dst / name)
+        if r.name in KEPT_WEIGHTS.get(profile, ()) and (src / "model.pt").is_file():
+            shutil.copy2(src / "model.pt", dst / "model.pt")
         run = load_run(src)
         trace = src / "lr_trace.csv"
         if trace.is_file() and (trace.stat().st_size <= SMALL_TRACE or not same_trace(run)):

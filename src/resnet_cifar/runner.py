@@ -374,6 +374,7 @@ def main(args) -> int:
     from . import plan as P
     folder = Path(args.runs_dir) / identity / args.profile
     if args.command == "export":
+        from . import records as REC
         from .records import export
         records = Path(args.records_dir) if args.records_dir else root / RECORDS
         if args.profile == "smoke" and not args.records_dir:
@@ -382,7 +383,8 @@ def main(args) -> int:
         runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
         manifest = export(runs, args.profile, identity, folder, records / identity / args.profile, args.partial)
         print(f"exported {len(manifest['runs'])} of {len(runs)} runs of profile {args.profile} to "
-              f"{records / identity / args.profile} (config, summary, history; no weights)")
+              f"{records / identity / args.profile} (config, summary, history; weights only of "
+              f"{', '.join(REC.KEPT_WEIGHTS.get(args.profile, ())) or 'none'})")
         return 0
     if read_manifest(folder) is not None or inside(folder, root / RECORDS):
         raise ValueError(f"{folder} holds published records; runs are trained into a runs folder (--runs-dir runs) "

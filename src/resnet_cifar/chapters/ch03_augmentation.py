@@ -12,16 +12,18 @@ from ..runs import RunResult
 from ..train import evaluate
 
 
-def mean_probe(ch, baseline: RunResult, without_mean: RunResult) -> dict:
+def mean_probe(ch, baseline: RunResult, without_mean: RunResult | None) -> dict:
     """`baseline`'s final model evaluated on the test images with and without the mean
-    subtracted (`without_mean`'s configuration), and how far the two runs' training errors
-    differ: the `aug_*` values of chapter 3."""
-    facts = {"aug_train_diff": A.max_curve_gap(baseline, without_mean, "train_error")}
+    subtracted (normalize_eval=False: the log's test), and how far the training errors of
+    `without_mean` (a run that tests without the mean; None where the profile trains none)
+    and the baseline differ: the `aug_*` values of chapter 3."""
+    facts = {"aug_train_diff": A.max_curve_gap(baseline, without_mean, "train_error") if without_mean else "–"}
     model = baseline.load_model().to(ch.torch_device) if baseline.has_weights else None
-    for key, run in (("with", baseline), ("without", without_mean)):
+    for key, normalize_eval in (("with", True), ("without", False)):
         err = top = None
         if model is not None:
-            data = prepare_data(TrainConfig(**run.config), ch.torch_device, ch.dataset)
+            config = TrainConfig(**{**baseline.config, "normalize_eval": normalize_eval})
+            data = prepare_data(config, ch.torch_device, ch.dataset)
             result = evaluate(model, data.test_x, data.test_y)
             predicted = result["confusion"].sum(0)
             err, top = 100 * result["error"], 100 * predicted.max().item() / max(predicted.sum().item(), 1)

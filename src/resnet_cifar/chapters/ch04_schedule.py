@@ -9,7 +9,7 @@ from ..analysis import fmt
 from ..runs import RunResult
 
 
-def schedule_facts(ch, base: RunResult, **plateau_runs: RunResult) -> dict:
+def schedule_facts(ch, base: RunResult, **plateau_runs: RunResult | None) -> dict:
     """The step schedule's budget and evaluation rhythm, and what each plateau run's
     scheduler did, under its keyword: `sch_<key>_patience`, `sch_<key>_verdict`."""
     cfg = ch.config("schedule")
@@ -18,6 +18,9 @@ def schedule_facts(ch, base: RunResult, **plateau_runs: RunResult) -> dict:
              "sch_eval_every": f"{cfg.eval_every or per_epoch:,}", "sch_iters_per_epoch": f"{per_epoch:,}",
              "sch_evaluations": f"{len(base.history):,}"}
     for key, run in plateau_runs.items():
+        if run is None:
+            facts.update({f"sch_{key}_patience": "–", f"sch_{key}_verdict": "not trained at this profile"})
+            continue
         patience = run.config["plateau_patience"]
         facts[f"sch_{key}_patience"] = f"{patience:,}"
         facts[f"sch_{key}_verdict"] = plateau_verdicts({key: run})[patience]
@@ -54,6 +57,8 @@ def plateau_table(runs: dict[str, RunResult]) -> pd.DataFrame:
                      "LR reductions": len(drops),
                      "first reduction at": int(drops["iteration"].iloc[0]) if len(drops) else "never",
                      "final LR": f"{trace['lr'].iloc[-1]:g}" if len(trace) else None})
+    if not rows:  # no plateau run at this profile
+        return pd.DataFrame(columns=["patience", "evaluations", "LR reductions", "first reduction at", "final LR"])
     return pd.DataFrame(rows).set_index("run").astype(object)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from .. import analysis as A
 from ..analysis import fmt
-from ..bench import load_records
+from ..bench import is_flagged, load_records, rounds_note
 from ..compare import comparison
 from ..config import TrainConfig
 from ..data import prepare_data
@@ -41,11 +41,11 @@ def adam_kick(ch, runs: dict[str, RunResult], high_lr: float) -> tuple["pd.io.fo
 def adam_facts(ch, runs: dict[str, RunResult], adam_lr: float, high_lr: float):
     """`adam_kick` for SGD and Adam at `adam_lr` and `high_lr`, with their errors and Adam's
     status at `high_lr` (the `opt_*` values)."""
-    sgd, low, high = (runs[k] for k in ("SGD, momentum 0.9 (paper)", f"Adam, lr {adam_lr:g}",
-                                        f"Adam, lr {high_lr:g}"))
-    rms, facts = adam_kick(ch, {"SGD, momentum 0.9 (paper)": sgd, f"Adam, lr {adam_lr:g}": low,
-                                 f"Adam, lr {high_lr:g}": high}, high_lr)
-    return rms, {**facts, "opt_adam_lr": f"{adam_lr:g}", "opt_adam_high_status": high.summary["status_detail"],
+    labels = ("SGD, momentum 0.9 (paper)", f"Adam, lr {adam_lr:g}", f"Adam, lr {high_lr:g}")
+    sgd, low, high = (runs.get(k) for k in labels)  # None: an arm this profile does not train
+    rms, facts = adam_kick(ch, {k: runs[k] for k in labels if k in runs}, high_lr)
+    status = high.summary["status_detail"] if high else "not trained at this profile"
+    return rms, {**facts, "opt_adam_lr": f"{adam_lr:g}", "opt_adam_high_status": status,
                  **ch.errors({"opt_adam_high_err": high, "opt_adam_low_err": low, "opt_sgd_err": sgd})}
 
 
@@ -96,22 +96,21 @@ def bn_variances(baseline: RunResult, eps_values) -> dict:
 def format_speeds(ch, records_dir: Path | None = None) -> tuple["pd.io.formats.style.Styler", dict]:
     """Training speed per number format from the benchmark's records (book/records/bench-*.json,
     the appendix's measurements): one row per record and variant without torch.compile, its
-    library images/s and the ratio to the record's fp32; the page's `opt_*` sentence."""
+    library images/s and how its rounds agree; the page's `opt_*` sentence. No ratio between
+    variants: they are timed in different rounds (bench.py), and flagged figures stay out of it."""
     records = load_records(records_dir or project_root() / RECORDS)
     rows, sentences = {}, []
     for name, rec in records.items():
         info = rec["info"]
         variants = [v for v in rec["variants"] if "compile" not in v["variant"] and v.get("library")]
-        fp32 = next((v["library"] for v in variants if v["variant"] == "fp32"), None)
         for v in variants:
             rows[(info["device_name"], v["variant"])] = {
-                "dtype": v["dtype"], "images/s": v["library"], "× fp32": v["library"] / fp32 if fp32 else None,
+                "dtype": v["dtype"], "images/s": v["library"], "rounds max / min": rounds_note(v.get("rounds")),
                 "record": f"{name}.json, {info['date']}, batch {info['batch_size']}"}
-        parts = [f"{v['variant']} {v['library']:,.0f} images/s ({v['library'] / fp32:.2f}× fp32)"
-                 for v in variants if fp32 and v["variant"] != "fp32"]
-        if fp32:
-            sentences.append(f"on {info['device_name']} ({name}.json, {info['date']}): fp32 {fp32:,.0f} images/s, "
-                             + ", ".join(parts))
+        parts = [f"{v['variant']} {v['library']:,.0f}" for v in variants
+                 if not is_flagged((v.get("rounds") or {}).get("library"))]
+        if parts:
+            sentences.append(f"on {info['device_name']} ({name}.json, {info['date']}), images/s: " + ", ".join(parts))
     facts = {"opt_dtype_verdict": "; ".join(sentences) or "no benchmark record is committed, so this build has "
                                                            "no measured speed per number format",
              "opt_log_speed": f"{45000 / 10.32:,.0f}",  # the log: 45k training images in 10.3 s per epoch

@@ -89,14 +89,16 @@ def fig6(ch, plain: dict[int, list[RunResult]], residual: dict[int, list[RunResu
                                                    "bold test error", *every))
 
 
-def all50k(ch, split: list[RunResult], full: list[RunResult]) -> tuple[object, dict]:
+def all50k(ch, runs: dict[str, list[RunResult]]) -> tuple[object, dict]:
     """ResNet-32 trained on 45k (5k held out for decisions) and retrained on all 50k images
-    with the same schedule: table over seeds and the `dep_50k_*` text values."""
-    arms = {"45k train / 5k val (schedule chosen here)": split, "all 50k images, same schedule": full}
+    with the same schedule (`runs`: experiments.depth's "all50k" arms): table over seeds and the
+    `dep_50k_*` text values."""
+    names = {"45k/5k split": "45k train / 5k val (schedule chosen here)", "all 50k": "all 50k images, same schedule"}
+    arms = {names[k]: v for k, v in runs.items()}
     table, verdicts = seed_comparison(arms, next(iter(arms)))
     sizes = {label: runs[0].summary.get("train_size") for label, runs in arms.items()}
     facts = {"dep_50k_verdict": (f"At profile {ch.profile} on {ch.dataset.label}: "
-                                 + verdicts["all 50k images, same schedule"] + "."),
+                                 + verdicts.get(names["all 50k"], "not trained at this profile") + "."),
              "dep_50k_sizes": " and ".join(f"{v:,}" if isinstance(v, int) else "–" for v in sizes.values())}
-    every = split + full
+    every = [r for arm in arms.values() for r in arm]
     return A.styled(table, ch.caption("ResNet-32 on the 45k split and on all 50k images", *every), 2), facts
