@@ -41,11 +41,11 @@ from .config import TrainConfig
 from .devices import cpu_features, device_label, native_bf16, pick_device, set_numerics
 from .measure import (SPREAD_LIMIT, conventional_loader, load_average, macs_per_image, matmul_step,
                       measure_concurrent, profile_steps, race, spread)
+from .records import load_records  # noqa: F401 (bench.load_records: the appendix reads records)
 from .runs import git_commit
 from .train import build_training, eval_batch_size, evaluate, step_dtypes, train_step
 
 FORMAT = 3  # the record's layout (book/records/bench-*.json); 3 adds each figure's rounds
-READABLE = (2, 3)  # format 2 records load too: their figures have no rounds recorded
 PAPER_ITERATIONS = TrainConfig.iterations  # the recipe's default
 DTYPES = {"fp32": "float32", "tf32": "tf32", "fp64": "float64", "bf16": "bfloat16"}
 DEFAULT_VARIANTS = ("fp32", "fp32+cl", "tf32", "tf32+cl", "fp64", "bf16", "bf16+cl", "fp32+cl+compile",
@@ -432,17 +432,6 @@ def tables(record: dict) -> dict:
     variants = [{**{new: r.get(old) for old, new in names.items()}, "rounds max / min": rounds_note(r.get("rounds"))}
                 for r in record["variants"]]
     return dict(variants=pd.DataFrame(variants), conventional=pd.DataFrame(conv), profile=pd.DataFrame(prof))
-
-
-def load_records(folder: str | Path) -> dict[str, dict]:
-    """The records that `bench --json` wrote as `bench-*.json` in `folder`, by file stem ({} when none)."""
-    records = {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("bench-*.json"))}
-    for name, rec in records.items():
-        if rec.get("format") not in READABLE:
-            raise ValueError(f"{name}.json is not a benchmark record of format {' or '.join(map(str, READABLE))}: "
-                             f"measure it again with "
-                             f"`python -m resnet_cifar bench --json {name}.json`")
-    return records
 
 
 # ---------------------------------------------------------------- command line

@@ -12,7 +12,7 @@ import time
 import torch
 
 from .devices import set_numerics
-from .models import build_model
+from .models import multiply_adds
 
 KINDS = (  # (kind, name fragments): the first match wins. Batch norm comes first, since cuDNN's batch-norm
     # kernels are named cudnn::bn_...; cuDNN's other kernels are convolutions (and their layout changes).
@@ -99,18 +99,7 @@ def matmul_peak(device: torch.device, numerics: str = "float32", n: int | None =
 
 def macs_per_image(depth: int = 32) -> int:
     """Multiply-adds of one 3x32x32 image through ResNet-`depth`'s convolutions and classifier."""
-    model, total = build_model("resnet", depth, "A").eval(), [0]
-
-    def count(m, inputs, out):
-        if isinstance(m, torch.nn.Conv2d):
-            total[0] += out[0].numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-        elif isinstance(m, torch.nn.Linear):
-            total[0] += m.in_features * m.out_features
-    for m in model.modules():
-        m.register_forward_hook(count)
-    with torch.no_grad():
-        model(torch.zeros(1, 3, 32, 32))
-    return total[0]
+    return multiply_adds("resnet", depth, "A")
 
 
 class PILCIFAR(torch.utils.data.Dataset):

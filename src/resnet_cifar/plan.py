@@ -19,7 +19,7 @@ from . import experiments as E
 from .config import PROFILES, TrainConfig, profile_config
 from .devices import DeviceError, device_label, pick_device
 from .models import multiply_adds
-from .records import RECORDS, project_root, resolve_runs
+from .records import RECORDS, load_records, project_root, resolve_runs
 from .runs import FINISHED, config_diff, read_json, state
 
 
@@ -130,15 +130,14 @@ def model_flops(config: TrainConfig) -> float:
 def bench_rates(records_dir: Path, device: torch.device) -> list[dict]:
     """Training rates of the recorded benchmarks (bench-*.json) on `device`'s type."""
     rates = []
-    for path in sorted(Path(records_dir).glob("bench-*.json")):
-        record = read_json(path) or {}
+    for name, record in load_records(records_dir).items():
         info = record.get("info", {})
         if info.get("device", "").split(":")[0] != device.type:
             continue
         flops = model_flops(TrainConfig(depth=info.get("depth", 32)))
         for v in record.get("variants") or []:
             if v.get("library") and not v.get("compile"):
-                rates.append(dict(file=path.name, device_name=info.get("device_name"), date=info.get("date") or "",
+                rates.append(dict(file=f"{name}.json", device_name=info.get("device_name"), date=info.get("date") or "",
                                   batch_size=info.get("batch_size"), flops=flops, dtype=v["dtype"],
                                   channels_last=v["channels_last"], rate=v["library"]))
     return rates

@@ -16,12 +16,13 @@ book/records.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
 from .config import PROFILES, TrainConfig, lr_at
-from .runs import RunError, RunResult, git_commit, load_run, read_json, state, write_json
+from .runs import RunError, RunResult, config_diff, git_commit, load_run, read_json, state, write_json
 
 RECORDS = Path("book") / "records"
 MANIFEST = "records.json"
@@ -53,6 +54,20 @@ def shown_path(path: Path, root: Path | None = None) -> str:
         except ValueError:
             continue
     return "…/" + path.name
+
+
+BENCH_READABLE = (2, 3)  # benchmark record formats (bench.FORMAT); format 2's figures have no rounds
+
+
+def load_records(folder: str | Path) -> dict[str, dict]:
+    """The records that `bench --json` wrote as `bench-*.json` in `folder`, by file stem ({} when none)."""
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("bench-*.json"))}
+    for name, rec in records.items():
+        if rec.get("format") not in BENCH_READABLE:
+            raise ValueError(f"{name}.json is not a benchmark record of format {' or '.join(map(str, BENCH_READABLE))}: "
+                             f"measure it again with "
+                             f"`python -m resnet_cifar bench --json {name}.json`")
+    return records
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -131,9 +146,8 @@ def load_record(folder: Path, config: TrainConfig, profile: str) -> RunResult:
                        f"with `python -m resnet_cifar export --profile {profile}`, or build from your own runs "
                        f"(build_book.py --runs-dir runs).")
     run = PublishedRun(**vars(load_run(run_dir)))
-    ours, theirs = config.identity(), TrainConfig(**run.config).identity()
-    if ours != theirs:
-        diff = ", ".join(sorted(k for k in ours if ours[k] != theirs.get(k)))
+    diff = ", ".join(config_diff(config, TrainConfig(**run.config)))
+    if diff:
         raise RunError(f"the record {run_dir} was trained with other settings than the plan's ({diff}); train the "
                        f"run again (`python -m resnet_cifar run --profile {profile}`) and export it.")
     if run.lr_trace.empty and run.summary.get("iterations_done"):

@@ -11,13 +11,13 @@ import torch
 
 from .. import analysis as A
 from ..analysis import fmt
-from ..bench import is_flagged, load_records, rounds_note
+from ..bench import is_flagged, rounds_note
 from ..compare import comparison
 from ..config import TrainConfig
 from ..data import prepare_data
 from ..devices import native_bf16
 from ..models import build_model
-from ..records import RECORDS, project_root
+from ..records import RECORDS, load_records, project_root
 from ..runs import RunResult
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from .. import analysis as A
 from ..analysis import fmt
+from ..compare import mean_std
 from ..config import TrainConfig
 from ..data import prepare_data
 from ..runs import RunResult
@@ -98,11 +99,11 @@ class Headline:
 
     @property
     def mean(self) -> float | None:
-        return statistics.mean(self.errors) if self.errors else None
+        return mean_std(self.errors)[0]
 
     @property
     def std(self) -> float | None:
-        return statistics.stdev(self.errors) if len(self.errors) > 1 else None
+        return mean_std(self.errors)[1]
 
     def reasons(self) -> list[str]:
         """Why these numbers cannot be compared with the paper's (empty when they can)."""
@@ -120,7 +121,8 @@ class Headline:
             verdict = (f"None of the {len(runs)} runs finished ({', '.join(r.summary['status_detail'] for r in runs)}), "
                        "so this build has no test error to report.")
         elif not self.reasons():
-            verdict = "These numbers use the paper's recipe on the official data and can be compared with 7.51 %."
+            verdict = ("These numbers use the paper's recipe on the official data and can be compared with "
+                       f"{paper:.2f} %.")
         else:
             verdict = (f"Not comparable with the paper. This build used profile {ch.profile} "
                        f"({first['iterations']:,} iterations on {first['train_size']:,} training images) and "
@@ -152,7 +154,7 @@ class Headline:
 
     def checks(self) -> dict:
         """`head_best` and `head_checks`: same data? same budget? the paper's 7.51 % within the
-        seeds' spread (their std plus the paper's only reported spread, ResNet-110's 0.16)?"""
+        seeds' spread (their std plus the paper's only reported spread, ResNet-110's std)?"""
         ch, budget, paper = self.chapter, self.chapter.config("results"), A.PAPER_ERROR["ResNet-32"]
         same_data = ch.dataset.identity == "official"
         same_budget = (budget.iterations, budget.batch_size, budget.subset) == (PAPER_ITERATIONS, PAPER_BATCH, None)
@@ -161,13 +163,13 @@ class Headline:
                  f"{budget.batch_size}" + ("" if budget.subset is None else f" on {budget.subset}-image subsets")
                  + f"; the paper: {PAPER_ITERATIONS:,} × {PAPER_BATCH})"]
         if self.mean is None:
-            parts.append("within the spread of the paper's 7.51 %: cannot say, no run finished")
+            parts.append(f"within the spread of the paper's {paper:.2f} %: cannot say, no run finished")
         else:
-            spread, gap = (self.std or 0.0) + 0.16, abs(self.mean - paper)
-            parts.append(f"within the spread of the paper's 7.51 %: {'yes' if gap <= spread else 'no'} (|Δ| {gap:.2f} "
-                         f"{'≤' if gap <= spread else '>'} {spread:.2f} = this build's std "
-                         f"{fmt(self.std, '.2f', 'unknown (one seed)')} + 0.16, the paper's ResNet-110 std; the paper "
-                         f"reports no spread for ResNet-32)")
+            spread, gap = (self.std or 0.0) + A.PAPER_110_STD, abs(self.mean - paper)
+            parts.append(f"within the spread of the paper's {paper:.2f} %: {'yes' if gap <= spread else 'no'} (|Δ| "
+                         f"{gap:.2f} {'≤' if gap <= spread else '>'} {spread:.2f} = this build's std "
+                         f"{fmt(self.std, '.2f', 'unknown (one seed)')} + {A.PAPER_110_STD}, the paper's ResNet-110 "
+                         f"std; the paper reports no spread for ResNet-32)")
         return {"head_best": fmt(min(self.errors) if self.errors else None, ".2f"), "head_checks": "; ".join(parts) + "."}
 
     def comparison(self):
@@ -203,4 +205,4 @@ class Headline:
         """Training and test error of every seed, with the paper's 7.51 % as a dotted line."""
         return A.error_curves(self.runs, title=self.chapter.caption("ResNet-32, one curve per seed",
                                                                     *self.runs.values()),
-                              reference=(A.PAPER_ERROR["ResNet-32"], "paper: 7.51 %"))
+                              reference=(A.PAPER_ERROR["ResNet-32"], f"paper: {A.PAPER_ERROR['ResNet-32']:.2f} %"))

@@ -3,17 +3,15 @@
 Every sentence is computed from the run records, with the numbers and the condition it rests on."""
 from __future__ import annotations
 
-import statistics
 
 import pandas as pd
 
 from .. import analysis as A
-from ..compare import mean_std, seed_comparison, values
+from ..compare import mean_std, seed_comparison, values, verdict
 from ..analysis import fmt
 from ..runs import RunResult
 
-# Table 6 (ResNet-110: best of 5 runs 6.43, mean ± std 6.61 ± 0.16).
-PAPER_110_MEAN, PAPER_110_STD = 6.61, 0.16
+from ..analysis import PAPER_110_MEAN, PAPER_110_STD
 
 
 def final_train_error(run: RunResult) -> float | None:
@@ -67,16 +65,11 @@ def degradation(plain: dict[int, list[RunResult]], residual: dict[int, list[RunR
         b = [x for x in map(final_train_error, arms[hi]) if x is not None]
         if not a or not b:
             return f"{name}-{hi} or {name}-{lo} has no complete run, so this build cannot say."
-        ma, mb = statistics.mean(a), statistics.mean(b)
-        sa, sb = (statistics.stdev(a) if len(a) > 1 else None), (statistics.stdev(b) if len(b) > 1 else None)
+        (ma, _), (mb, _) = mean_std(a), mean_std(b)
         higher = "higher" if mb > ma else "lower" if mb < ma else "the same"
-        text = (f"{name}-{hi} ends with a {higher} final training error than {name}-{lo} "
-                f"({mb:.1f} % against {ma:.1f} %, mean of {len(b)} and {len(a)} seed(s))")
-        if sa is None or sb is None:
-            return text + "; with one seed per depth this is not resolved beyond seed noise."
-        if abs(mb - ma) <= sa + sb:
-            return text + f"; the difference is within the seeds' spread ({sa + sb:.1f} points): not resolved at this budget."
-        return text + f"; the difference is beyond the seeds' spread ({sa + sb:.1f} points)."
+        return (f"{name}-{hi} ends with a {higher} final training error than {name}-{lo} "
+                f"({mb:.1f} % against {ma:.1f} %, mean of {len(b)} and {len(a)} seed(s)): "
+                + verdict(b, a, f"{name}-{lo}"))
     return {"dep_degradation": sentence(plain, "plain"), "dep_residual": sentence(residual, "ResNet")}
 
 
