@@ -159,9 +159,9 @@ def test_warm_up_is_timed_apart_from_the_steady_rate(tiny, dataset, monkeypatch)
 
     monkeypatch.setattr(T, "train_step", slow_first)
     s = train(name="warm", dataset=dataset, **{**tiny, "iterations": 24, "eval_every": 12}).summary
-    assert s["warmup_iterations"] == T.WARMUP_ITERATIONS and s["warmup_time_s"] >= 1.5
+    assert s["warmup_iterations"] == T.STARTUP_ITERATIONS and s["warmup_time_s"] >= 1.5
     steady_s = s["wall_time_s"] - s["warmup_time_s"]
-    assert s["train_images_per_s"] == pytest.approx((24 - T.WARMUP_ITERATIONS) * 32 / steady_s)
+    assert s["train_images_per_s"] == pytest.approx((24 - T.STARTUP_ITERATIONS) * 32 / steady_s)
     assert s["train_images_per_s"] > 1.3 * 24 * 32 / s["wall_time_s"]  # the sleep is not in it
 
 

@@ -239,6 +239,40 @@ def lock_owner(run_dir: Path) -> int:
 
 # ---------------------------------------------------------------- what a training run writes
 
+@dataclass
+class LoopState:
+    """What the training loop carries from step to step, and what a checkpoint keeps of it.
+    "Start-up" is the timing of the first iterations after each (re)start (compiling, tuning),
+    kept out of the steady speed; "lr warm-up" is ResNet-110's low learning rate."""
+    iteration: int = 0
+    history: list = field(default_factory=list)      # one row per evaluation
+    lr_changes: list = field(default_factory=list)   # (iteration, lr) where the learning rate changed
+    wall_time: float = 0.0                            # seconds of training steps
+    startup_time: float = 0.0                         # of which the start-up iterations'
+    startup_iterations: int = 0
+    eval_time: float = 0.0
+    window: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))  # loss sum, wrong, seen
+    lr_warmup: bool = False                           # warmup_until_error: still at warmup_lr
+    lr_warmup_window: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
+    lr_warmup_ended: int | None = None
+
+    # checkpoint key -> field, as checkpoints have always named them (old runs resume)
+    SAVED = dict(iteration="iteration", history="history", lr_changes="lr_changes", wall_time="wall_time",
+                 warmup_time="startup_time", warmup_iterations="startup_iterations", eval_time="eval_time",
+                 window="window", lr_warmup="lr_warmup", lr_warmup_window="lr_warmup_window",
+                 lr_warmup_ended="lr_warmup_ended")
+
+    def saved(self) -> dict:
+        return {key: getattr(self, name) for key, name in self.SAVED.items()}
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "LoopState":
+        state = cls(**{name: saved[key] for key, name in cls.SAVED.items()})
+        state.window, state.lr_warmup_window = state.window.cpu(), state.lr_warmup_window.cpu()
+        state.lr_changes = [tuple(c) for c in state.lr_changes]
+        return state
+
+
 class Record:
     """What the training loop writes to the run folder (only where `enabled`: rank 0):
     summary.json, history.csv, checkpoint.pt, model.pt, lr_trace.csv. `facts` are the
@@ -247,63 +281,64 @@ class Record:
     def __init__(self, config: TrainConfig, run_dir: Path, per_epoch: int, facts: dict, enabled: bool = True):
         self.config, self.run_dir, self.per_epoch, self.facts, self.enabled = config, run_dir, per_epoch, facts, enabled
 
-    def row(self, state: dict, lr: float, evaluated: dict | None = None) -> dict:
+    def row(self, state: LoopState, lr: float, evaluated: dict | None = None) -> dict:
         """A history row: training loss/error since the last row, then val/test (NaN if not evaluated)."""
-        loss_sum, wrong, seen = state["window"].tolist()
+        loss_sum, wrong, seen = state.window.tolist()
         nan = float("nan")
-        row = dict(iteration=state["iteration"], epoch=state["iteration"] / self.per_epoch, lr=lr,
+        row = dict(iteration=state.iteration, epoch=state.iteration / self.per_epoch, lr=lr,
                    train_loss=loss_sum / seen if seen else nan, train_error=wrong / seen if seen else nan,
-                   val_loss=nan, val_error=nan, test_loss=nan, test_error=nan, wall_time=state["wall_time"])
+                   val_loss=nan, val_error=nan, test_loss=nan, test_error=nan, wall_time=state.wall_time)
         row.update(evaluated or {})
-        state["window"].zero_()
+        state.window.zero_()
         return row
 
-    def summary(self, state: dict, status: str) -> dict:
-        history = state["history"]
+    def summary(self, state: LoopState, status: str) -> dict:
+        history = state.history
         scored = [r for r in history if not math.isnan(r["val_error"])]
         best = min(scored, key=lambda r: r["val_error"]) if scored else None
         last = history[-1] if history else {}
-        steady_s = state["wall_time"] - state["warmup_time"]
-        steady_images = (state["iteration"] - state["warmup_iterations"]) * self.config.batch_size
+        steady_s = state.wall_time - state.startup_time
+        steady_images = (state.iteration - state.startup_iterations) * self.config.batch_size
         return dict(
-            self.facts, status=status.split(" ")[0], status_detail=status, iterations_done=state["iteration"],
+            self.facts, status=status.split(" ")[0], status_detail=status, iterations_done=state.iteration,
             final_test_error=last.get("test_error"), final_val_error=last.get("val_error"),
             best_val_error=best["val_error"] if best else None,
             test_error_at_best_val=best["test_error"] if best else None,
-            wall_time_s=state["wall_time"], warmup_time_s=state["warmup_time"],
-            warmup_iterations=state["warmup_iterations"], eval_time_s=state["eval_time"],
-            lr_warmup_ended_at=state["lr_warmup_ended"],  # warmup_until_error: the iteration the lr went up
-            # steady state: the steps after each (re)start's warm-up iterations
+            # the records' names: warmup_* is the start-up timing (not the lr warm-up)
+            wall_time_s=state.wall_time, warmup_time_s=state.startup_time,
+            warmup_iterations=state.startup_iterations, eval_time_s=state.eval_time,
+            lr_warmup_ended_at=state.lr_warmup_ended,  # warmup_until_error: the iteration the lr went up
+            # steady state: the steps after each (re)start's start-up iterations
             train_images_per_s=steady_images / steady_s if steady_images > 0 and steady_s > 0 else None,
             updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
-    def start(self, state: dict) -> None:
+    def start(self, state: LoopState) -> None:
         if self.enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / "config.json", dataclasses.asdict(self.config))
             write_json(self.run_dir / "summary.json", self.summary(state, "running"))
 
-    def checkpoint(self, state: dict, model, optimizer, plateau, status: str = "running") -> None:
+    def checkpoint(self, state: LoopState, model, optimizer, plateau, status: str = "running") -> None:
         if not self.enabled:
             return
-        save_atomic(dict(state, config=self.config.identity(), model=model.state_dict(),
+        save_atomic(dict(state.saved(), config=self.config.identity(), model=model.state_dict(),
                               optimizer=optimizer.state_dict(), plateau=plateau.state_dict() if plateau else None,
                               rng_cpu=torch.get_rng_state()), self.run_dir / "checkpoint.pt")
-        write_csv(self.run_dir / "history.csv", state["history"], HISTORY_COLUMNS)
+        write_csv(self.run_dir / "history.csv", state.history, HISTORY_COLUMNS)
         write_json(self.run_dir / "summary.json", self.summary(state, status))
 
-    def finish(self, state: dict, status: str, model, optimizer, plateau) -> None:
+    def finish(self, state: LoopState, status: str, model, optimizer, plateau) -> None:
         if not self.enabled:
             return
         if status == "complete":
             self.checkpoint(state, model, optimizer, plateau, status)
             save_atomic(model.state_dict(), self.run_dir / "model.pt")
-        write_csv(self.run_dir / "history.csv", state["history"], HISTORY_COLUMNS)
-        write_csv(self.run_dir / "lr_trace.csv", lr_trace(state["lr_changes"], state["iteration"]),
+        write_csv(self.run_dir / "history.csv", state.history, HISTORY_COLUMNS)
+        write_csv(self.run_dir / "lr_trace.csv", lr_trace(state.lr_changes, state.iteration),
                        ["iteration", "lr"])
         write_json(self.run_dir / "summary.json", self.summary(state, status))
 
-    def failed(self, state: dict, detail: str) -> None:
+    def failed(self, state: LoopState, detail: str) -> None:
         if self.enabled:
             with contextlib.suppress(OSError):
                 write_json(self.run_dir / "summary.json", dict(self.summary(state, "failed"),

@@ -25,7 +25,7 @@ from .devices import device_label, pick_device, set_numerics
 from .models import architecture_flops, build_model, count_parameters
 from .runs import RunError, RunResult, load_run
 
-WARMUP_ITERATIONS = 10  # after each (re)start, timed apart: torch.compile compiles, CUDA graphs record, cuDNN tunes
+STARTUP_ITERATIONS = 10  # after each (re)start, timed apart: torch.compile compiles, CUDA graphs record, cuDNN tunes
 WARMUP_RULE_EVERY = 50  # warmup_until_error: the training error of each 50 iterations decides (about 400 in the paper)
 
 
@@ -113,56 +113,53 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
     eval_every = config.eval_every or batches.per_epoch
     checkpoint_every = config.checkpoint_every or eval_every
     model, step_model, optimizer, plateau = build_training(config, device, world, dtype)
-    state = dict(iteration=0, history=[], lr_changes=[], wall_time=0.0, warmup_time=0.0, warmup_iterations=0,
-                 eval_time=0.0, window=torch.zeros(3, dtype=torch.float64),  # window: loss sum, wrong, seen
-                 lr_warmup=config.warmup_until_error is not None, lr_warmup_window=torch.zeros(3, dtype=torch.float64),
-                 lr_warmup_ended=None)
+    state = runs.LoopState(lr_warmup=config.warmup_until_error is not None)
     if resume:
-        load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, plateau, state, device)
+        state = load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, plateau, device)
     record = runs.Record(config, run_dir, batches.per_epoch, run_facts(config, run_dir, data, device, numerics, model,
                                                                        world), enabled=rank == 0)
     record.start(state)
     read_every = loss_read_interval(device)
-    warm_until = state["iteration"] + min(WARMUP_ITERATIONS, (config.iterations - state["iteration"]) // 2)
-    progress = Progress(config, run_dir.name, state["iteration"], rank)
-    it, pending, status = state["iteration"], [], "running"
+    startup_until = state.iteration + min(STARTUP_ITERATIONS, (config.iterations - state.iteration) // 2)
+    progress = Progress(config, run_dir.name, state.iteration, rank)
+    it, pending, status = state.iteration, [], "running"
     try:
         started = time.perf_counter()
         while it < config.iterations:
-            lr = (config.warmup_lr if state["lr_warmup"] else current_lr(optimizer) if plateau
+            lr = (config.warmup_lr if state.lr_warmup else current_lr(optimizer) if plateau
                   else lr_at(config, it, batches.per_epoch))
-            if not state["lr_changes"] or state["lr_changes"][-1][1] != lr:
-                state["lr_changes"].append((it, lr))
+            if not state.lr_changes or state.lr_changes[-1][1] != lr:
+                state.lr_changes.append((it, lr))
             pending.append(train_step(step_model, optimizer, *batches(it), lr, autocast_dtype))
             it += 1
             due_eval = it % eval_every == 0 or it == config.iterations
             due_checkpoint = it % checkpoint_every == 0 and it < config.iterations
-            rule_due = state["lr_warmup"] and it % WARMUP_RULE_EVERY == 0
-            if not (due_eval or due_checkpoint or rule_due or it % read_every == 0 or it == warm_until):
+            rule_due = state.lr_warmup and it % WARMUP_RULE_EVERY == 0
+            if not (due_eval or due_checkpoint or rule_due or it % read_every == 0 or it == startup_until):
                 continue
             stats, bad = read_steps(pending, world)
             seconds = time.perf_counter() - started
             if bad is not None:  # keep the steps up to the first non-finite loss, drop the later ones
                 seconds *= (bad + 1) / len(stats)
                 it, stats = it - len(stats) + bad + 1, stats[:bad + 1]
-            state["wall_time"] += seconds
-            if it <= warm_until:
-                state["warmup_time"] += seconds
-                state["warmup_iterations"] += len(stats)
-            state["window"] += stats.sum(0)
-            state["iteration"] = it
-            if state["lr_warmup"]:
+            state.wall_time += seconds
+            if it <= startup_until:
+                state.startup_time += seconds
+                state.startup_iterations += len(stats)
+            state.window += stats.sum(0)
+            state.iteration = it
+            if state.lr_warmup:
                 update_lr_warmup(state, stats, config, check=rule_due)
             progress.update(it, (stats[-1, 0] / stats[-1, 2]).item())
             if bad is not None:
                 status = f"diverged at iteration {it}"
-                state["history"].append(record.row(state, current_lr(optimizer)))
+                state.history.append(record.row(state, current_lr(optimizer)))
                 break
             if due_eval:
                 eval_start = time.perf_counter()
                 row = record.row(state, current_lr(optimizer), evaluation(model, data, config, rank, world))
-                state["eval_time"] += time.perf_counter() - eval_start
-                state["history"].append(row)
+                state.eval_time += time.perf_counter() - eval_start
+                state.history.append(row)
                 progress.log(row)
                 if plateau:
                     plateau.step(row["val_loss"] if len(data.val_y) else row["train_loss"])
@@ -171,7 +168,7 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
             started = time.perf_counter()
     except BaseException as e:
         detail = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
-        record.failed(state, f"{detail} at iteration {state['iteration']}")
+        record.failed(state, f"{detail} at iteration {state.iteration}")
         raise
     finally:
         progress.close()
@@ -196,16 +193,16 @@ def read_steps(pending: list[torch.Tensor], world: int) -> tuple[torch.Tensor, i
     return stats, None if finite.all() else int((~finite).nonzero()[0])
 
 
-def update_lr_warmup(state: dict, stats: torch.Tensor, config: TrainConfig, check: bool) -> None:
+def update_lr_warmup(state: runs.LoopState, stats: torch.Tensor, config: TrainConfig, check: bool) -> None:
     """ResNet-110 (Sec. 4.2): "we use 0.01 to warm up the training until the training error is
     below 80% (about 400 iterations), and then go back to 0.1". Checked every WARMUP_RULE_EVERY
     iterations on the training error of those iterations."""
-    state["lr_warmup_window"] += stats.sum(0)
+    state.lr_warmup_window += stats.sum(0)
     if check:
-        _, wrong, seen = state["lr_warmup_window"].tolist()
+        _, wrong, seen = state.lr_warmup_window.tolist()
         if wrong / seen < config.warmup_until_error:
-            state["lr_warmup"], state["lr_warmup_ended"] = False, state["iteration"]
-        state["lr_warmup_window"].zero_()
+            state.lr_warmup, state.lr_warmup_ended = False, state.iteration
+        state.lr_warmup_window.zero_()
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -310,7 +307,8 @@ def run_facts(config: TrainConfig, run_dir: Path, data: PreparedData, device: to
                 git_commit=runs.git_commit())
 
 
-def load_checkpoint(path: Path, config: TrainConfig, model, optimizer, plateau, state: dict, device) -> None:
+def load_checkpoint(path: Path, config: TrainConfig, model, optimizer, plateau, device) -> runs.LoopState:
+    """Restore model, optimizer and scheduler from the checkpoint at `path`; the loop's state."""
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
@@ -324,13 +322,12 @@ def load_checkpoint(path: Path, config: TrainConfig, model, optimizer, plateau, 
         optimizer.load_state_dict(saved["optimizer"])
         if plateau:
             plateau.load_state_dict(saved["plateau"])
-        state.update({k: saved[k] for k in state})
+        state = runs.LoopState.from_saved(saved)
     except (RuntimeError, KeyError, ValueError) as e:
         raise RunError(f"checkpoint {path} does not match this model ({str(e).splitlines()[0]}); pass force=True "
                        f"to start the run over.") from e
-    state["window"] = state["window"].cpu()
-    state["lr_changes"] = [tuple(c) for c in state["lr_changes"]]
     torch.set_rng_state(saved["rng_cpu"].cpu())
+    return state
 
 
 # ---------------------------------------------------------------- several processes (torchrun)
