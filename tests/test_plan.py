@@ -447,3 +447,18 @@ def test_a_chapter_builds_from_exported_records(chapter4, tmp_path):
     text = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])])
     assert "committed records of" in text and "[resnet32-seed0] it " not in text  # captions say so; nothing trained
     assert not list(records.rglob("model.pt")) and not list(records.rglob("checkpoint.pt"))
+
+
+def test_readme_results_are_the_committed_records():
+    """README's results table is `records --markdown PROFILE` of the committed records, not typed."""
+    import re
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"<!-- results (\w+) -->\n(.*?)\n<!-- end results -->", text, re.S)
+    assert blocks, "README has no generated results block"
+    for profile, block in blocks:
+        datasets = sorted(p.name for p in (ROOT / "book" / "records").iterdir()
+                          if (p / profile / "records.json").is_file())
+        assert datasets, f"README shows results of profile {profile}, but no records of it are committed"
+        assert block.strip() in {REC.results_markdown(ROOT, d, profile).strip() for d in datasets}, (
+            f"README's {profile} results differ from the records: run "
+            f"`python -m resnet_cifar records --markdown {profile}` and paste its output")

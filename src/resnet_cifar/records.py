@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .config import PROFILES, TrainConfig, lr_at
+from .config import PROFILES, TrainConfig, lr_at, profile_config
 from .runs import RunError, RunResult, config_diff, git_commit, load_run, read_json, state, write_json
 
 RECORDS = Path("book") / "records"
@@ -229,3 +229,29 @@ def best_profile(root: Path, dataset: str) -> str | None:
     found = [r for r in committed(root, dataset) if r["runs"] >= (r["planned"] or 0)]
     share = lambda r: (r["runs"] / max(r["planned"] or 1, 1), list(PROFILES).index(r["profile"]))  # noqa: E731
     return max(found, key=share)["profile"] if found else None
+
+
+def results_markdown(root: Path, dataset: str, profile: str) -> str:
+    """The committed records of `dataset`/`profile` as README's results: one line saying what
+    they are, then one row per run (test error, best validation error, device, training time)."""
+    folder = Path(root) / RECORDS / dataset / profile
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return f"No committed records of profile {profile} on {dataset}."
+    cfg = profile_config(profile)
+    rows = ["| run | status | iterations | test error % | best val error % | device | training time |",
+            "|---|---|---|---|---|---|---|"]
+    for name in sorted(manifest.get("runs", {})):
+        s = read_json(folder / name / "summary.json") or {}
+        pct = lambda v: "–" if v is None else f"{100 * v:.2f}"  # noqa: E731
+        minutes = ((s.get("wall_time_s") or 0) + (s.get("eval_time_s") or 0)) / 60
+        rows.append(f"| {name} | {s.get('status', '–')} | {s.get('iterations_done', 0):,} | "
+                    f"{pct(s.get('final_test_error'))} | {pct(s.get('best_val_error'))} | "
+                    f"{s.get('device_name', '–')} | {minutes:.0f} min |")
+    done, planned = len(manifest.get("runs", {})), manifest.get("planned")
+    head = (f"Profile {profile} ({cfg.iterations:,} iterations of batch {cfg.batch_size}, lr ÷10 at "
+            f"{' and '.join(f'{m:,}' for m in cfg.milestones)}) on {dataset}: {done} of {planned} planned runs "
+            f"published ({'complete' if done >= (planned or 0) else 'partial: the rest is still training'}), "
+            f"exported {manifest.get('exported')}. Not the paper's budget"
+            + ("" if dataset == "official" else ", not the official data") + ".")
+    return head + "\n\n" + "\n".join(rows)

@@ -354,6 +354,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("records", help="the committed records of this dataset, per profile")
     p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
     p.add_argument("--best", action="store_true", help="print only the most complete profile (nothing if none)")
+    p.add_argument("--markdown", metavar="PROFILE", default=None,
+                   help="print the results table of PROFILE's committed records in markdown (README's results)")
 
 
 def dataset_identity(data_dir) -> str:
@@ -370,7 +372,7 @@ def main(args) -> int:
     identity = dataset_identity(args.data_dir)
     root = project_root()
     if args.command == "records":
-        return _records(root, identity, args.best)
+        return _records(root, identity, args.best, args.markdown)
     from . import plan as P
     folder = Path(args.runs_dir) / identity / args.profile
     if args.command == "export":
@@ -455,8 +457,11 @@ def _show_plan(args, runs, folder: Path, identity: str, root: Path) -> int:
     return 0
 
 
-def _records(root: Path, identity: str, best: bool) -> int:
-    from .records import RECORDS, best_profile, committed
+def _records(root: Path, identity: str, best: bool, markdown: str | None = None) -> int:
+    from .records import RECORDS, best_profile, committed, results_markdown
+    if markdown:
+        print(results_markdown(root, identity, markdown))
+        return 0
     if best:
         print(best_profile(root, identity) or "")
         return 0
