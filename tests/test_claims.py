@@ -72,3 +72,18 @@ def test_chapters_state_no_typed_results(path):
     cells = json.loads(path.read_text())["cells"]
     found = [line for c in cells if c["cell_type"] == "markdown" for line in claims("".join(c["source"]))]
     assert found == [], f"{path.name} states results in typed text (glue them from the records):\n" + "\n".join(found)
+
+
+def test_chapter_code_cells_are_short_calls_that_fit_the_page():
+    """Notebooks hold narrative and short calls: every code cell but the parameters is at most
+    6 lines, and no code line is over 88 characters (the page would scroll it sideways)."""
+    problems = []
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] != "code":
+                continue
+            lines = "".join(cell["source"]).split("\n")
+            if len(lines) > 6 and "parameters" not in cell["metadata"].get("tags", []):
+                problems.append(f"{path.name} cell {i}: {len(lines)} lines")
+            problems += [f"{path.name} cell {i}: {len(line)} characters" for line in lines if len(line) > 88]
+    assert not problems, "\n".join(problems)

@@ -12,6 +12,13 @@ from ..models import count_parameters, flop_count, resnet
 from ..runs import RunResult
 
 
+PARTS = ["conv1", "stage1", "stage2", "stage3", "fc"]  # the layer table's rows
+
+
+def layers_caption(ch) -> str:
+    return ch.caption("ResNet-32 (option A) for one 3×32×32 image")
+
+
 def model_facts(model: torch.nn.Module) -> dict:
     """ResNet-32's weighted layers, parameters, FLOPs (total and per stage) and what option B
     shortcuts add: the model chapter's text values."""

@@ -6,6 +6,7 @@ import torch
 from .. import analysis as A
 from .. import data as D
 from ..analysis import fmt
+from ..compare import comparison
 from ..config import TrainConfig
 from ..data import prepare_data
 from ..runs import RunResult
@@ -61,3 +62,14 @@ def normalization_facts(dataset, mean_sample: int, title: str = "") -> tuple[obj
              "aug_mean_rgb": ", ".join(f"{float(v):.3f}" for v in pixel.mean.mean((1, 2))),
              "aug_std_rgb": ", ".join(f"{float(v):.3f}" for v in channel.std.flatten())}
     return fig, facts
+
+
+def augmentation_facts(ch, arms: dict[str, list[RunResult]]) -> tuple[object, dict]:
+    """The augmentation ablation over seeds (table) and its `aug_*` text values: each arm's
+    error ('–' for an arm this profile does not train) and the baseline's train/test gap."""
+    own = ch.own_seed(arms)
+    baseline = own["crop + flip (paper)"]
+    table, facts = comparison(ch, arms, "crop + flip (paper)", "Augmentation ablation", "aug")
+    facts.update(ch.errors({"aug_none_err": own.get("no augmentation"), "aug_cropflip_err": baseline,
+                            "aug_flip_err": own.get("flip only")}))
+    return table, {**facts, "aug_gap_train_test": A.train_test_gap(baseline)}

@@ -9,9 +9,17 @@ from ..analysis import fmt
 from ..runs import RunResult
 
 
-def schedule_facts(ch, base: RunResult, **plateau_runs: RunResult | None) -> dict:
-    """The step schedule's budget and evaluation rhythm, and what each plateau run's
-    scheduler did, under its keyword: `sch_<key>_patience`, `sch_<key>_verdict`."""
+def plateau_runs(runs: dict[str, RunResult]) -> list[RunResult]:
+    """The runs of `runs` with a plateau schedule."""
+    return [r for r in runs.values() if r.config.get("schedule") == "plateau"]
+
+
+def schedule_facts(ch, runs: dict[str, RunResult], long_patience: int, short_patience: int) -> dict:
+    """The step schedule's budget and evaluation rhythm, and what the plateau runs of each
+    patience did (`sch_long_*`, `sch_short_*`; 'not trained at this profile' without them)."""
+    base = runs["multistep (paper)"]
+    plateau_runs = {key: runs.get(f"plateau, patience {p}") for key, p in (("long", long_patience),
+                                                                             ("short", short_patience))}
     cfg = ch.config("schedule")
     per_epoch = max(base.summary["train_size"] // cfg.batch_size, 1)
     facts = {"sch_iterations": f"{cfg.iterations:,}", "sch_milestones": " and ".join(f"{m:,}" for m in cfg.milestones),

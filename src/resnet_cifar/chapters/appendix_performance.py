@@ -1,0 +1,65 @@
+"""The Performance appendix's computations: the benchmark run at the page's profile, its tables
+and figure, captioned with where they were measured, and the recorded benchmarks beside it."""
+from __future__ import annotations
+
+import pandas as pd
+
+from .. import bench
+
+# The smoke page's benchmark: seconds of timing per variant (quick and paper: the full one).
+SMOKE = dict(variants=["fp32", "fp32+cl", "bf16+cl"], workers=(0,), train_images=512, seconds=0.5,
+             rounds=3, warmup=1, profile=1)
+RECORDED_COLUMNS = ["device_name", "date", "library", "conventional", "ratio", "fastest_fp32",
+                    "fastest_fp32_rate", "fastest", "fastest_rate", "schedule_fp32_min",
+                    "schedule_fastest_min", "flagged"]
+
+
+def measure(ch, seed: int = 0) -> dict:
+    """`bench.run_benchmark` on the chapter's device and data, cut down on the smoke profile."""
+    settings = SMOKE if ch.profile == "smoke" else {}
+    return bench.run_benchmark(device=ch.device, dataset=ch.dataset, seed=seed, **settings)
+
+
+def caption(ch, record: dict, text: str) -> str:
+    return f"{text} — profile {ch.profile} · {record['info']['dataset']} · {record['info']['device_name']}"
+
+
+def tables(ch, record: dict) -> dict:
+    """The benchmark's tables, styled and captioned: conventional, variants, profile."""
+    t = bench.tables(record)
+    return {
+        "conventional": t["conventional"].style.format(precision=2).hide(axis="index").set_caption(
+            caption(ch, record, "Library vs conventional pipeline, images/s")),
+        "variants": t["variants"].style.format(precision=1, na_rep="–").hide(axis="index").set_caption(
+            caption(ch, record, "Step variants: library and model-only rates, the data work per batch, "
+                                "the step's GFLOP/s and its share of the matmul peak")),
+        "profile": t["profile"].style.format(precision=1).hide(axis="index").set_caption(
+            caption(ch, record, f"torch.profiler over {record['profile']['steps']} library fp32 step(s): "
+                                f"the ops with the most {record['profile']['time']}")),
+    }
+
+
+def rates_figure(ch, record: dict):
+    """Model-only and library images/s per step variant (horizontal bars)."""
+    import matplotlib.pyplot as plt
+    rates = bench.tables(record)["variants"].set_index("variant")[["model-only images/s", "library images/s"]]
+    ax = rates.iloc[::-1].plot.barh(figsize=(8, 3), xlabel="",
+                                    title=caption(ch, record, "Training images/s by step variant"))
+    ax.figure.tight_layout()
+    plt.close(ax.figure)
+    return ax.figure
+
+
+def recorded(records: dict) -> "pd.io.formats.style.Styler":
+    """The recorded benchmarks side by side (`bench.summarize` of each)."""
+    table = pd.DataFrame({name: bench.summarize(rec) for name, rec in records.items()}).T[RECORDED_COLUMNS]
+    return table.style.format(precision=2).set_caption(
+        "Recorded benchmarks: library vs conventional (fp32, same rounds), the fastest variants, the paper's "
+        "64k iterations in minutes, and the figures whose rounds disagree")
+
+
+def recorded_variants(records: dict, name: str = "bench-cpu") -> "pd.io.formats.style.Styler":
+    """The step variants of the recorded benchmark `name`."""
+    table = bench.tables(records[name])["variants"]
+    return table.style.format(precision=1, na_rep="–").hide(axis="index").set_caption(
+        f"Recorded benchmark ({name}.json): step variants — {records[name]['info']['device_name']}")
