@@ -330,6 +330,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--profile", type=int, default=3, metavar="STEPS", help="library steps under torch.profiler (0: none)")
     add("--concurrent", type=int, default=0, metavar="K", help="also time K runs at once against one (default: off)")
     add("--concurrent-variant", type=_variant, default=None, metavar="SPEC", help="their variant (default: the first)")
+    add("--fused", type=int, nargs="+", action="extend", default=None, metavar="N",
+        help="instead: the images/s of N runs fused into one model (fused.py) against one alone, per N "
+             "(e.g. --fused 1 4 16 64); with --json, merged into OUT's `fused` section")
     add("--data-dir", default=None)
     add("--json", default=None, metavar="OUT", help="write the record as JSON to OUT")
 
@@ -342,6 +345,9 @@ def _variant(spec: str) -> Variant:
 
 
 def main(args) -> int:
+    if args.fused:
+        from .fused import bench_main
+        return bench_main(args)
     settings = {k: getattr(args, k) for k in ("device", "batch_size", "depth", "variants", "conventional", "workers",
                                               "seconds", "rounds", "warmup", "train_images", "data_dir", "threads",
                                               "profile", "concurrent", "concurrent_variant")}

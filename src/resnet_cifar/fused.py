@@ -398,3 +398,30 @@ def measure(ns, device: str = "auto", batch_size: int = 128, depth: int = 32, tr
             f"solo {s:,.1f} ({min(rates['solo']):,.1f}-{max(rates['solo']):,.1f})")
         del built, models, optimizers, step
     return out
+
+
+def bench_main(args) -> int:
+    """`bench --fused N ...`: print `measure`'s figures, one `fused N: X× solo` line per N, and
+    with --json merge them into OUT's `fused` section."""
+    import json
+    import sys
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = measure(args.fused, args.device, args.batch_size, args.depth, args.train_images, args.rounds,
+                   args.seconds, args.warmup, data_dir=args.data_dir,
+                   log=lambda text: print(text, file=sys.stderr, flush=True))
+    print(f"ResNet-{args.depth}, batch {args.batch_size}, {pick_device(args.device)}, {torch.get_num_threads()} "
+          f"thread(s); aggregate training images/s, median of {args.rounds} alternating rounds (min-max):")
+    for r in rows:
+        print(f"  {r['n']} fused: {r['images_per_s']:,.1f} ({r['spread'][0]:,.1f}-{r['spread'][1]:,.1f}); one alone: "
+              f"{r['solo_images_per_s']:,.1f} ({r['solo_spread'][0]:,.1f}-{r['solo_spread'][1]:,.1f})")
+    for r in rows:
+        print(f"fused {r['n']}: {r['ratio']:.2f}× solo")
+    if args.json:
+        path = Path(args.json)
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        kept = [r for r in record.get("fused") or [] if r.get("n") not in {x["n"] for x in rows}]
+        record["fused"] = sorted(kept + rows, key=lambda r: r["n"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+    return 0
