@@ -48,9 +48,10 @@ from .runs import RunError, RunResult, load_run
 # under vmap), one batch size (one stacked batch), the iterations, the numerics, the optimizer kind.
 GROUP_KEY = ("arch", "depth", "shortcut", "final_relu", "bn_eps", "batch_size", "iterations", "dtype", "optimizer",
              "device")
-# Runs per group by default: on a CPU, fusing gains nothing (`bench --fused 2` on a 2-core CPU,
-# ResNet-32, batch 128: 1.00x solo), so each run trains alone; on CUDA it fills the GPU with
-# larger kernels (not yet measured on a GPU).
+# Runs per group by default. On a CPU no clear gain: `bench --fused 2 --device cpu --train-images 1000
+# --rounds 5 --seconds 2` (ResNet-32, batch 128, a busy 2-core AMD EPYC) measured 0.98x and 1.52x solo
+# in two sessions, the rounds' spreads overlapping, so each run trains alone. On CUDA fused groups
+# fill the GPU with larger kernels: 16 is a guess, not yet measured on a GPU.
 DEFAULT_FUSE = {"cpu": 1, "cuda": 16}
 
 
@@ -347,7 +348,6 @@ def measure(ns, device: str = "auto", batch_size: int = 128, depth: int = 32, tr
     about `seconds` of one, then of the other. {n, images_per_s, solo_images_per_s (medians),
     spreads (min, max), ratio, rounds, gpu_memory_bytes (CUDA: peak allocated by the fused steps)}."""
     from .bench import Variant, bench_dataset, setup
-    from .measure import sync
     log = log or (lambda text: None)
     for n in ns:
         check_fuse(n)
@@ -372,23 +372,14 @@ def measure(ns, device: str = "auto", batch_size: int = 128, depth: int = 32, tr
                  [c.lr for c in configs])
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        calls = {}
-        for name, fn in (("solo", solo.library), ("fused", fused)):
-            for _ in range(max(warmup, 1)):
-                sync(dev)
-                t0 = time.perf_counter()
-                fn()
-            sync(dev)
-            calls[name] = max(1, round(seconds / max(time.perf_counter() - t0, 1e-6)))
-        rates = {"solo": [], "fused": []}
+        steps = dict(solo=(solo.library, batch_size), fused=(fused, n * batch_size))
+        calls, rates = {}, {"solo": [], "fused": []}
+        for name, (fn, _) in steps.items():
+            _timed(fn, max(warmup, 1) - 1, dev)
+            calls[name] = max(1, round(seconds / max(_timed(fn, 1, dev), 1e-6)))  # the last warm-up step sizes it
         for _ in range(rounds):
-            for name, fn, images in (("solo", solo.library, batch_size), ("fused", fused, n * batch_size)):
-                sync(dev)
-                t0 = time.perf_counter()
-                for _ in range(calls[name]):
-                    fn()
-                sync(dev)
-                rates[name].append(images * calls[name] / (time.perf_counter() - t0))
+            for name, (fn, images) in steps.items():
+                rates[name].append(images * calls[name] / _timed(fn, calls[name], dev))
         f, s = statistics.median(rates["fused"]), statistics.median(rates["solo"])
         out.append(dict(n=n, images_per_s=f, solo_images_per_s=s, ratio=f / s, rounds=rounds,
                         spread=[min(rates["fused"]), max(rates["fused"])],
@@ -398,6 +389,16 @@ def measure(ns, device: str = "auto", batch_size: int = 128, depth: int = 32, tr
             f"solo {s:,.1f} ({min(rates['solo']):,.1f}-{max(rates['solo']):,.1f})")
         del built, models, optimizers, step
     return out
+
+
+def _timed(fn, calls: int, device: torch.device) -> float:
+    from .measure import sync
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync(device)
+    return time.perf_counter() - start
 
 
 def bench_main(args) -> int:

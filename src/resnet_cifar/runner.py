@@ -502,8 +502,8 @@ def _show_plan(args, runs, folder: Path, identity: str, root: Path) -> int:
         print(f"group {g['label']}: {len(g['runs'])} run(s) fused ({', '.join(g['runs'])}): "
               f"{hms(g['seconds']) if g['seconds'] is not None else 'unknown'} estimated")
     if fused is not None:
-        print(f"a group's time is the sum of its runs' times, as measured on a CPU (`bench --fused`: fused runs "
-              f"train at about the images/s of one alone); on a GPU a group is faster (not yet measured)")
+        print("a group's time is estimated as the sum of its runs' times: on a CPU `bench --fused 2` measured no "
+              "clear gain from fusing; on a GPU a group should take less (not yet measured)")
     return 0
 
 
