@@ -3,6 +3,7 @@ batches bit for bit, the same training to float tolerance), keeps its own record
 kill, and leaves the group when it diverges; the runner, plan and bench expose it."""
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,8 @@ def test_killed_group_resumes_to_the_uninterrupted_result(base, dataset, tmp_pat
     def step(self, *args):
         if len(calls) == 5:
             raise KeyboardInterrupt
+        for c in configs:  # each run's lock is held while the group trains it
+            assert R.lock_owner(Path(c.runs_dir) / c.run_name()) == os.getpid()
         calls.append(1)
         return real(self, *args)
     with monkeypatch.context() as mp:

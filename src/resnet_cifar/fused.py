@@ -50,7 +50,7 @@ GROUP_KEY = ("arch", "depth", "shortcut", "final_relu", "bn_eps", "batch_size", 
              "device")
 # Runs per group by default. On a CPU no clear gain: `bench --fused 2 --device cpu --train-images 1000
 # --rounds 5 --seconds 2` (ResNet-32, batch 128, a busy 2-core AMD EPYC) measured 0.98x and 1.52x solo
-# in two sessions, the rounds' spreads overlapping, so each run trains alone. On CUDA fused groups
+# in two measurements, the rounds' spreads overlapping, so each run trains alone. On CUDA fused groups
 # fill the GPU with larger kernels: 16 is a guess, not yet measured on a GPU.
 DEFAULT_FUSE = {"cpu": 1, "cuda": 16}
 
