@@ -503,7 +503,7 @@ def _show_plan(args, runs, folder: Path, identity: str, root: Path) -> int:
               f"{hms(g['seconds']) if g['seconds'] is not None else 'unknown'} estimated")
     if fused is not None:
         print("a group's time is estimated as the sum of its runs' times: on a CPU `bench --fused 2` measured no "
-              "clear gain from fusing; on a GPU a group should take less (not yet measured)")
+              "gain from fusing; on a GPU a group should take less (not yet measured)")
     return 0
 
 
