@@ -444,9 +444,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--device", default="auto", help="auto | cpu | cuda[:k] | mps (default: auto)")
     add("--batch-size", type=int, default=128, help="(default: 128, the paper's)")
     add("--depth", type=int, default=32, help="ResNet depth (default: 32)")
-    add("--variants", nargs="+", type=_variant, default=list(DEFAULT_VARIANTS), metavar="SPEC",
-        help=f"step variants (default: {' '.join(DEFAULT_VARIANTS)}); those the device cannot run natively are "
-             f"skipped with the reason")
+    add("--variants", nargs="+", type=_variant, default=None, metavar="SPEC",
+        help=f"step variants (default: {' '.join(DEFAULT_VARIANTS)}; with --fused, none unless given); those the "
+             f"device cannot run natively are skipped with the reason")
     add("--conventional", nargs="*", type=_variant, default=["fp32"], metavar="SPEC",
         help="variants also timed with the conventional pipeline (default: fp32)")
     add("--workers", type=int, nargs="+", default=None, help="its DataLoader num_workers (default: 0 1 2, 4 8)")
@@ -460,6 +460,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--profile", type=int, default=3, metavar="STEPS", help="library steps under torch.profiler (0: none)")
     add("--concurrent", type=int, default=0, metavar="K", help="also time K runs at once against one (default: off)")
     add("--concurrent-variant", type=_variant, default=None, metavar="SPEC", help="their variant (default: the first)")
+    add("--fused", type=int, nargs="+", action="extend", default=None, metavar="N",
+        help="instead: the images/s of N runs fused into one model (fused.py) against one alone, per N "
+             "(e.g. --fused 1 4 16 64); with --json, merged into OUT's `fused` section")
     add("--data-dir", default=None)
     add("--json", default=None, metavar="OUT", help="write the record as JSON to OUT")
 
@@ -472,12 +475,18 @@ def _variant(spec: str) -> Variant:
 
 
 def main(args) -> int:
-    settings = {k: getattr(args, k) for k in ("device", "batch_size", "depth", "variants", "conventional", "workers",
+    fused = None
+    if args.fused:  # first: its `fused N: X× solo` lines are printed even if a time limit cuts the rest
+        from .fused import bench_main
+        fused = bench_main(args, write=args.variants is None)
+        if args.variants is None:
+            return 0
+    settings = {k: getattr(args, k) for k in ("device", "batch_size", "depth", "conventional", "workers",
                                               "seconds", "rounds", "warmup", "train_images", "data_dir", "threads",
                                               "profile", "concurrent", "concurrent_variant")}
+    settings["variants"] = args.variants or (QUICK_VARIANTS if args.quick else list(DEFAULT_VARIANTS))
     if args.quick:
-        settings.update(seconds=min(args.seconds, 0.5), rounds=min(args.rounds, 3), profile=0,
-                        variants=QUICK_VARIANTS if args.variants == list(DEFAULT_VARIANTS) else args.variants)
+        settings.update(seconds=min(args.seconds, 0.5), rounds=min(args.rounds, 3), profile=0)
     record = run_benchmark(**settings, log=lambda text: print(text, file=sys.stderr, flush=True))
     import pandas as pd
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.2f}".format):
@@ -491,6 +500,8 @@ def main(args) -> int:
         c = record["concurrent"]
         print(f"{c['runs']} runs at once: {c['total']:,.1f} images/s in all; one alone: {c['single']:,.1f} "
               f"({c['speedup']:.2f}x)")
+    if fused is not None:
+        record["fused"] = fused
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(record, indent=1))

@@ -107,6 +107,28 @@ def train_one(config: dict, cache: dict) -> dict:
         return dict(name=config["name"], ok=False, detail=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - start)
 
 
+def train_fused(configs: list[dict], cache: dict) -> list[dict]:
+    """Train (or reuse, or resume) a group of runs as one fused model (fused.py); one answer per
+    run, as `train_one` gives it. A failure fails the runs of the group."""
+    from .data import load_cifar10
+    from .fused import train_group
+    start = time.perf_counter()
+    try:
+        if cache.get("dataset") is None:
+            cache["dataset"] = load_cifar10(configs[0]["data_dir"])
+        done = train_group([TrainConfig(**c) for c in configs], dataset=cache["dataset"])
+    except Exception as e:  # KeyboardInterrupt stops the runner; anything else fails this group only
+        return [dict(name=c["name"], ok=False, detail=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - start)
+                for c in configs]
+    answers = []
+    for run in done:
+        error = run.summary.get("final_test_error")
+        answers.append(dict(name=run.name, ok=run.status in FINISHED, seconds=time.perf_counter() - start,
+                            detail=run.summary.get("status_detail", run.status)
+                            + (f", test error {100 * error:.2f} %" if error is not None else "")))
+    return answers
+
+
 def worker_main(argv=None) -> int:
     """A worker process: one task (a config as JSON) per stdin line, one result per stdout line.
     Everything else the library prints goes to stderr."""
@@ -179,12 +201,17 @@ def slots(device: str, jobs: int, n_runs: int) -> tuple[list[str | None], str]:
 
 
 def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int = 1, data_dir: str | None = None,
-             threads: int | None = None, status_every: float = 30.0, out=print) -> int:
+             threads: int | None = None, status_every: float = 30.0, out=print, fuse: int = 1) -> int:
     """Train the runs (PlannedRun) of `profile` that are not finished in `folder`; 0 when all
-    finish (complete or diverged), 1 when any failed, 130 when interrupted."""
+    finish (complete or diverged), 1 when any failed, 130 when interrupted. `fuse` > 1: in
+    groups of at most `fuse` runs, each group one fused model (fused.py), in this process."""
+    from .fused import check_fuse
     from .plan import model_flops, status
     if jobs < 1 or status_every <= 0:
         raise ValueError(f"jobs must be >= 1 and status_every > 0, got {jobs} and {status_every}")
+    if check_fuse(fuse) > 1 and jobs > 1:
+        raise ValueError(f"--fuse {fuse} trains its groups in this process, one group at a time: pass --jobs 1, "
+                         f"or --fuse 1 to train single runs in --jobs {jobs} workers")
     tasks = []
     for r in runs:
         s = status(r, profile, folder)
@@ -199,10 +226,12 @@ def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int =
         return 0
     tasks.sort(key=lambda t: -t.work)  # the longest first: the last ones to finish are short
     gpus, worker_device = slots(device, jobs, len(tasks))
+    gpus = gpus if fuse == 1 else gpus[:1]  # fused groups train in this process
     if threads is None and gpus[0] is None:  # CPU: the profile's thread count (smoke: 1; see book.PROFILE_THREADS)
         threads = PROFILE_THREADS.get(profile)
     threads_given, threads = threads, threads or max(1, (os.cpu_count() or 1) // len(gpus))
-    where = (f"in this process on {device}" if len(gpus) == 1 else f"{len(gpus)} worker processes" +
+    where = (f"in this process on {device}" + (f", fused in groups of at most {fuse}" if fuse > 1 else "")
+             if len(gpus) == 1 else f"{len(gpus)} worker processes" +
              (f" on GPU(s) {', '.join(sorted(set(gpus)))}" if gpus[0] is not None
               else f" on {worker_device}, {threads} thread(s) each"))
     view.say(f"{len(tasks)} of {len(runs)} runs to train ({len(runs) - len(tasks)} finished) into {folder}; {where}")
@@ -212,7 +241,7 @@ def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int =
             if threads_given:
                 import torch
                 torch.set_num_threads(threads_given)
-            code = _in_process(tasks, view, status_every)
+            code = _in_process(tasks, view, status_every, fuse)
         else:
             code = _with_workers(tasks, view, gpus, worker_device, threads, status_every)
     finally:
@@ -229,7 +258,7 @@ def _finish(task: Task, answer: dict, view: View) -> None:
     view.say(f"{'finished' if answer['ok'] else 'FAILED'} {task.name} ({task.where}, {hms(task.seconds)}): {task.detail}")
 
 
-def _in_process(tasks: list[Task], view: View, status_every: float) -> int:
+def _in_process(tasks: list[Task], view: View, status_every: float, fuse: int = 1) -> int:
     stop = threading.Event()
 
     def tick():
@@ -237,11 +266,23 @@ def _in_process(tasks: list[Task], view: View, status_every: float) -> int:
             view.say(view.status())
     threading.Thread(target=tick, daemon=True).start()
     cache: dict = {}
+    from .fused import groups
+    by_name = {t.name: t for t in tasks}
     try:
-        for task in tasks:
-            task.state, task.where, task.started = "running", task.config.device, time.perf_counter()
-            view.say(f"start {task.name}")
-            _finish(task, train_one(dict(vars(task.config), progress="log"), cache), view)
+        for group in [[t.config] for t in tasks] if fuse == 1 else groups([t.config for t in tasks], fuse):
+            members = [by_name[c.name] for c in group]
+            for task in members:
+                task.state, task.where, task.started = "running", task.config.device, time.perf_counter()
+            if len(members) == 1:
+                view.say(f"start {members[0].name}")
+                _finish(members[0], train_one(dict(vars(members[0].config), progress="log"), cache), view)
+                continue
+            view.say(f"start a fused group of {len(members)}: {', '.join(t.name for t in members)}")
+            for task in members:
+                task.where += f", fused with {len(members) - 1} other(s)"
+            answers = train_fused([dict(vars(t.config), progress="log") for t in members], cache)
+            for task, answer in zip(members, answers):
+                _finish(task, answer, view)
     except KeyboardInterrupt:
         view.say("interrupted: the run in progress is recorded as interrupted; run again to resume it")
         view.interrupted()
@@ -339,6 +380,8 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("plan", help="every run of the book on a profile: status, time measured or estimated")
     selection(p)
+    p.add_argument("--fuse", type=int, default=None, metavar="N",
+                   help="show the groups `run --fuse N` trains as one fused model, and their times")
     p.add_argument("--commands", action="store_true",
                    help="print one shell command per run that is not finished (for a job array, GNU parallel, ...)")
     p = sub.add_parser("run", help="train the runs of the plan that are not finished, --jobs at a time per GPU")
@@ -346,6 +389,9 @@ def add_commands(sub) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs at once per GPU (on a CPU: in all) (default: 1)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per worker (default: cores / workers)")
     p.add_argument("--status-every", type=float, default=30.0, help="seconds between progress lines (default: 30)")
+    p.add_argument("--fuse", type=int, default=None, metavar="N",
+                   help="train at most N runs of one architecture as one fused model, in this process (1: each "
+                        "run alone; default: per device, fused.DEFAULT_FUSE: 1 on a CPU, 16 on CUDA)")
     p = sub.add_parser("export", help="copy the finished runs' small files to book/records/<dataset>/<profile>/ "
                                       "(to commit; no weights)")
     selection(p, device=False)
@@ -400,8 +446,11 @@ def main(args) -> int:
                   f"{', '.join(sorted(done))}")
             runs = [r for r in runs if r.name not in done]
     if args.command == "run":
+        from .fused import check_fuse, default_fuse
+        # --jobs > 1 asks for worker processes, which train single runs
+        fuse = (default_fuse(args.device) if args.jobs == 1 else 1) if args.fuse is None else check_fuse(args.fuse)
         return run_plan(runs, args.profile, folder, args.device, args.jobs, args.data_dir, args.threads,
-                        args.status_every)
+                        args.status_every, fuse=fuse)
     if args.commands:
         for r in runs:
             if P.status(r, args.profile, folder)["state"] != "finished":
@@ -433,11 +482,15 @@ def _show_plan(args, runs, folder: Path, identity: str, root: Path) -> int:
         device = torch.device(args.device)
         on = f"{device} (not on this machine: rates of runs recorded on {device.type} devices)"
     rows = P.estimates(runs, args.profile, folder, device, root / RECORDS)
+    fused = fused_groups(rows, args.fuse) if args.fuse is not None else None
     print(f"plan of profile {args.profile} · {dataset_label(identity)} · runs in {folder} · times on {on}")
     head = ("run", "chapters", "seed", "model", "dtype", "iterations", "status", "time", "time from")
     lines = [(r["run"].name, ",".join(c.split("_")[0] for c in r["run"].chapters), str(r["run"].seed),
               r["run"].model(), r["config"].dtype, f"{r['config'].iterations:,}", r["text"],
               hms(r["seconds"]) if r["seconds"] is not None else "unknown", r["source"]) for r in rows]
+    if fused is not None:
+        head = ("group", *head)
+        lines = [(fused["of"].get(r["run"].name, "-"), *line) for r, line in zip(rows, lines)]
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head) - 1)]
     for line in [head, *lines]:
         print("  ".join(x.ljust(w) for x, w in zip(line, widths)) + "  " + line[-1])
@@ -454,7 +507,28 @@ def _show_plan(args, runs, folder: Path, identity: str, root: Path) -> int:
           + (f"; {unknown} run(s) without an estimate (no measured rate on this device: finish one run of that "
              f"dtype, or record a benchmark with `python -m resnet_cifar bench --device {device.type} --json "
              f"book/records/bench-{device.type}.json`)" if unknown else ""))
+    for g in (fused or {}).get("groups", []):
+        print(f"group {g['label']}: {len(g['runs'])} run(s) fused ({', '.join(g['runs'])}): "
+              f"{hms(g['seconds']) if g['seconds'] is not None else 'unknown'} estimated")
+    if fused is not None:
+        print("a group's time is estimated as the sum of its runs' times: on a CPU `bench --fused 2` measured no "
+              "gain from fusing; on a GPU a group should take less (not yet measured)")
     return 0
+
+
+def fused_groups(rows: list[dict], fuse: int) -> dict:
+    """The groups `run --fuse` makes of the runs that are not finished (plan.estimates rows):
+    {"of": run name -> group label, "groups": [{label, runs, seconds (the sum of the runs')}]}."""
+    from .fused import check_fuse, groups
+    pending = {r["run"].name: r for r in rows if r["state"] != "finished"}
+    made = groups([r["config"] for r in pending.values()], check_fuse(fuse))
+    out = {"of": {}, "groups": []}
+    for i, group in enumerate(made, 1):
+        times = [pending[c.name]["seconds"] for c in group]
+        out["groups"].append(dict(label=f"g{i}", runs=[c.name for c in group],
+                                  seconds=None if None in times else sum(times)))
+        out["of"].update({c.name: f"g{i}" for c in group})
+    return out
 
 
 def _records(root: Path, identity: str, best: bool, markdown: str | None = None) -> int:

@@ -1,0 +1,420 @@
+"""Fused training: several runs of one architecture trained together as one model, in one process.
+
+    python -m resnet_cifar run --fuse 16      # the plan, up to 16 runs per group
+    fused.train_group([config_seed0, config_seed1, ...])
+
+Mechanism: `torch.func.vmap` over `torch.func.functional_call` of the architecture. Every run keeps
+its own ordinary model and optimizer (built by `train.build_training`, so its initial weights are
+bit for bit those of the run alone, and its checkpoint and model.pt are a solo run's); each step
+stacks the runs' weights and calls the architecture once under vmap, which turns every convolution
+into one grouped convolution over N x C channels and every BatchNorm into one over N x C channels:
+a few large kernels instead of N small ones. The stack is differentiable, so the backward pass
+leaves each run's gradient on its own weights and each run's optimizer steps them with its own lr,
+momentum and weight decay. Stacking (rather than `stack_module_state` once) is what keeps the
+runs' weights the leaves of their own optimizers; it copies the weights once per step, small next
+to the activations.
+
+BatchNorm: the shared module runs with momentum 1, so its running buffers receive the batch
+statistics, and each run blends them into its own buffers with its own bn_momentum. bn_eps is one
+number per BatchNorm call, so it is part of the group key. Each run draws its batches from its own
+`data.TrainBatches` (bit for bit the batches it draws alone), is evaluated alone with
+`train.evaluation`, and writes its own run folder through `runs.Record`; a run's wall time is its
+share of the group's (the group's time / the runs stepping). compile and channels_last (execution
+settings) are not applied to the fused step.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from . import runs
+from . import train as T
+from .config import TrainConfig, lr_at
+from .data import CIFAR10, TrainBatches, load_cifar10, prepare_data
+from .devices import pick_device, set_numerics
+from .runs import RunError, RunResult, load_run
+
+# What one fused model needs its runs to share: one architecture and BatchNorm eps (one network
+# under vmap), one batch size (one stacked batch), the iterations, the numerics, the optimizer kind.
+GROUP_KEY = ("arch", "depth", "shortcut", "final_relu", "bn_eps", "batch_size", "iterations", "dtype", "optimizer",
+             "device")
+# Runs per group by default. On a CPU fusing does not pay: `bench --fused 2 --device cpu --threads 1
+# --train-images 500 --rounds 5 --seconds 1` (ResNet-32, batch 128, a busy 2-core AMD EPYC) measured
+# 0.87x solo (fused 143-162 images/s, solo 162-194); on 2 threads 0.98x and 1.52x, the spreads
+# overlapping. So each run trains alone. On CUDA fused groups fill the GPU with larger kernels:
+# 16 is a guess, not yet measured on a GPU.
+DEFAULT_FUSE = {"cpu": 1, "cuda": 16}
+
+
+def default_fuse(device: str = "auto") -> int:
+    return DEFAULT_FUSE.get(pick_device(device).type, 1)
+
+
+def check_fuse(fuse) -> int:
+    if isinstance(fuse, bool) or not isinstance(fuse, int) or fuse < 1:
+        raise ValueError(f"fuse must be a whole number of runs per group, at least 1 (1: each run alone), got {fuse!r}")
+    return fuse
+
+
+def group_key(config: TrainConfig) -> tuple:
+    return tuple(getattr(config, k) for k in GROUP_KEY)
+
+
+def groups(configs: list[TrainConfig], max_size: int) -> list[list[TrainConfig]]:
+    """The configs in groups that can train fused: runs of one GROUP_KEY, in their order, split
+    into the fewest groups of at most `max_size` (of sizes that differ by at most one)."""
+    check_fuse(max_size)
+    by_key: dict[tuple, list[TrainConfig]] = {}
+    for c in configs:
+        by_key.setdefault(group_key(c), []).append(c)
+    out = []
+    for members in by_key.values():
+        n, k = len(members), math.ceil(len(members) / max_size)
+        out += [members[i * n // k:(i + 1) * n // k] for i in range(k)]
+    return out
+
+
+# ---------------------------------------------------------------- the fused step
+
+class FusedStep:
+    """One SGD step of several runs of one architecture (see the module docstring).
+    `step(models, optimizers, xs, ys, lrs)`: xs (N, batch, 3, 32, 32), ys (N, batch); returns an
+    (N, 3) float64 tensor of [loss x batch, wrong predictions, batch] per run, as `train_step`."""
+
+    def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None):
+        self.shared = copy.deepcopy(model)
+        self.momenta = {}  # running-statistic buffer -> the BatchNorm it belongs to (for its momentum)
+        for prefix, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                self.momenta.update({f"{prefix}.running_mean": prefix, f"{prefix}.running_var": prefix})
+        for m in self.shared.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = 1.0  # its running buffers receive the batch statistics
+        self.param_names = [n for n, _ in model.named_parameters()]
+        self.buffer_names = [n for n, _ in model.named_buffers()]
+        self.autocast_dtype = autocast_dtype
+        self.call = vmap(lambda p, b, x: functional_call(self.shared, (p, b), (x,)))
+
+    def __call__(self, models, optimizers, xs, ys, lrs) -> torch.Tensor:
+        params = [dict(m.named_parameters()) for m in models]
+        buffers = [dict(m.named_buffers()) for m in models]
+        stacked = {n: torch.stack([p[n] for p in params]) for n in self.param_names}
+        stats = {n: torch.stack([b[n] for b in buffers]) for n in self.buffer_names}
+        if xs.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(xs.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            logits = self.call(stacked, stats, xs)
+        logits = logits.float() if self.autocast_dtype else logits
+        n, batch = ys.shape
+        losses = F.cross_entropy(logits.flatten(0, 1), ys.flatten(), reduction="none").view(n, batch).mean(1)
+        for opt, lr in zip(optimizers, lrs):
+            opt.zero_grad(set_to_none=True)
+            for group in opt.param_groups:
+                group["lr"] = lr
+        losses.sum().backward()  # each run's loss reaches only its own weights
+        for opt in optimizers:
+            opt.step()
+        with torch.no_grad():
+            modules = [dict(m.named_modules()) for m in models]
+            for name in self.buffer_names:
+                for i, b in enumerate(buffers):
+                    if name in self.momenta:
+                        b[name].lerp_(stats[name][i].to(b[name].dtype), modules[i][self.momenta[name]].momentum)
+                    else:
+                        b[name].copy_(stats[name][i])
+        wrong = (logits.argmax(-1) != ys).sum(1)
+        return torch.stack([losses.detach().double() * batch, wrong.double(),
+                            torch.full((n,), batch, dtype=torch.float64, device=ys.device)], 1)
+
+
+# ---------------------------------------------------------------- a run of the group
+
+@dataclasses.dataclass
+class Member:
+    """One run of a group: what `train.fit` holds for it, and where it stands."""
+    config: TrainConfig
+    run_dir: Path
+    lock: runs.RunLock
+    batches: TrainBatches
+    data: object
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    plateau: object
+    state: runs.LoopState
+    record: runs.Record
+    progress: T.Progress
+    eval_every: int
+    checkpoint_every: int
+    warm_until: int
+    status: str = "running"
+
+    @property
+    def it(self) -> int:
+        return self.state.iteration
+
+    def lr(self, it: int) -> float:
+        c, s = self.config, self.state
+        lr = (c.warmup_lr if s.lr_warmup else T.current_lr(self.optimizer) if self.plateau
+              else lr_at(c, it, self.batches.per_epoch))
+        if not s.lr_changes or s.lr_changes[-1][1] != lr:
+            s.lr_changes.append((it, lr))
+        return lr
+
+    def due(self, it: int, read_every: int) -> dict:
+        c = self.config
+        return dict(eval=it % self.eval_every == 0 or it == c.iterations,
+                    checkpoint=it % self.checkpoint_every == 0 and it < c.iterations,
+                    rule=self.state.lr_warmup and it % T.WARMUP_RULE_EVERY == 0,
+                    read=it % read_every == 0 or it == self.warm_until)
+
+    def absorb(self, stats: torch.Tensor, seconds: float, it: int, due: dict) -> None:
+        """The steps since the last read (`stats`: rows of [loss x batch, wrong, batch], up to
+        iteration `it`): what `train.fit` does with them, evaluation and checkpoint included."""
+        state, finite = self.state, torch.isfinite(stats[:, 0])
+        bad = None if finite.all() else int((~finite).nonzero()[0])
+        if bad is not None:  # keep the steps up to the first non-finite loss, as alone
+            seconds *= (bad + 1) / len(stats)
+            it, stats = it - len(stats) + bad + 1, stats[:bad + 1]
+        state.wall_time += seconds
+        if it <= self.warm_until:
+            state.startup_time += seconds
+            state.startup_iterations += len(stats)
+        state.window += stats.sum(0)
+        state.iteration = it
+        if state.lr_warmup:
+            T.update_lr_warmup(state, stats, self.config, check=due["rule"])
+        self.progress.update(it, (stats[-1, 0] / stats[-1, 2]).item())
+        if bad is not None:
+            self.status = f"diverged at iteration {it}"
+            state.history.append(self.record.row(state, T.current_lr(self.optimizer)))
+            return
+        if due["eval"]:
+            start = time.perf_counter()
+            row = self.record.row(state, T.current_lr(self.optimizer),
+                                  T.evaluation(self.model, self.data, self.config, 0, 1))
+            state.eval_time += time.perf_counter() - start
+            state.history.append(row)
+            self.progress.log(row)
+            if self.plateau:
+                self.plateau.step(row["val_loss"] if len(self.data.val_y) else row["train_loss"])
+        if due["checkpoint"]:
+            self.record.checkpoint(state, self.model, self.optimizer, self.plateau)
+        if it == self.config.iterations:
+            self.status = "complete"
+
+    def finish(self) -> None:
+        self.record.finish(self.state, self.status, self.model, self.optimizer, self.plateau)
+        if self.status != "complete":
+            self.progress.message(f"[{self.run_dir.name}] {self.status}")
+        self.progress.close()
+
+
+def build_member(config, run_dir, lock, resume, dataset, device, numerics, prepared: dict, names) -> Member:
+    dtype, _ = T.step_dtypes(config)
+    key = (config.val_size, config.split_seed, config.subset, config.normalization, config.normalize_eval)
+    if key not in prepared:  # runs that normalize alike share one copy of the data on the device
+        prepared[key] = prepare_data(config, device, dataset)
+    data = prepared[key]
+    batches = TrainBatches(data, config, 0, 1, dtype)
+    model, _, optimizer, plateau = T.build_training(dataclasses.replace(config, compile=False,
+                                                                        channels_last=False), device, 1, dtype)
+    state = runs.LoopState(lr_warmup=config.warmup_until_error is not None)
+    if resume:
+        state = T.load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, plateau, device)
+    facts = dict(T.run_facts(config, run_dir, data, device, numerics, model, 1), fused_group=list(names))
+    record = runs.Record(config, run_dir, batches.per_epoch, facts)
+    record.start(state)
+    eval_every = config.eval_every or batches.per_epoch
+    warm_until = state.iteration + min(T.STARTUP_ITERATIONS, (config.iterations - state.iteration) // 2)
+    return Member(config, run_dir, lock, batches, data, model, optimizer, plateau, state, record,
+                  T.Progress(config, run_dir.name, state.iteration, 0), eval_every,
+                  config.checkpoint_every or eval_every, warm_until)
+
+
+# ---------------------------------------------------------------- training a group
+
+def train_group(configs: list[TrainConfig], dataset: CIFAR10 | None = None) -> list[RunResult]:
+    """Train (or reuse, or resume) the runs `configs` describe as one fused model and return
+    their records, in order. Each run is decided, locked, resumed and recorded as `train.train`
+    does it alone; one that diverges is recorded as diverged and leaves the group."""
+    configs = [c.validate() for c in configs]
+    if not configs:
+        return []
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RunError("fused training runs in one process; under torchrun train each run with train()")
+    for c in configs[1:]:
+        diff = [k for k in GROUP_KEY if getattr(c, k) != getattr(configs[0], k)]
+        if diff:
+            raise ValueError(f"runs {configs[0].run_name()} and {c.run_name()} differ in {', '.join(diff)}: "
+                             f"they cannot train as one fused model; group them with fused.groups()")
+    names = [c.run_name() for c in configs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"a group names one run twice: {', '.join(names)}")
+    run_dirs = [Path(c.runs_dir) / n for c, n in zip(configs, names)]
+    actions = [runs.decide(c, d) for c, d in zip(configs, run_dirs)]
+    claimed: list[tuple[int, runs.RunLock, str]] = []
+    members: list[Member] = []
+    try:
+        if any(a != "reuse" for a in actions):
+            dataset = dataset or load_cifar10(configs[0].data_dir)
+        for i, (c, d) in enumerate(zip(configs, run_dirs)):
+            if actions[i] != "reuse":
+                lock = runs.RunLock(d, c.wait)
+                actions[i] = T._claim(c, d, lock)
+                if actions[i] != "reuse":
+                    claimed.append((i, lock, actions[i]))
+        if claimed:
+            device = pick_device(configs[0].device)
+            numerics = set_numerics(configs[0].dtype, device)
+            prepared: dict = {}
+            for i, lock, action in claimed:
+                members.append(build_member(configs[i], run_dirs[i], lock, action == "resume", dataset, device,
+                                            numerics, prepared, names))
+            fit_group(members, device)
+    finally:
+        for i, lock, _ in claimed:  # those a finished run has not released (another process may hold it now)
+            if runs.lock_owner(run_dirs[i]) == os.getpid():
+                lock.release()
+    return [load_run(d) for d in run_dirs]
+
+
+def fit_group(members: list[Member], device: torch.device) -> None:
+    """The training loop of a group: every run not finished steps once per fused step (each
+    at its own iteration), is read, evaluated and checkpointed when it is due, and leaves the
+    group when it ends or diverges."""
+    step = FusedStep(members[0].model, T.step_dtypes(members[0].config)[1])
+    read_every = T.loss_read_interval(device)
+    active = [m for m in members if m.it < m.config.iterations]
+    for m in members:
+        if m not in active:
+            m.status = "complete"
+            m.finish()
+    its = {id(m): m.it for m in active}
+    pending: list[torch.Tensor] = []
+    try:
+        started = time.perf_counter()
+        while active:
+            lrs = [m.lr(its[id(m)]) for m in active]
+            drawn = [m.batches(its[id(m)]) for m in active]
+            pending.append(step([m.model for m in active], [m.optimizer for m in active],
+                                torch.stack([x for x, _ in drawn]), torch.stack([y for _, y in drawn]), lrs))
+            for m in active:
+                its[id(m)] += 1
+            due = [m.due(its[id(m)], read_every) for m in active]
+            if not any(any(d.values()) for d in due):
+                continue
+            stats = torch.stack(pending).cpu()  # (steps, runs, 3): one host sync for the group
+            pending.clear()
+            seconds = (time.perf_counter() - started) / len(active)
+            for i, (m, d) in enumerate(zip(active, due)):
+                m.absorb(stats[:, i], seconds, its[id(m)], d)
+            for m in [m for m in active if m.status != "running"]:
+                active.remove(m)
+                m.finish()
+                m.lock.release()
+            started = time.perf_counter()
+    except BaseException as e:
+        detail = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
+        for m in active:
+            m.record.failed(m.state, f"{detail} at iteration {m.it}")
+            m.progress.close()
+        raise
+
+
+# ---------------------------------------------------------------- measured: N fused runs vs one alone
+
+def measure(ns, device: str = "auto", batch_size: int = 128, depth: int = 32, train_images: int = 2_000,
+            rounds: int = 5, seconds: float = 1.0, warmup: int = 2, dataset: CIFAR10 | None = None,
+            data_dir: str | None = None, log=None) -> list[dict]:
+    """Aggregate training images/s of N fused runs (seeds 0..N-1) against one run alone (seed 0,
+    `train.train_step`), for each N of `ns`, timed in alternation: each round times a window of
+    about `seconds` of one, then of the other. {n, images_per_s, solo_images_per_s (medians),
+    spreads (min, max), ratio, rounds, gpu_memory_bytes (CUDA: peak allocated by the fused steps)}."""
+    from .bench import Variant, bench_dataset, setup
+    log = log or (lambda text: None)
+    for n in ns:
+        check_fuse(n)
+    dev = pick_device(device)
+    ds = bench_dataset(dataset or load_cifar10(data_dir), train_images)
+    solo = setup(Variant(), ds, dev, batch_size, depth)
+    out = []
+    for n in ns:
+        log(f"fused {n} ...")
+        configs = [dataclasses.replace(solo.config, seed=s) for s in range(n)]
+        data = prepare_data(configs[0], dev, ds)
+        built = [T.build_training(c, dev, 1, solo.dtype) for c in configs]
+        batches = [TrainBatches(data, c, 0, 1, solo.dtype) for c in configs]
+        models, optimizers = [b[0] for b in built], [b[2] for b in built]
+        step = FusedStep(models[0])
+        it = iter(range(10 ** 9))
+
+        def fused():
+            i = next(it)
+            drawn = [b(i) for b in batches]
+            step(models, optimizers, torch.stack([x for x, _ in drawn]), torch.stack([y for _, y in drawn]),
+                 [c.lr for c in configs])
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        steps = dict(solo=(solo.library, batch_size), fused=(fused, n * batch_size))
+        calls, rates = {}, {"solo": [], "fused": []}
+        for name, (fn, _) in steps.items():
+            _timed(fn, max(warmup, 1) - 1, dev)
+            calls[name] = max(1, round(seconds / max(_timed(fn, 1, dev), 1e-6)))  # the last warm-up step sizes it
+        for _ in range(rounds):
+            for name, (fn, images) in steps.items():
+                rates[name].append(images * calls[name] / _timed(fn, calls[name], dev))
+        f, s = statistics.median(rates["fused"]), statistics.median(rates["solo"])
+        out.append(dict(n=n, images_per_s=f, solo_images_per_s=s, ratio=f / s, rounds=rounds,
+                        spread=[min(rates["fused"]), max(rates["fused"])],
+                        solo_spread=[min(rates["solo"]), max(rates["solo"])],
+                        gpu_memory_bytes=torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None))
+        log(f"  fused {n}: {f:,.1f} images/s ({min(rates['fused']):,.1f}-{max(rates['fused']):,.1f}); "
+            f"solo {s:,.1f} ({min(rates['solo']):,.1f}-{max(rates['solo']):,.1f})")
+    return out
+
+
+def _timed(fn, calls: int, device: torch.device) -> float:
+    from .measure import sync
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def bench_main(args, write: bool = True) -> list[dict]:
+    """`bench --fused N ...`: print `measure`'s figures, one `fused N: X× solo` line per N, and
+    (`write`) with --json merge them into OUT's `fused` section; the rows."""
+    import json
+    import sys
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = measure(args.fused, args.device, args.batch_size, args.depth, args.train_images, args.rounds,
+                   args.seconds, args.warmup, data_dir=args.data_dir,
+                   log=lambda text: print(text, file=sys.stderr, flush=True))
+    print(f"ResNet-{args.depth}, batch {args.batch_size}, {pick_device(args.device)}, {torch.get_num_threads()} "
+          f"thread(s); aggregate training images/s, median of {args.rounds} alternating rounds (min-max):")
+    for r in rows:
+        print(f"  {r['n']} fused: {r['images_per_s']:,.1f} ({r['spread'][0]:,.1f}-{r['spread'][1]:,.1f}); one alone: "
+              f"{r['solo_images_per_s']:,.1f} ({r['solo_spread'][0]:,.1f}-{r['solo_spread'][1]:,.1f})")
+    for r in rows:
+        print(f"fused {r['n']}: {r['ratio']:.2f}× solo")
+    if args.json and write:
+        path = Path(args.json)
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        kept = [r for r in record.get("fused") or [] if r.get("n") not in {x["n"] for x in rows}]
+        record["fused"] = sorted(kept + rows, key=lambda r: r["n"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+    return rows
