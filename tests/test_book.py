@@ -425,7 +425,7 @@ def test_a_chapter_reruns_with_one_of_its_own_parameters(book, tmp_path):
     """`papermill -p short_patience 5`: chapter 4 trains the arm that value makes (reusing the
     book's other runs), and its page shows the run and says it is outside the default plan."""
     require(book["proc"].returncode == 0, "the book build failed")
-    from resnet_cifar.runner import dataset_identity
+    from resnet_cifar.commands import dataset_identity
     run_dir = ROOT / "runs" / dataset_identity(data_dir()) / "smoke" / "plateau-patience5"
     out = tmp_path / "04_schedule.ipynb"
     proc = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "book" / "04_schedule.ipynb"), str(out),

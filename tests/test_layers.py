@@ -56,7 +56,7 @@ def test_no_import_cycle_in_the_package():
 
 
 def test_plan_and_runner_do_not_import_the_plotting_stack():
-    code = ("import sys; import resnet_cifar.plan, resnet_cifar.runner, resnet_cifar.cli; "
+    code = ("import sys; import resnet_cifar.plan, resnet_cifar.runner, resnet_cifar.commands, resnet_cifar.cli; "
             "print(sorted(m for m in ('matplotlib', 'resnet_cifar.book', 'resnet_cifar.analysis') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

@@ -124,7 +124,7 @@ def test_plan_shows_status_and_time_from_measured_rates(tmp_path, capsys):
     if real_data_dir() is None:
         pytest.skip("the command line reads the full CIFAR-10 folder")
     from resnet_cifar import cli
-    from resnet_cifar.runner import dataset_identity
+    from resnet_cifar.commands import dataset_identity
     data = str(real_data_dir())
     folder = tmp_path / "runs" / dataset_identity(data) / "smoke"
     runs = {r.name: r for r in P.plan("smoke")}
@@ -226,7 +226,7 @@ def chapter4(tmp_path_factory):
     """Chapter 4's smoke runs, trained by the runner with two workers: (runs folder, output)."""
     if real_data_dir() is None:
         pytest.skip("the runner reads the full CIFAR-10 folder; none in $RESNET_CIFAR_DATA or ./data")
-    from resnet_cifar.runner import dataset_identity
+    from resnet_cifar.commands import dataset_identity
     runs = tmp_path_factory.mktemp("chapter4") / "runs"
     proc = cli_run(*run_args(runs, "--chapters", "04", "--jobs", "2"))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]

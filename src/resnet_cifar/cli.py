@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     p_bench = sub.add_parser("bench", help="training throughput: this library vs a DataLoader baseline")
     from . import bench
     bench.add_arguments(p_bench)
-    from . import runner
-    runner.add_commands(sub)  # plan, run, export, records: the book's runs as a plan (runner.py)
+    from . import commands
+    commands.add_commands(sub)  # plan, run, export, records: the book's runs as a plan (commands.py)
     args = parser.parse_args(argv)
 
     from .data import DataError
@@ -101,8 +101,8 @@ def _run(args) -> int:
     if args.command == "eval":
         return _eval(args)
     if args.command in ("plan", "run", "export", "records"):
-        from . import runner
-        return runner.main(args)
+        from . import commands
+        return commands.main(args)
     if args.command == "summary":
         from .analysis import complexity_table
         from .models import plain, resnet, resnet34_imagenet

@@ -1,0 +1,188 @@
+"""The plan's commands: `python -m resnet_cifar plan | run | export | records`, over the plan
+(plan.py), the worker pool (runner.py) and the published records (records.py)."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import torch
+
+from . import data as D
+from . import plan as P
+from . import records as REC
+from .config import PROFILES
+from .data import dataset_label
+from .devices import DeviceError, device_label, pick_device
+from .fused import check_fuse, default_fuse, groups
+from .records import RECORDS, best_profile, committed, export, inside, project_root, read_manifest, results_markdown
+from .runner import hms, run_plan
+
+def add_commands(sub) -> None:
+    def selection(p, device=True):
+        p.add_argument("--profile", default="smoke", help=f"{' | '.join(PROFILES)} (default: smoke)")
+        p.add_argument("--chapters", nargs="+", metavar="CHAPTER", help="only the runs of these chapters (02, 05_optimizers, intro)")
+        p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (names as `plan` lists them)")
+        p.add_argument("--seed", type=int, default=0, help="the chapters' seed parameter (default: 0)")
+        p.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                       help="a chapter parameter other than its default, as papermill -p would set it (with "
+                            "--chapters): --chapters 05 --set adam_lr=0.01 'bn_eps_values=[0.9]'")
+        p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
+        p.add_argument("--runs-dir", default="runs", help="runs go to RUNS_DIR/<dataset>/<profile>/<run> (default: runs)")
+        if device:
+            p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k] | mps (default: auto)")
+
+    p = sub.add_parser("plan", help="every run of the book on a profile: status, time measured or estimated")
+    selection(p)
+    p.add_argument("--fuse", type=int, default=None, metavar="N",
+                   help="show the groups `run --fuse N` trains as one fused model, and their times")
+    p.add_argument("--commands", action="store_true",
+                   help="print one shell command per run that is not finished (for a job array, GNU parallel, ...)")
+    p = sub.add_parser("run", help="train the runs of the plan that are not finished, --jobs at a time per GPU")
+    selection(p)
+    p.add_argument("--jobs", type=int, default=1, help="runs at once per GPU (on a CPU: in all) (default: 1)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per worker (default: cores / workers)")
+    p.add_argument("--status-every", type=float, default=30.0, help="seconds between progress lines (default: 30)")
+    p.add_argument("--fuse", type=int, default=None, metavar="N",
+                   help="train at most N runs of one architecture as one fused model, in this process (1: each "
+                        "run alone; default: per device, fused.DEFAULT_FUSE: 1 on a CPU, 16 on CUDA)")
+    p = sub.add_parser("export", help="copy the finished runs' small files to book/records/<dataset>/<profile>/ "
+                                      "(to commit; no weights)")
+    selection(p, device=False)
+    p.add_argument("--records-dir", default=None, help="default: <project>/book/records")
+    p.add_argument("--partial", action="store_true", help="publish the finished runs even if others are missing")
+    p = sub.add_parser("records", help="the committed records of this dataset, per profile")
+    p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
+    p.add_argument("--best", action="store_true", help="print only the most complete profile (nothing if none)")
+    p.add_argument("--markdown", metavar="PROFILE", default=None,
+                   help="print the results table of PROFILE's committed records in markdown (README's results)")
+
+
+def dataset_identity(data_dir) -> str:
+    """Which CIFAR-10 copy `data_dir` holds (data.CIFAR10.identity), without loading the images."""
+    folder = D.resolve_data_dir(data_dir) / D.FOLDER
+    if not all((folder / n).is_file() for n in D.TRAIN_FILES + [D.TEST_FILE, D.META_FILE]):
+        D.load_cifar10(data_dir)  # raises the DataError that says what to do
+    return D._identity(folder)
+
+
+def main(args) -> int:
+    identity = dataset_identity(args.data_dir)
+    root = project_root()
+    if args.command == "records":
+        return _records(root, identity, args.best, args.markdown)
+    folder = Path(args.runs_dir) / identity / args.profile
+    if args.command == "export":
+        records = Path(args.records_dir) if args.records_dir else root / RECORDS
+        if args.profile == "smoke" and not args.records_dir:
+            raise ValueError("smoke runs are not published: the smoke build always trains from scratch (it is what "
+                             "the tests build); pass --records-dir to export them elsewhere")
+        runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
+        manifest = export(runs, args.profile, identity, folder, records / identity / args.profile, args.partial)
+        print(f"exported {len(manifest['runs'])} of {len(runs)} runs of profile {args.profile} to "
+              f"{records / identity / args.profile} (config, summary, history; weights only of "
+              f"{', '.join(REC.KEPT_WEIGHTS.get(args.profile, ())) or 'none'})")
+        return 0
+    if read_manifest(folder) is not None or inside(folder, root / RECORDS):
+        raise ValueError(f"{folder} holds published records; runs are trained into a runs folder (--runs-dir runs) "
+                         f"and published with `export`")
+    runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
+    published = root / RECORDS / identity / args.profile
+    if args.command == "run" and args.profile != "smoke" and read_manifest(published) is not None:
+        done = {r.name for r in runs if P.status(r, args.profile, published)["state"] == "finished"}
+        if done:  # trained before, perhaps on another machine: published runs are not trained again
+            print(f"{len(done)} run(s) of the plan are published in {published} and not trained again: "
+                  f"{', '.join(sorted(done))}")
+            runs = [r for r in runs if r.name not in done]
+    if args.command == "run":
+        # --jobs > 1 asks for worker processes, which train single runs
+        fuse = (default_fuse(args.device) if args.jobs == 1 else 1) if args.fuse is None else check_fuse(args.fuse)
+        return run_plan(runs, args.profile, folder, args.device, args.jobs, args.data_dir, args.threads,
+                        args.status_every, fuse=fuse)
+    if args.commands:
+        for r in runs:
+            if P.status(r, args.profile, folder)["state"] != "finished":
+                print(" ".join(["python -m resnet_cifar run", *_flags(args), "--only", r.name]))
+        return 0
+    return _show_plan(args, runs, folder, identity, root)
+
+
+def _flags(args) -> list[str]:
+    flags = [f"--profile {args.profile}", f"--device {args.device}"]
+    flags += [f"--seed {args.seed}"] if args.seed else []
+    flags += ["--chapters", *args.chapters, "--set", *map(shlex.quote, args.set)] if args.set else []
+    flags += [f"--data-dir {shlex.quote(str(args.data_dir))}"] if args.data_dir else []
+    flags += [f"--runs-dir {shlex.quote(str(args.runs_dir))}"] if args.runs_dir != "runs" else []
+    return flags
+
+
+def _show_plan(args, runs, folder: Path, identity: str, root: Path) -> int:
+    try:
+        device = pick_device(args.device)
+        on = f"{device} ({device_label(device)})"
+    except DeviceError:  # estimate for a device this machine does not have, from runs recorded on one
+        device = torch.device(args.device)
+        on = f"{device} (not on this machine: rates of runs recorded on {device.type} devices)"
+    rows = P.estimates(runs, args.profile, folder, device, root / RECORDS)
+    fused = fused_groups(rows, args.fuse) if args.fuse is not None else None
+    print(f"plan of profile {args.profile} · {dataset_label(identity)} · runs in {folder} · times on {on}")
+    head = ("run", "chapters", "seed", "model", "dtype", "iterations", "status", "time", "time from")
+    lines = [(r["run"].name, ",".join(c.split("_")[0] for c in r["run"].chapters), str(r["run"].seed),
+              r["run"].model(), r["config"].dtype, f"{r['config'].iterations:,}", r["text"],
+              hms(r["seconds"]) if r["seconds"] is not None else "unknown", r["source"]) for r in rows]
+    if fused is not None:
+        head = ("group", *head)
+        lines = [(fused["of"].get(r["run"].name, "-"), *line) for r, line in zip(rows, lines)]
+    widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head) - 1)]
+    for line in [head, *lines]:
+        print("  ".join(x.ljust(w) for x, w in zip(line, widths)) + "  " + line[-1])
+    states = {s: sum(r["state"] == s for r in rows) for s in ("finished", "running", "interrupted", "failed",
+                                                               "conflict", "missing")}
+    measured = sum(r["seconds"] for r in rows if r["state"] == "finished")
+    rest = [r["seconds"] for r in rows if r["state"] != "finished"]
+    unknown = sum(x is None for x in rest)
+    images = sum(r["config"].iterations * r["config"].batch_size for r in rows)
+    print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in states.items() if n) +
+          f" · {sum(r['config'].iterations for r in rows):,} iterations, {images:,} training images")
+    print(f"time: {hms(measured)} measured (finished runs) + {hms(sum(x for x in rest if x is not None))} estimated "
+          f"for the {len(rest) - unknown} others, one run at a time on {on}"
+          + (f"; {unknown} run(s) without an estimate (no measured rate on this device: finish one run of that "
+             f"dtype, or record a benchmark with `python -m resnet_cifar bench --device {device.type} --json "
+             f"book/records/bench-{device.type}.json`)" if unknown else ""))
+    for g in (fused or {}).get("groups", []):
+        print(f"group {g['label']}: {len(g['runs'])} run(s) fused ({', '.join(g['runs'])}): "
+              f"{hms(g['seconds']) if g['seconds'] is not None else 'unknown'} estimated")
+    if fused is not None:
+        print("a group's time is estimated as the sum of its runs' times: on a CPU `bench --fused 2` measured no "
+              "gain from fusing; on a GPU a group should take less (not yet measured)")
+    return 0
+
+
+def fused_groups(rows: list[dict], fuse: int) -> dict:
+    """The groups `run --fuse` makes of the runs that are not finished (plan.estimates rows):
+    {"of": run name -> group label, "groups": [{label, runs, seconds (the sum of the runs')}]}."""
+    pending = {r["run"].name: r for r in rows if r["state"] != "finished"}
+    made = groups([r["config"] for r in pending.values()], check_fuse(fuse))
+    out = {"of": {}, "groups": []}
+    for i, group in enumerate(made, 1):
+        times = [pending[c.name]["seconds"] for c in group]
+        out["groups"].append(dict(label=f"g{i}", runs=[c.name for c in group],
+                                  seconds=None if None in times else sum(times)))
+        out["of"].update({c.name: f"g{i}" for c in group})
+    return out
+
+
+def _records(root: Path, identity: str, best: bool, markdown: str | None = None) -> int:
+    if markdown:
+        print(results_markdown(root, identity, markdown))
+        return 0
+    if best:
+        print(best_profile(root, identity) or "")
+        return 0
+    found = committed(root, identity)
+    if not found:
+        print(f"no committed records of {identity} in {root / RECORDS} (smoke is never published)")
+    for r in found:
+        print(f"{r['profile']}: {r['runs']} of {r['planned']} runs, exported {r['exported']}, commit {r['commit']}")
+    return 0
+
+
