@@ -38,7 +38,7 @@ from torch.func import functional_call, vmap
 
 from . import runs
 from . import train as T
-from .config import TrainConfig, lr_at
+from .config import TrainConfig
 from .data import CIFAR10, TrainBatches, load_cifar10, prepare_data
 from .devices import pick_device, set_numerics
 from .runs import RunError, RunResult, load_run
@@ -139,77 +139,16 @@ class FusedStep:
 # ---------------------------------------------------------------- a run of the group
 
 @dataclasses.dataclass
-class Member:
-    """One run of a group: what `train.fit` holds for it, and where it stands."""
-    config: TrainConfig
-    run_dir: Path
-    lock: runs.RunLock
-    batches: TrainBatches
-    data: object
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    plateau: object
-    state: runs.LoopState
-    record: runs.Record
-    progress: T.Progress
-    eval_every: int
-    checkpoint_every: int
-    warm_until: int
-    status: str = "running"
+class Member(T.RunLoop):
+    """One run of a group: its side of the loop (train.RunLoop, as when it trains alone), its
+    folder, lock and batches."""
+    run_dir: Path | None = None
+    lock: runs.RunLock | None = None
+    batches: TrainBatches | None = None
 
     @property
     def it(self) -> int:
         return self.state.iteration
-
-    def lr(self, it: int) -> float:
-        c, s = self.config, self.state
-        lr = (c.warmup_lr if s.lr_warmup else T.current_lr(self.optimizer) if self.plateau
-              else lr_at(c, it, self.batches.per_epoch))
-        if not s.lr_changes or s.lr_changes[-1][1] != lr:
-            s.lr_changes.append((it, lr))
-        return lr
-
-    def due(self, it: int, read_every: int) -> dict:
-        c = self.config
-        return dict(eval=it % self.eval_every == 0 or it == c.iterations,
-                    checkpoint=it % self.checkpoint_every == 0 and it < c.iterations,
-                    rule=self.state.lr_warmup and it % T.WARMUP_RULE_EVERY == 0,
-                    read=it % read_every == 0 or it == self.warm_until)
-
-    def absorb(self, stats: torch.Tensor, seconds: float, it: int, due: dict) -> None:
-        """The steps since the last read (`stats`: rows of [loss x batch, wrong, batch], up to
-        iteration `it`): what `train.fit` does with them, evaluation and checkpoint included."""
-        state, finite = self.state, torch.isfinite(stats[:, 0])
-        bad = None if finite.all() else int((~finite).nonzero()[0])
-        if bad is not None:  # keep the steps up to the first non-finite loss, as alone
-            seconds *= (bad + 1) / len(stats)
-            it, stats = it - len(stats) + bad + 1, stats[:bad + 1]
-        state.wall_time += seconds
-        if it <= self.warm_until:
-            state.startup_time += seconds
-            state.startup_iterations += len(stats)
-        state.window += stats.sum(0)
-        state.iteration = it
-        if state.lr_warmup:
-            T.update_lr_warmup(state, stats, self.config, check=due["rule"])
-        self.progress.update(it, (stats[-1, 0] / stats[-1, 2]).item())
-        if bad is not None:
-            self.status = f"diverged at iteration {it}"
-            state.history.append(self.record.row(state, T.current_lr(self.optimizer)))
-            return
-        if due["eval"]:
-            start = time.perf_counter()
-            row = self.record.row(state, T.current_lr(self.optimizer),
-                                  T.evaluation(self.model, self.data, self.config, 0, 1))
-            state.eval_time += time.perf_counter() - start
-            state.history.append(row)
-            self.progress.log(row)
-            if self.plateau:
-                self.plateau.step(row["val_loss"] if len(self.data.val_y) else row["train_loss"])
-        if due["checkpoint"]:
-            self.record.checkpoint(state, self.model, self.optimizer, self.plateau)
-        if it == self.config.iterations:
-            self.status = "complete"
 
     def finish(self) -> None:
         self.record.finish(self.state, self.status, self.model, self.optimizer, self.plateau)
@@ -233,11 +172,8 @@ def build_member(config, run_dir, lock, resume, dataset, device, numerics, prepa
     facts = dict(T.run_facts(config, run_dir, data, device, numerics, model, 1), fused_group=list(names))
     record = runs.Record(config, run_dir, batches.per_epoch, facts)
     record.start(state)
-    eval_every = config.eval_every or batches.per_epoch
-    warm_until = state.iteration + min(T.STARTUP_ITERATIONS, (config.iterations - state.iteration) // 2)
-    return Member(config, run_dir, lock, batches, data, model, optimizer, plateau, state, record,
-                  T.Progress(config, run_dir.name, state.iteration, 0), eval_every,
-                  config.checkpoint_every or eval_every, warm_until)
+    return Member(config, model, optimizer, plateau, data, record, T.Progress(config, run_dir.name, state.iteration, 0),
+                  state, batches.per_epoch, run_dir=run_dir, lock=lock, batches=batches)
 
 
 # ---------------------------------------------------------------- training a group

@@ -110,8 +110,6 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
     data = prepare_data(config, device, dataset)
     dtype, autocast_dtype = step_dtypes(config)
     batches = TrainBatches(data, config, rank, world, dtype)
-    eval_every = config.eval_every or batches.per_epoch
-    checkpoint_every = config.checkpoint_every or eval_every
     model, step_model, optimizer, plateau = build_training(config, device, world, dtype)
     state = runs.LoopState(lr_warmup=config.warmup_until_error is not None)
     if resume:
@@ -119,78 +117,122 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
     record = runs.Record(config, run_dir, batches.per_epoch, run_facts(config, run_dir, data, device, numerics, model,
                                                                        world), enabled=rank == 0)
     record.start(state)
+    loop = RunLoop(config, model, optimizer, plateau, data, record, Progress(config, run_dir.name, state.iteration,
+                                                                             rank), state, batches.per_epoch, rank, world)
     read_every = loss_read_interval(device)
-    startup_until = state.iteration + min(STARTUP_ITERATIONS, (config.iterations - state.iteration) // 2)
-    progress = Progress(config, run_dir.name, state.iteration, rank)
-    it, pending, status = state.iteration, [], "running"
+    it, pending = state.iteration, []
     try:
         started = time.perf_counter()
         while it < config.iterations:
-            lr = (config.warmup_lr if state.lr_warmup else current_lr(optimizer) if plateau
-                  else lr_at(config, it, batches.per_epoch))
-            if not state.lr_changes or state.lr_changes[-1][1] != lr:
-                state.lr_changes.append((it, lr))
-            pending.append(train_step(step_model, optimizer, *batches(it), lr, autocast_dtype))
+            pending.append(train_step(step_model, optimizer, *batches(it), loop.lr(it), autocast_dtype))
             it += 1
-            due_eval = it % eval_every == 0 or it == config.iterations
-            due_checkpoint = it % checkpoint_every == 0 and it < config.iterations
-            rule_due = state.lr_warmup and it % WARMUP_RULE_EVERY == 0
-            if not (due_eval or due_checkpoint or rule_due or it % read_every == 0 or it == startup_until):
+            due = loop.due(it, read_every)
+            if not any(due.values()):
                 continue
-            stats, bad = read_steps(pending, world)
-            seconds = time.perf_counter() - started
-            if bad is not None:  # keep the steps up to the first non-finite loss, drop the later ones
-                seconds *= (bad + 1) / len(stats)
-                it, stats = it - len(stats) + bad + 1, stats[:bad + 1]
-            state.wall_time += seconds
-            if it <= startup_until:
-                state.startup_time += seconds
-                state.startup_iterations += len(stats)
-            state.window += stats.sum(0)
-            state.iteration = it
-            if state.lr_warmup:
-                update_lr_warmup(state, stats, config, check=rule_due)
-            progress.update(it, (stats[-1, 0] / stats[-1, 2]).item())
-            if bad is not None:
-                status = f"diverged at iteration {it}"
-                state.history.append(record.row(state, current_lr(optimizer)))
+            loop.absorb(read_steps(pending, world), time.perf_counter() - started, it, due)
+            if loop.status != "running":  # diverged
                 break
-            if due_eval:
-                eval_start = time.perf_counter()
-                row = record.row(state, current_lr(optimizer), evaluation(model, data, config, rank, world))
-                state.eval_time += time.perf_counter() - eval_start
-                state.history.append(row)
-                progress.log(row)
-                if plateau:
-                    plateau.step(row["val_loss"] if len(data.val_y) else row["train_loss"])
-            if due_checkpoint:
-                record.checkpoint(state, model, optimizer, plateau)
             started = time.perf_counter()
     except BaseException as e:
         detail = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
         record.failed(state, f"{detail} at iteration {state.iteration}")
         raise
     finally:
-        progress.close()
-    status = "complete" if status == "running" else status
+        loop.progress.close()
+    status = "complete" if loop.status == "running" else loop.status
     record.finish(state, status, model, optimizer, plateau)
     if world > 1:
         dist.barrier()  # the other ranks read the record rank 0 has just written
     if status != "complete":
-        progress.message(f"[{run_dir.name}] {status}")
+        loop.progress.message(f"[{run_dir.name}] {status}")
     return load_run(run_dir)
 
 
-def read_steps(pending: list[torch.Tensor], world: int) -> tuple[torch.Tensor, int | None]:
+@dataclasses.dataclass
+class RunLoop:
+    """One run's side of the training loop, for `fit` and for each run of a fused group: the
+    learning rate of each step, which steps are read, and what is done with the steps read
+    (time, the training window, divergence, evaluation, the plateau scheduler, checkpoints)."""
+    config: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    plateau: object
+    data: PreparedData
+    record: runs.Record
+    progress: "Progress"
+    state: runs.LoopState
+    per_epoch: int
+    rank: int = 0
+    world: int = 1
+    status: str = "running"  # or "diverged at iteration k"; "complete" when it reaches its iterations
+
+    def __post_init__(self):
+        c, it = self.config, self.state.iteration
+        self.eval_every = c.eval_every or self.per_epoch
+        self.checkpoint_every = c.checkpoint_every or self.eval_every
+        self.startup_until = it + min(STARTUP_ITERATIONS, (c.iterations - it) // 2)
+
+    def lr(self, it: int) -> float:
+        """The learning rate of step `it`, noted in the state where it changes."""
+        c, s = self.config, self.state
+        lr = (c.warmup_lr if s.lr_warmup else current_lr(self.optimizer) if self.plateau
+              else lr_at(c, it, self.per_epoch))
+        if not s.lr_changes or s.lr_changes[-1][1] != lr:
+            s.lr_changes.append((it, lr))
+        return lr
+
+    def due(self, it: int, read_every: int) -> dict:
+        """What is due after `it` steps: an evaluation, a checkpoint, the warm-up rule, a read."""
+        c = self.config
+        return dict(eval=it % self.eval_every == 0 or it == c.iterations,
+                    checkpoint=it % self.checkpoint_every == 0 and it < c.iterations,
+                    rule=self.state.lr_warmup and it % WARMUP_RULE_EVERY == 0,
+                    read=it % read_every == 0 or it == self.startup_until)
+
+    def absorb(self, stats: torch.Tensor, seconds: float, it: int, due: dict) -> None:
+        """The steps read since the last read (`stats`: rows of [loss x batch, wrong, batch], up
+        to iteration `it`, taking `seconds`)."""
+        state, finite = self.state, torch.isfinite(stats[:, 0])
+        bad = None if finite.all() else int((~finite).nonzero()[0])
+        if bad is not None:  # keep the steps up to the first non-finite loss, drop the later ones
+            seconds *= (bad + 1) / len(stats)
+            it, stats = it - len(stats) + bad + 1, stats[:bad + 1]
+        state.wall_time += seconds
+        if it <= self.startup_until:
+            state.startup_time += seconds
+            state.startup_iterations += len(stats)
+        state.window += stats.sum(0)
+        state.iteration = it
+        if state.lr_warmup:
+            update_lr_warmup(state, stats, self.config, check=due["rule"])
+        self.progress.update(it, (stats[-1, 0] / stats[-1, 2]).item())
+        if bad is not None:
+            self.status = f"diverged at iteration {it}"
+            state.history.append(self.record.row(state, current_lr(self.optimizer)))
+            return
+        if due["eval"]:
+            start = time.perf_counter()
+            row = self.record.row(state, current_lr(self.optimizer),
+                                  evaluation(self.model, self.data, self.config, self.rank, self.world))
+            state.eval_time += time.perf_counter() - start
+            state.history.append(row)
+            self.progress.log(row)
+            if self.plateau:
+                self.plateau.step(row["val_loss"] if len(self.data.val_y) else row["train_loss"])
+        if due["checkpoint"]:
+            self.record.checkpoint(state, self.model, self.optimizer, self.plateau)
+        if it == self.config.iterations:
+            self.status = "complete"
+
+
+def read_steps(pending: list[torch.Tensor], world: int) -> torch.Tensor:
     """The pending steps' [loss x batch, wrong, batch] rows, read with one host sync (and one
-    all-reduce across processes), and the index of the first non-finite loss (None if none)."""
+    all-reduce across processes)."""
     stats = torch.stack(pending)
     pending.clear()
     if world > 1:
         dist.all_reduce(stats)
-    stats = stats.cpu()
-    finite = torch.isfinite(stats[:, 0])
-    return stats, None if finite.all() else int((~finite).nonzero()[0])
+    return stats.cpu()
 
 
 def update_lr_warmup(state: runs.LoopState, stats: torch.Tensor, config: TrainConfig, check: bool) -> None:
