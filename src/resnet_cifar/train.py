@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from .config import TrainConfig, lr_at
 from .data import CIFAR10, PreparedData, TrainBatches, load_cifar10, prepare_data
 from .devices import device_label, pick_device, set_numerics
 from .models import architecture_flops, build_model, count_parameters
+from .processes import on_rank0, start_processes
 from .runs import RunError, RunResult, load_run
 
 STARTUP_ITERATIONS = 10  # after each (re)start, timed apart: torch.compile compiles, CUDA graphs record, cuDNN tunes
@@ -370,56 +370,6 @@ def load_checkpoint(path: Path, config: TrainConfig, model, optimizer, plateau, 
                        f"to start the run over.") from e
     torch.set_rng_state(saved["rng_cpu"].cpu())
     return state
-
-
-# ---------------------------------------------------------------- several processes (torchrun)
-
-def start_processes(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
-    """(rank, world size, device, whether this call made the process group). Under torchrun
-    each process takes the GPU of its LOCAL_RANK before any collective (NCCL needs one GPU
-    per process), and every refusal happens before the group exists, on every rank alike."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = pick_device(config.device)
-    if world == 1:
-        return 0, 1, device, False
-    if config.batch_size % world:
-        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
-    if config.wait:
-        raise RunError("wait=True is for single-process runs; a torchrun job cannot wait on another "
-                       "process's run")
-    if config.sync_bn and device.type != "cuda":
-        raise RunError("sync_bn needs CUDA devices (SyncBatchNorm only runs on GPUs); set sync_bn=False for a CPU run.")
-    if config.compile and config.compile_mode in ("reduce-overhead", "max-autotune"):
-        # BatchNorm's running statistics are inputs that the step mutates; with DDP, CUDA graphs are
-        # then skipped and the step runs >10x slower (a known PyTorch limitation).
-        raise ValueError(f"compile_mode={config.compile_mode!r} (CUDA graphs) does not work with torchrun's "
-                         f"DistributedDataParallel and BatchNorm; use compile_mode='default'")
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    made = not dist.is_initialized()
-    if made:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
-    return dist.get_rank(), world, device, made
-
-
-def on_rank0(world: int, rank: int, fn):
-    """fn() on rank 0, its result (or its exception) handed to every rank: a lock rank 0
-    cannot take stops every process at once instead of leaving the others waiting."""
-    if world == 1:
-        return fn()
-    box = [None]
-    if rank == 0:
-        try:
-            box[0] = ("ok", fn())
-        except Exception as e:
-            box[0] = ("error", e)
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
-    if kind == "error":
-        raise value
-    return value
 
 
 class Progress:
