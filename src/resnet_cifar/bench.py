@@ -29,7 +29,6 @@ import itertools
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,16 +38,15 @@ import torch
 
 from . import data as D
 from .config import TrainConfig
-from .fused import FusedStep, check_fuse
 from .devices import cpu_features, device_label, native_bf16, pick_device, set_numerics
-from .measure import (SPREAD_LIMIT, sync, conventional_loader, load_average, macs_per_image, matmul_step,
-                      measure_concurrent, profile_steps, race, spread)
+from .measure import (conventional_loader, load_average, macs_per_image, matmul_step, measure_concurrent,
+                      profile_steps, race)
+from .bench_summary import is_flagged, rounds_note, summarize, tables  # noqa: F401 (bench.summarize, ...)
 from .records import load_records  # noqa: F401 (bench.load_records: the appendix reads records)
 from .runs import git_commit
 from .train import build_training, eval_batch_size, evaluate, step_dtypes, train_step
 
 FORMAT = 3  # the record's layout (book/records/bench-*.json); 3 adds each figure's rounds
-PAPER_ITERATIONS = TrainConfig.iterations  # the recipe's default
 DTYPES = {"fp32": "float32", "tf32": "tf32", "fp64": "float64", "bf16": "bfloat16"}
 DEFAULT_VARIANTS = ("fp32", "fp32+cl", "tf32", "tf32+cl", "fp64", "bf16", "bf16+cl", "fp32+cl+compile",
                     "tf32+cl+compile", "bf16+cl+compile", "bf16+cl+cudagraphs")
@@ -246,281 +244,6 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
     return record
 
 
-# ---------------------------------------------------------------- what the appendix reads
-
-def _spread(rounds) -> float | None:
-    return spread(rounds) if rounds else None
-
-
-def is_flagged(rounds) -> bool:
-    """The figure's rounds disagree: max / min beyond SPREAD_LIMIT."""
-    return (_spread(rounds) or 1.0) > SPREAD_LIMIT
-
-
-def _row_rounds(row: dict) -> dict:
-    """A variant row's rounds per figure (library, model, data, matmul; {} in a format-2 record)."""
-    return row.get("rounds") or {}
-
-
-def rounds_note(rounds: dict | list | None) -> str:
-    """How a row's rounds agree, for the tables: '1.04×', '1.40× flagged' or 'not recorded'."""
-    values = list(rounds.values()) if isinstance(rounds, dict) else [rounds] if rounds else []
-    spreads = [_spread(r) for r in values if r]
-    spreads = [x for x in spreads if x is not None]
-    if not spreads:
-        return "not recorded"
-    worst = max(spreads)
-    return f"{worst:.2f}×" + (" flagged" if worst > SPREAD_LIMIT else "")
-
-
-def _grouped(labels: list[str]) -> str:
-    """'fp32 library', 'fp32 model', 'bf16 data' -> 'fp32 (library, model); bf16 (data)' ('none' if empty)."""
-    groups: dict[str, list[str]] = {}
-    for label in labels:
-        variant, what = label.split(" ", 1)
-        groups.setdefault(variant, []).append(what)
-    return "; ".join(f"{v} ({', '.join(w)})" for v, w in groups.items()) or "none"
-
-
-def summarize(record: dict, base: str = "fp32") -> dict:
-    """The figures the appendix quotes, as plain numbers and names (None where the record has
-    none), and its sentences (`say_*`), written here so that the rules hold on every page:
-    a figure is its rounds' median; a ratio is stated only between figures of the same
-    rounds (one variant's); a figure whose rounds disagree (max / min > SPREAD_LIMIT) is left
-    out of every sentence and listed in `flagged`. `base`: the variant compared with the
-    conventional pipeline. Format-2 records have no rounds: their figures count as single,
-    unflagged measurements."""
-    rows, best = {r["variant"]: r for r in record["variants"]}, {}
-    for c in record["conventional"]:  # the fastest num_workers per variant
-        if c["images_per_s"] > best.get(c["variant"], {}).get("images_per_s", 0):
-            best[c["variant"]] = c
-    base = base if base in rows else next(iter(best or rows), None)
-    b, c = rows.get(base, {}), best.get(base, {})
-    fastest32 = max((r for r in rows.values() if r["dtype"] == "float32"), key=lambda r: r["library"], default={})
-    fastest = max(rows.values(), key=lambda r: r["library"], default={})
-    info, ev = record["info"], record.get("evaluation") or {}
-    prof, conc = record.get("profile") or {}, record.get("concurrent") or {}
-    recorded = any(r.get("rounds") for r in rows.values())
-    flagged = [f"{r['variant']} {k}" for r in rows.values() for k, v in _row_rounds(r).items() if is_flagged(v)]
-    flagged += [f"{x['variant']} conventional (num_workers {x['num_workers']})" for x in record["conventional"]
-                if is_flagged(x.get("rounds"))]
-    flagged += [f"{ev['variant']} evaluation"] if is_flagged(ev.get("rounds")) else []
-    worst = [r for r in rows.values() if r.get("data_share") is not None
-             and not any(is_flagged(_row_rounds(r).get(k)) for k in ("library", "data"))]
-    worst = max(worst, key=lambda r: r["data_share"], default={})
-    fastest_conv = best.get(fastest.get("variant"), {})  # only a conventional figure from the fastest's own rounds
-    host = rows.get(ev.get("variant"), b)  # the variant whose rounds held the evaluation (format 2: the base)
-
-    def ratio(a, z):
-        return a / z if a and z else None
-
-    def schedule(rate):
-        return PAPER_ITERATIONS * info["batch_size"] / rate / 60 if rate else None
-    eval_s, epoch_s = ratio(15_000, ev.get("images_per_s")), ratio(45_000, host.get("library"))
-    s = dict(
-        device=info["device"], device_name=info["device_name"], date=info["date"], commit=info.get("git_commit"),
-        threads=info["threads"],
-        load=max((round(x, 1) for x in info.get("load_average", []) if x is not None), default=None),
-        base=base, library=c.get("library"), conventional=c.get("images_per_s"), workers=c.get("num_workers"),
-        ratio=ratio(c.get("library"), c.get("images_per_s")), model=b.get("model"),
-        ceiling=ratio(b.get("model"), c.get("images_per_s")), data_ms=b.get("data_ms"), data_share=b.get("data_share"),
-        max_data_share=worst.get("data_share"), max_data_share_variant=worst.get("variant"),
-        gflops=b.get("gflops"), peak_share=b.get("peak_share"),
-        peak=b.get("matmul_gflops") or record["peaks"].get(b.get("dtype")), peak_float32=record["peaks"].get("float32"),
-        train_gflop_per_image=info.get("train_gflop_per_image"),
-        fastest_fp32=fastest32.get("variant"), fastest_fp32_rate=fastest32.get("library"),
-        fastest=fastest.get("variant"), fastest_rate=fastest.get("library"),
-        fastest_vs_conventional=ratio(fastest_conv.get("library"), fastest_conv.get("images_per_s")),
-        schedule_fp32_min=schedule(fastest32.get("library")), schedule_fastest_min=schedule(fastest.get("library")),
-        skipped="; ".join(f"{s['variant']} ({s['reason']})" for s in record["skipped"]) or "none",
-        errors="; ".join(f"{e['variant']} ({e['error']})" for e in record.get("errors", [])) or "none",
-        conv_share=prof.get("by_kind", {}).get("convolution"), profile_time=prof.get("time"),
-        eval_rate=ev.get("images_per_s"), eval_variant=host.get("variant"),
-        eval_share=ratio(eval_s, eval_s + epoch_s) if eval_s and epoch_s else None,
-        concurrent_runs=conc.get("runs"), concurrent_speedup=conc.get("speedup"),
-        rounds=info.get("rounds") if recorded else None, spread_limit=SPREAD_LIMIT, flagged=_grouped(flagged))
-    # each quoted figure: its value and rounds; a sentence names the figures it quotes
-    figures = dict(
-        library=(s["library"], _row_rounds(b).get("library")), conventional=(s["conventional"], c.get("rounds")),
-        model=(s["model"], _row_rounds(b).get("model")), data=(s["data_ms"], _row_rounds(b).get("data")),
-        peak=(s["peak"], _row_rounds(b).get("matmul")), evaluation=(s["eval_rate"], ev.get("rounds")),
-        eval_library=(host.get("library"), _row_rounds(host).get("library")),
-        fastest_fp32=(s["fastest_fp32_rate"], _row_rounds(fastest32).get("library")),
-        fastest=(s["fastest_rate"], _row_rounds(fastest).get("library")),
-        fastest_conventional=(fastest_conv.get("images_per_s"), fastest_conv.get("rounds")))
-    labels = dict(library=f"{base} library", conventional=f"{base} conventional", model=f"{base} model-only",
-                  data=f"{base} data-only", peak=f"{b.get('dtype')} matmul", evaluation="evaluation",
-                  eval_library=f"{host.get('variant')} library", fastest_fp32=f"{s['fastest_fp32']} library",
-                  fastest=f"{s['fastest']} library", fastest_conventional=f"{s['fastest']} conventional")
-    together = "in the same rounds" if recorded else "alongside"
-
-    def say(names, text, what):
-        """`text()` if every figure in `names` was measured and its rounds agree; else why not."""
-        missing = [n for n in names if figures[n][0] is None]
-        if missing:
-            return f"This record has no figure for {what}."
-        bad = [f"{labels[n]} {_spread(figures[n][1]):.2f}×" for n in names if is_flagged(figures[n][1])]
-        if bad:
-            return (f"No figure is stated for {what}: the rounds of {', '.join(bad)} (max / min) differ by more than "
-                    f"{SPREAD_LIMIT:.2f}×, so the machine changed under them; the tables mark them.")
-        return text()
-
-    n = info.get("rounds")
-    s["say_rounds"] = (
-        "This record keeps no per-round figures (its format predates them): each figure is as recorded, its "
-        "spread unknown." if not recorded else
-        f"Each figure is the median of {n} rounds, timed in turns with the other figures of its variant, and ratios "
-        f"are stated only between figures of the same rounds. " + (
-            f"The rounds of {s['flagged']} differed by more than {SPREAD_LIMIT:.2f}× (max / min): those figures are "
-            f"flagged in the tables and left out of the sentences." if flagged else
-            f"Every figure's rounds agreed within {SPREAD_LIMIT:.2f}× (max / min)."))
-    s["say_library"] = say(("library", "conventional"), lambda: (
-        f"With the {base} step the library trained at {s['library']:,.0f} images/s and the conventional pipeline at "
-        f"{s['conventional']:,.0f} images/s with its fastest num_workers ({s['workers']}), timed {together}: a "
-        f"ratio of {s['ratio']:.2f}×."), f"the {base} library and conventional pipeline")
-    s["say_model"] = say(("model", "conventional"), lambda: (
-        f"The step alone, with no data work, ran at {s['model']:,.0f} images/s, {s['ceiling']:.2f}× the conventional "
-        f"pipeline: the most any data pipeline could gain with this step on this device."),
-        f"the {base} step alone")
-    s["say_data"] = say(("data", "library"), lambda: (
-        f"It took {s['data_ms']:.1f} ms per batch, timed on its own: {s['data_share']:.1f} % of the library's "
-        f"{base} step" + (f", and at most {s['max_data_share']:.1f} % of a step among the variants "
-                          f"({s['max_data_share_variant']})." if worst else ".")), f"the {base} data work")
-    if not fastest_conv:
-        versus = "; it was not timed against the conventional pipeline in its rounds, so no ratio to that is stated."
-    elif is_flagged(fastest_conv.get("rounds")):
-        versus = (f"; its conventional pipeline's rounds differ by {_spread(fastest_conv['rounds']):.2f}× "
-                  f"(max / min), more than {SPREAD_LIMIT:.2f}×, so no ratio to that is stated.")
-    else:
-        versus = (f"; timed {together} with the conventional pipeline and the same step, the library ran "
-                  f"{s['fastest_vs_conventional']:.2f}× as fast.")
-    s["say_fastest"] = " ".join([
-        say(("fastest_fp32",), lambda: (f"The fastest fp32 variant was {s['fastest_fp32']} at "
-                                        f"{s['fastest_fp32_rate']:,.0f} images/s."), "the fastest fp32 variant"),
-        say(("fastest",), lambda: f"The fastest of all was {s['fastest']} at {s['fastest_rate']:,.0f} images/s"
-            + versus, "the fastest variant")])
-    s["say_peak"] = say(("model", "peak"), lambda: (
-        f"Here the {base} step ran at {s['gflops']:,.0f} GFLOP/s, {s['peak_share']:.0f} % of the {b['dtype']} matmul "
-        f"peak measured {together} ({s['peak']:,.0f} GFLOP/s)."), f"the {base} step's share of the matmul peak")
-    s["say_evaluation"] = say(("evaluation", "eval_library"), lambda: (
-        f"Here it ran at {s['eval_rate']:,.0f} images/s: evaluation is {s['eval_share']:.0%} of an epoch's time at "
-        f"the library's {s['eval_variant']} training rate, timed {together}."), "the evaluation rate")
-    s["say_schedule"] = " ".join([
-        say(("fastest_fp32",), lambda: (
-            f"Its fastest fp32 variant, {s['fastest_fp32']}, would take {s['schedule_fp32_min']:,.0f} min of training "
-            f"steps for the paper's {PAPER_ITERATIONS:,} iterations of batch {info['batch_size']}."),
-            "the fastest fp32 variant"),
-        say(("fastest",), lambda: (f"Its fastest variant in any numerics, {s['fastest']}, "
-                                   f"{s['schedule_fastest_min']:,.0f} min."), "the fastest variant")])
-    return s
-
-
-def tables(record: dict) -> dict:
-    """The record's tables as DataFrames: 'variants', 'conventional', 'profile' (its top rows);
-    'rounds max / min' marks the figures whose rounds disagree ('flagged')."""
-    import pandas as pd
-    names = dict(variant="variant", library="library images/s", model="model-only images/s",
-                 data_ms="data ms/batch", data_share="data % of step", gflops="step GFLOP/s",
-                 peak_share="% of matmul peak", warmup_s="warm-up s")
-    conv = [{"variant": c["variant"], "num_workers": c["num_workers"], "conventional images/s": c["images_per_s"],
-             "library images/s": c["library"], "library / conventional": c["library"] / c["images_per_s"],
-             "rounds max / min": rounds_note(dict(library=_row_rounds(
-                 next((r for r in record["variants"] if r["variant"] == c["variant"]), {})).get("library"),
-                 conventional=c.get("rounds")))}
-            for c in record["conventional"]]
-    prof = [{"op": r["name"], "kind": r["kind"], "calls": r["calls"], "ms / step": r["ms_per_step"],
-             "share %": r["share"]}
-            for r in (record.get("profile") or {}).get("rows", [])]
-    variants = [{**{new: r.get(old) for old, new in names.items()}, "rounds max / min": rounds_note(r.get("rounds"))}
-                for r in record["variants"]]
-    return dict(variants=pd.DataFrame(variants), conventional=pd.DataFrame(conv), profile=pd.DataFrame(prof))
-
-
-# ---------------------------------------------------------------- measured: N fused runs vs one alone
-
-def fused_rates(ns, device: str = "auto", batch_size: int = 128, depth: int = 32, train_images: int = 2_000,
-            rounds: int = 5, seconds: float = 1.0, warmup: int = 2, dataset: D.CIFAR10 | None = None,
-            data_dir: str | None = None, log=None) -> list[dict]:
-    """Aggregate training images/s of N fused runs (seeds 0..N-1) against one run alone (seed 0,
-    `train.train_step`), for each N of `ns`, timed in alternation: each round times a window of
-    about `seconds` of one, then of the other. {n, images_per_s, solo_images_per_s (medians),
-    spreads (min, max), ratio, rounds, gpu_memory_bytes (CUDA: peak allocated by the fused steps)}."""
-    log = log or (lambda text: None)
-    for n in ns:
-        check_fuse(n)
-    dev = pick_device(device)
-    ds = bench_dataset(dataset or D.load_cifar10(data_dir), train_images)
-    solo = setup(Variant(), ds, dev, batch_size, depth)
-    out = []
-    for n in ns:
-        log(f"fused {n} ...")
-        configs = [dataclasses.replace(solo.config, seed=s) for s in range(n)]
-        data = D.prepare_data(configs[0], dev, ds)
-        built = [build_training(c, dev, 1, solo.dtype) for c in configs]
-        batches = [D.TrainBatches(data, c, 0, 1, solo.dtype) for c in configs]
-        models, optimizers = [b[0] for b in built], [b[2] for b in built]
-        step = FusedStep(models[0])
-        it = iter(range(10 ** 9))
-
-        def fused():
-            i = next(it)
-            drawn = [b(i) for b in batches]
-            step(models, optimizers, torch.stack([x for x, _ in drawn]), torch.stack([y for _, y in drawn]),
-                 [c.lr for c in configs])
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        steps = dict(solo=(solo.library, batch_size), fused=(fused, n * batch_size))
-        calls, rates = {}, {"solo": [], "fused": []}
-        for name, (fn, _) in steps.items():
-            _timed(fn, max(warmup, 1) - 1, dev)
-            calls[name] = max(1, round(seconds / max(_timed(fn, 1, dev), 1e-6)))  # the last warm-up step sizes it
-        for _ in range(rounds):
-            for name, (fn, images) in steps.items():
-                rates[name].append(images * calls[name] / _timed(fn, calls[name], dev))
-        f, s = statistics.median(rates["fused"]), statistics.median(rates["solo"])
-        out.append(dict(n=n, images_per_s=f, solo_images_per_s=s, ratio=f / s, rounds=rounds,
-                        spread=[min(rates["fused"]), max(rates["fused"])],
-                        solo_spread=[min(rates["solo"]), max(rates["solo"])],
-                        gpu_memory_bytes=torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None))
-        log(f"  fused {n}: {f:,.1f} images/s ({min(rates['fused']):,.1f}-{max(rates['fused']):,.1f}); "
-            f"solo {s:,.1f} ({min(rates['solo']):,.1f}-{max(rates['solo']):,.1f})")
-    return out
-
-
-def _timed(fn, calls: int, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def fused_main(args, write: bool = True) -> list[dict]:
-    """`bench --fused N ...`: print `fused_rates`' figures, one `fused N: X× solo` line per N, and
-    (`write`) with --json merge them into OUT's `fused` section; the rows."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = fused_rates(args.fused, args.device, args.batch_size, args.depth, args.train_images, args.rounds,
-                   args.seconds, args.warmup, data_dir=args.data_dir,
-                   log=lambda text: print(text, file=sys.stderr, flush=True))
-    print(f"ResNet-{args.depth}, batch {args.batch_size}, {pick_device(args.device)}, {torch.get_num_threads()} "
-          f"thread(s); aggregate training images/s, median of {args.rounds} alternating rounds (min-max):")
-    for r in rows:
-        print(f"  {r['n']} fused: {r['images_per_s']:,.1f} ({r['spread'][0]:,.1f}-{r['spread'][1]:,.1f}); one alone: "
-              f"{r['solo_images_per_s']:,.1f} ({r['solo_spread'][0]:,.1f}-{r['solo_spread'][1]:,.1f})")
-    for r in rows:
-        print(f"fused {r['n']}: {r['ratio']:.2f}× solo")
-    if args.json and write:
-        path = Path(args.json)
-        record = json.loads(path.read_text()) if path.is_file() else {}
-        kept = [r for r in record.get("fused") or [] if r.get("n") not in {x["n"] for x in rows}]
-        record["fused"] = sorted(kept + rows, key=lambda r: r["n"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1))
-    return rows
-
-
 # ---------------------------------------------------------------- command line
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -561,12 +284,8 @@ def _variant(spec: str) -> Variant:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def main(args) -> int:
-    fused = None
-    if args.fused:  # first: its `fused N: X× solo` lines are printed even if a time limit cuts the rest
-        fused = fused_main(args, write=args.variants is None)
-        if args.variants is None:
-            return 0
+def main(args, fused: list[dict] | None = None) -> int:
+    """`bench`: the step variants (`fused`: bench_fused's rows, added to the record)."""
     settings = {k: getattr(args, k) for k in ("device", "batch_size", "depth", "conventional", "workers",
                                               "seconds", "rounds", "warmup", "train_images", "data_dir", "threads",
                                               "profile", "concurrent", "concurrent_variant")}

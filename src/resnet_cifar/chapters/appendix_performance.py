@@ -63,3 +63,17 @@ def recorded_variants(records: dict, name: str = "bench-cpu") -> "pd.io.formats.
     table = bench.tables(records[name])["variants"]
     return table.style.format(precision=1, na_rep="–").hide(axis="index").set_caption(
         f"Recorded benchmark ({name}.json): step variants — {records[name]['info']['device_name']}")
+
+
+def fused(records: dict) -> "pd.io.formats.style.Styler":
+    """The fused-training figures of every record that has them (`bench --fused N`): N, the
+    aggregate and solo images/s (medians of alternating rounds, with their ranges), the ratio
+    and the GPU memory; an empty table, captioned so, where no record has any."""
+    rows = [{"record": name, "device": rec.get("info", {}).get("device_name", "–"), "N fused": r["n"],
+             "images/s": r["images_per_s"], "range": "–".join(f"{x:,.0f}" for x in r.get("spread") or []),
+             "one alone": r["solo_images_per_s"], "ratio": r["ratio"],
+             "GPU memory GB": None if r.get("gpu_memory_bytes") is None else r["gpu_memory_bytes"] / 1e9}
+            for name, rec in records.items() for r in rec.get("fused") or []]
+    caption = ("Fused training (fused.py): N runs as one model against one alone, aggregate training images/s"
+               if rows else "No committed record has fused-training figures yet (`bench --fused N --json ...`)")
+    return pd.DataFrame(rows).style.format(precision=2, na_rep="–").hide(axis="index").set_caption(caption)
