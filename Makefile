@@ -39,7 +39,7 @@ book: data
 	if [ -z "$$profile" ]; then profile="$$($(PY) -m resnet_cifar records --best)"; fi; \
 	if [ -n "$(PROFILE)" ] || [ -z "$$profile" ]; then \
 	  profile="$${profile:-smoke}"; \
-	  set -x; $(PY) -m resnet_cifar run --profile "$$profile" --device $(DEVICE) --jobs $(JOBS) && \
+	  set -x; $(PY) -m resnet_cifar run --profile "$$profile" --device $(DEVICE) --jobs $(JOBS) --retrain-published && \
 	  $(PY) scripts/build_book.py --profile "$$profile" --device $(DEVICE) --runs-dir runs; \
 	else \
 	  echo "book: the committed records of profile $$profile (no training; make book PROFILE=... trains)"; \

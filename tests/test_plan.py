@@ -462,3 +462,22 @@ def test_readme_results_are_the_committed_records():
         assert block.strip() in {REC.results_markdown(ROOT, d, profile).strip() for d in datasets}, (
             f"README's {profile} results differ from the records: run "
             f"`python -m resnet_cifar records --markdown {profile}` and paste its output")
+
+
+def test_run_does_not_train_again_what_the_committed_records_hold(tmp_path, capsys):
+    """Published runs (another machine trained them) are skipped by `run` (`--retrain-published`
+    trains them again, as `make book PROFILE=...` does): nothing is trained or written."""
+    if real_data_dir() is None:
+        pytest.skip("the command line reads the full CIFAR-10 folder")
+    from resnet_cifar import cli
+    from resnet_cifar.commands import dataset_identity
+    identity = dataset_identity(str(real_data_dir()))
+    published = ROOT / "book" / "records" / identity / "cpu"
+    if not (published / "resnet32-seed0" / "summary.json").is_file():
+        pytest.skip(f"no committed cpu records of {identity}")
+    args = ["run", "--profile", "cpu", "--device", "cpu", "--only", "resnet32-seed0", "--data-dir",
+            str(real_data_dir()), "--runs-dir", str(tmp_path / "runs")]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 run(s) of the plan are published in" in out and "not trained again: resnet32-seed0" in out
+    assert not (tmp_path / "runs" / identity / "cpu" / "resnet32-seed0").exists()

@@ -40,6 +40,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("run", help="train the runs of the plan that are not finished, --jobs at a time per GPU")
     selection(p)
     p.add_argument("--jobs", type=int, default=1, help="runs at once per GPU (on a CPU: in all) (default: 1)")
+    p.add_argument("--retrain-published", action="store_true",
+                   help="train the runs the committed records of the profile hold too (default: skip them; "
+                        "`make book PROFILE=...` retrains, as a build from its own runs reads them from runs/)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per worker (default: cores / workers)")
     p.add_argument("--status-every", type=float, default=30.0, help="seconds between progress lines (default: 30)")
     p.add_argument("--fuse", type=int, default=None, metavar="N",
@@ -87,7 +90,8 @@ def main(args) -> int:
                          f"and published with `export`")
     runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
     published = root / RECORDS / identity / args.profile
-    if args.command == "run" and args.profile != "smoke" and read_manifest(published) is not None:
+    if (args.command == "run" and args.profile != "smoke" and not args.retrain_published
+            and read_manifest(published) is not None):
         done = {r.name for r in runs if P.status(r, args.profile, published)["state"] == "finished"}
         if done:  # trained before, perhaps on another machine: published runs are not trained again
             print(f"{len(done)} run(s) of the plan are published in {published} and not trained again: "
