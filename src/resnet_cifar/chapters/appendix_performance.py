@@ -51,9 +51,10 @@ def rates_figure(ch, record: dict):
 
 
 def recorded(records: dict) -> "pd.io.formats.style.Styler":
-    """The recorded benchmarks side by side (`bench.summarize` of each)."""
-    table = pd.DataFrame({name: bench.summarize(rec) for name, rec in records.items()}).T[RECORDED_COLUMNS]
-    return table.style.format(precision=2).set_caption(
+    """The recorded benchmarks side by side (`bench.summarize` of each), one column per record
+    (a row per figure: twelve figures would not fit the page as columns)."""
+    table = pd.DataFrame({name: bench.summarize(rec) for name, rec in records.items()}).loc[RECORDED_COLUMNS]
+    return table.rename_axis("figure").style.format(precision=2).set_caption(
         "Recorded benchmarks: library vs conventional (fp32, same rounds), the fastest variants, the paper's "
         "64k iterations in minutes, and the figures whose rounds disagree")
 
