@@ -356,7 +356,10 @@ def test_partial_exports_add_up_across_machines(tmp_path):
         first = fake_record(tmp_path / "first", run, "cpu", status="complete", iterations_done=1600)
         (first / "history.csv").write_text("iteration,test_error\n1600,0.5\n")
         (first / "model.pt").write_bytes(b"weights")
+    config = json.loads((tmp_path / "first" / a.name / "config.json").read_text())
+    (tmp_path / "first" / a.name / "config.json").write_text(json.dumps({**config, "runs_dir": str(tmp_path)}))
     REC.export([a, b, c], "cpu", "official", tmp_path / "first", target, partial=True)
+    assert json.loads((target / a.name / "config.json").read_text())["runs_dir"] == "runs"  # no builder's path
     assert a.name in REC.KEPT_WEIGHTS["cpu"] and b.name not in REC.KEPT_WEIGHTS["cpu"]
     assert (target / a.name / "model.pt").is_file() and not (target / b.name / "model.pt").exists()
     later = fake_record(tmp_path / "later", c, "cpu", status="complete", iterations_done=1600)

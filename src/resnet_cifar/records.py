@@ -27,6 +27,7 @@ from .runs import RunError, RunResult, config_diff, git_commit, load_run, read_j
 RECORDS = Path("book") / "records"
 MANIFEST = "records.json"
 FILES = ("config.json", "summary.json", "history.csv")
+PLACES = dict(data_dir=TrainConfig.data_dir, runs_dir=TrainConfig.runs_dir)  # a published config's folders
 # The runs whose final weights (model.pt, 1.9 MB for a ResNet-32; no checkpoint, no optimizer
 # state) are published with their records, per profile: those the pages look inside (the
 # baseline: chapter 3's test without the mean, chapter 5's BN variances, chapter 6's per-class
@@ -190,8 +191,10 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
             continue
         src, dst = source / r.name, tmp / r.name
         dst.mkdir(parents=True)
-        for name in FILES:
+        for name in FILES[1:]:
             shutil.copy2(src / name, dst / name)
+        # where it ran is not what it computes (not its identity), and a builder's folders are nobody's business
+        write_json(dst / "config.json", {**read_json(src / "config.json"), **PLACES})
         if r.name in KEPT_WEIGHTS.get(profile, ()) and (src / "model.pt").is_file():
             shutil.copy2(src / "model.pt", dst / "model.pt")
         run = load_run(src)
