@@ -30,10 +30,17 @@ SCRIPT = textwrap.dedent(f"""
     import json, sys, torch
     torch.set_num_threads({THREADS})
     from resnet_cifar import load_cifar10
+    from resnet_cifar.config import TrainConfig
+    from resnet_cifar.fused import train_group
     from resnet_cifar.train import train
     kw = json.loads(sys.argv[1])
     dataset = load_cifar10(kw.pop("data_dir"), expect_counts=tuple(kw.pop("expect_counts")))
-    print("STATUS", train(dataset=dataset, **kw).status, flush=True)
+    seeds = kw.pop("fused_seeds", None)  # train these seeds as one fused group
+    if seeds:
+        runs = train_group([TrainConfig(**kw, seed=s) for s in seeds], dataset=dataset)
+        print("STATUS", *[r.status for r in runs], flush=True)
+    else:
+        print("STATUS", train(dataset=dataset, **kw).status, flush=True)
 """)
 
 
@@ -181,6 +188,38 @@ def test_sigkill_then_resume_is_bit_identical(tiny, dataset, training_data, tmp_
     straight = train(config, dataset=dataset, runs_dir=str(tmp_path / "straight"))
     _assert_identical_runs(resumed.run_dir, straight.run_dir)
 
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_fused_group_then_resume_is_bit_identical(tiny, dataset, training_data, tmp_path):
+    """Kill -9 a process training two runs as one fused group; resumed as a group, each run
+    ends exactly as the same group trained without interruption."""
+    from resnet_cifar.fused import train_group
+    settings = {**tiny, "iterations": 30, "eval_every": 5, "checkpoint_every": 5}
+    configs = [TrainConfig(**settings, seed=s) for s in (0, 1)]
+    run_dirs = [Path(tiny["runs_dir"]) / c.run_name() for c in configs]
+    proc = _start(training_data, **settings, fused_seeds=[0, 1])
+    try:
+        _wait_for(proc, run_dirs[1], 10)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    for config, run_dir in zip(configs, run_dirs):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "running" and 5 <= summary["iterations_done"] < 30
+        assert summary["fused_group"] == [c.run_name() for c in configs]
+        assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"] == summary["iterations_done"]
+        assert (run_dir / ".lock").read_text() == str(proc.pid) and not (run_dir / "model.pt").exists()
+        assert R.decide(config, run_dir) == "resume"
+
+    resumed = train_group(configs, dataset=dataset)  # takes over both stale locks
+    straight = train_group([TrainConfig(**{**settings, "runs_dir": str(tmp_path / "straight")}, seed=s)
+                            for s in (0, 1)], dataset=dataset)
+    for a, b in zip(resumed, straight):
+        assert a.status == "complete" and a.summary["iterations_done"] == 30
+        assert not (a.run_dir / ".lock").exists()
+        _assert_identical_runs(a.run_dir, b.run_dir)
 
 # ---------------------------------------------------------------- one process per run
 
