@@ -177,6 +177,15 @@ class Chapter:
                          "seconds of training. It shows that the code runs end to end; it does not rank the methods "
                          "and it is <b>not</b> a result of the paper. Rebuild with profile <code>quick</code> or "
                          "<code>paper</code> on a GPU for numbers that mean something.")
+        if self.profile == "cpu":
+            paper = profile_config("paper")
+            notes.append(f"Profile <b>cpu</b>: every run is {budget.iterations:,} iterations of batch {budget.batch_size} "
+                         f"on the full data, 1/{paper.iterations / budget.iterations:g} of the paper's "
+                         f"{paper.iterations:,} (lr ÷10 at {budget.milestones[0]:,} and {budget.milestones[1]:,}), "
+                         "a budget sized for a 2-core CPU: its errors lie far above the paper's. This profile trains only the "
+                         "comparisons its budget resolves (<code>experiments.CPU_ARMS</code>); an arm it leaves out "
+                         "shows as \u2013 or \"not trained at this profile\" (profile <code>quick</code> trains "
+                         "them on a GPU).")
         if self.dataset.identity != "official":
             notes.append(f"Data: <b>{self.dataset.label}</b>, not the official CIFAR-10. Error rates on it are "
                          "not comparable with the paper's.")

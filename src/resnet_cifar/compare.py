@@ -79,7 +79,7 @@ def summary_sentence(verdicts: dict[str, str], condition: str) -> str:
     resolved = [label for label, v in verdicts.items() if v not in ("reference",) and not v.startswith(NOT_RESOLVED)
                 and not v.startswith("no complete")]
     head = (f"{condition}, {len(resolved)} of {len(parts)} differences are larger than the seeds' spread"
-            if parts else f"{condition}, there is nothing to compare")
+            if parts else f"{condition}, only the reference arm is trained at this profile: nothing to compare")
     return head + (": " + "; ".join(parts) + "." if parts else ".")
 
 

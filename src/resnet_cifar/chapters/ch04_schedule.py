@@ -25,13 +25,10 @@ def schedule_facts(ch, runs: dict[str, RunResult], long_patience: int, short_pat
     facts = {"sch_iterations": f"{cfg.iterations:,}", "sch_milestones": " and ".join(f"{m:,}" for m in cfg.milestones),
              "sch_eval_every": f"{cfg.eval_every or per_epoch:,}", "sch_iters_per_epoch": f"{per_epoch:,}",
              "sch_evaluations": f"{len(base.history):,}"}
-    for key, run in plateau_runs.items():
-        if run is None:
-            facts.update({f"sch_{key}_patience": "–", f"sch_{key}_verdict": "not trained at this profile"})
-            continue
-        patience = run.config["plateau_patience"]
+    for key, patience in (("long", long_patience), ("short", short_patience)):
+        run = plateau_runs[key]
         facts[f"sch_{key}_patience"] = f"{patience:,}"
-        facts[f"sch_{key}_verdict"] = plateau_verdicts({key: run})[patience]
+        facts[f"sch_{key}_verdict"] = plateau_verdicts({key: run})[patience] if run else "was not run at this profile"
     return facts
 
 

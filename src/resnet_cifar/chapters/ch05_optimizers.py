@@ -38,13 +38,20 @@ def adam_kick(ch, runs: dict[str, RunResult], high_lr: float) -> tuple["pd.io.fo
     return A.styled(table, ch.caption("RMS of conv/FC weights per stage", *runs.values()), 3), facts
 
 
-def adam_facts(ch, runs: dict[str, RunResult], adam_lr: float, high_lr: float):
+def adam_facts(ch, runs: dict[str, RunResult], adam_lr: float, high_lr: float,
+               constant: dict[str, RunResult] | None = None):
     """`adam_kick` for SGD and Adam at `adam_lr` and `high_lr`, with their errors and Adam's
-    status at `high_lr` (the `opt_*` values)."""
+    status at `high_lr` (the `opt_*` values). Where the profile trains Adam only at a constant
+    learning rate (cpu), the `constant` runs of the same two rates stand in, and the status says so."""
     labels = ("SGD, momentum 0.9 (paper)", f"Adam, lr {adam_lr:g}", f"Adam, lr {high_lr:g}")
     sgd, low, high = (runs.get(k) for k in labels)  # None: an arm this profile does not train
     rms, facts = adam_kick(ch, {k: runs[k] for k in labels if k in runs}, high_lr)
+    stand_in = high is None and low is None and bool(constant)
+    if stand_in:
+        low, high = (constant.get(f"Adam, constant lr {lr:g}") for lr in (adam_lr, high_lr))
     status = high.summary["status_detail"] if high else "not trained at this profile"
+    if stand_in and high:
+        status += " (at a constant learning rate: this profile trains Adam only without a schedule)"
     return rms, {**facts, "opt_adam_lr": f"{adam_lr:g}", "opt_adam_high_status": status,
                  **ch.errors({"opt_adam_high_err": high, "opt_adam_low_err": low, "opt_sgd_err": sgd})}
 
