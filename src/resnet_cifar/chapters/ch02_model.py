@@ -55,9 +55,11 @@ def shortcut_facts(ch, arms: dict[str, list[RunResult]]) -> tuple["pd.io.formats
 
 
 def fig6_facts(ch, plain: dict[str, RunResult], residual: dict[str, RunResult], depths) -> dict:
-    """Chapter 2's Fig. 6 values: the depths and the deepest plain and residual nets' errors."""
-    deepest = max(depths)
-    return {"fig6_depths": " and ".join(map(str, depths)), "fig6_deepest": str(deepest),
+    """Chapter 2's Fig. 6 values: the depths trained in both families (all of `depths` where the
+    profile trains none in both) and the deepest such plain and residual nets' errors."""
+    both = [d for d in depths if f"plain-{d}" in plain and f"ResNet-{d}" in residual] or list(depths)
+    deepest = max(both)
+    return {"fig6_depths": " and ".join(map(str, both)), "fig6_deepest": str(deepest),
             **ch.errors({"fig6_plain_err": plain.get(f"plain-{deepest}"),
                            "fig6_resnet_err": residual.get(f"ResNet-{deepest}")})}
 
@@ -66,9 +68,13 @@ def budget_note(ch, run: RunResult) -> str:
     if ch.profile == "paper" and ch.dataset.identity == "official":
         return "These runs follow the paper's full recipe on the official data."
     s = run.summary
-    return (f"With profile {ch.profile} ({s['iterations']:,} iterations on {s['train_size']:,} training "
-            f"images of {ch.dataset.label}) these numbers show that the code runs, not how the networks "
-            "compare: rebuild with profile quick or paper to compare them.")
+    budget = (f"With profile {ch.profile} ({s['iterations']:,} iterations on {s['train_size']:,} training "
+              f"images of {ch.dataset.label})")
+    if ch.profile == "smoke":
+        return (f"{budget} these numbers show that the code runs, not how the networks compare: rebuild with "
+                "profile quick or paper to compare them.")
+    return (f"{budget} two networks differ only where the verdict over the seeds says so; the paper's "
+            "numbers need its full recipe on the official data.")
 
 
 def numerics(run: RunResult) -> str:

@@ -45,10 +45,14 @@ def table6(ch, arms: dict[int, list[RunResult]]) -> tuple[object, dict]:
     if len(known) >= 2:
         order = sorted(known, key=lambda d: means[d])
         monotone = all(means[a] >= means[b] for a, b in zip(sorted(known), sorted(known)[1:]))
+        stds = {d: mean_std(values(arms[d]))[1] for d in known}
+        steps = [f"ResNet-{b} against ResNet-{a}: {verdict(values(arms[b]), values(arms[a]), f'ResNet-{a}')}"
+                 for a, b in zip(sorted(known), sorted(known)[1:])]
         facts["dep_order"] = (f"at profile {ch.profile} on {ch.dataset.label}, from lowest to highest mean test error: "
-                              + ", ".join(f"ResNet-{d} ({means[d]:.2f} %)" for d in order)
-                              + ("; the error falls with every added depth, as in the paper's table" if monotone
-                                 else "; not the paper's ordering (its error falls with every added depth)"))
+                              + ", ".join(f"ResNet-{d} ({means[d]:.2f} ± {fmt(stds[d], '.2f')} %)" for d in order)
+                              + ("; the means fall with every added depth, as in the paper's table" if monotone
+                                 else "; not the paper's ordering (its error falls with every added depth)")
+                              + ". Each added depth, over the seeds: " + "; ".join(steps))
     else:
         facts["dep_order"] = "fewer than two depths have a complete run, so there is no ordering to report"
     table = pd.DataFrame(rows).T.rename_axis("network")
