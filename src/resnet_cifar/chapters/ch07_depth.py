@@ -49,7 +49,8 @@ def table6(ch, arms: dict[int, list[RunResult]]) -> tuple[object, dict]:
         steps = [f"ResNet-{b} against ResNet-{a}: {verdict(values(arms[b]), values(arms[a]), f'ResNet-{a}')}"
                  for a, b in zip(sorted(known), sorted(known)[1:])]
         facts["dep_order"] = (f"at profile {ch.profile} on {ch.dataset.label}, from lowest to highest mean test error: "
-                              + ", ".join(f"ResNet-{d} ({means[d]:.2f} ± {fmt(stds[d], '.2f')} %)" for d in order)
+                              + ", ".join(f"ResNet-{d} ({means[d]:.2f} ± {stds[d]:.2f} %)" if stds[d] is not None
+                                          else f"ResNet-{d} ({means[d]:.2f} %, one seed)" for d in order)
                               + ("; the means fall with every added depth, as in the paper's table" if monotone
                                  else "; not the paper's ordering (its error falls with every added depth)")
                               + ". Each added depth, over the seeds: " + "; ".join(steps))
