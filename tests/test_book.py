@@ -367,6 +367,38 @@ def test_published_records_without_weights_render_placeholders(dataset, tmp_path
     assert "No run with weights: published records carry no weights" in table.to_html()
 
 
+def test_cpu_pages_say_what_the_profile_left_out_and_use_what_it_trained(dataset, tmp_path):
+    """Where the cpu profile trains only part of a chapter: the deepest depth both families have,
+    both patiences named from the page's parameters, the constant-lr Adam runs standing in for
+    the scheduled ones, and the headline says where the recipe stands, not that the code runs."""
+    from resnet_cifar import book
+    from resnet_cifar.chapters import ch02_model, ch04_schedule, ch05_optimizers
+    from resnet_cifar.compare import summary_sentence
+    ch = book.Chapter("cpu", "cpu", dataset, tmp_path, 0)
+    plain = {"plain-20": _record(tmp_path, "p20", "complete", 0.45)}
+    residual = {"ResNet-20": _record(tmp_path, "r20", "complete", 0.40),
+                "ResNet-32": _record(tmp_path, "r32", "complete", 0.37)}
+    facts = ch02_model.fig6_facts(ch, plain, residual, [20, 32])
+    assert (facts["fig6_depths"], facts["fig6_deepest"], facts["fig6_plain_err"], facts["fig6_resnet_err"]) == \
+        ("20", "20", "45.0", "40.0")
+    facts = ch04_schedule.schedule_facts(ch, {"multistep (paper)": residual["ResNet-32"]}, 1000, 10)
+    assert (facts["sch_long_patience"], facts["sch_short_patience"]) == ("1,000", "10")
+    assert facts["sch_long_verdict"] == facts["sch_short_verdict"] == "was not run at this profile"
+    sgd = {"SGD, momentum 0.9 (paper)": residual["ResNet-32"]}
+    constant = {"Adam, constant lr 0.001": _record(tmp_path, "a3", "complete", 0.31),
+                "Adam, constant lr 0.1": _record(tmp_path, "a1", "complete", 0.56)}
+    _, facts = ch05_optimizers.adam_facts(ch, sgd, 1e-3, 0.1, constant)
+    assert (facts["opt_adam_high_err"], facts["opt_adam_low_err"], facts["opt_sgd_err"]) == ("56.0", "31.0", "37.0")
+    assert facts["opt_adam_high_status"] == "complete (at a constant learning rate: this profile trains Adam only " \
+                                           "without a schedule)"
+    _, facts = ch05_optimizers.adam_facts(ch, sgd, 1e-3, 0.1)
+    assert facts["opt_adam_high_status"] == "not trained at this profile" and facts["opt_adam_high_err"] == "–"
+    assert summary_sentence({"SGD": "reference"}, "At profile cpu").endswith(
+        "only the reference arm is trained at this profile: nothing to compare.")
+    verdict = results.Headline(ch, {"seed 0": residual["ResNet-32"]}).facts()["head_verdict"]
+    assert "37.00 % is where the recipe stands after 20 of the paper's 64,000 iterations" in verdict
+
+
 def test_run_tables_format_numbers_and_missing_values(dataset, tmp_path):
     from resnet_cifar import book
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
