@@ -76,8 +76,16 @@ def book():
     require(data is not None, f"no CIFAR-10 folder at $RESNET_CIFAR_DATA or {ROOT / 'data'} "
                               f"(build one with `python ../shared/data/make_cifar10_batches.py data`)")
     args = ["--profile", "smoke", "--data-dir", str(data), "--out", str(BUILD)]
-    if os.environ.get("RESNET_CIFAR_BOOK_CHAPTERS"):
-        args += ["--chapters", *os.environ["RESNET_CIFAR_BOOK_CHAPTERS"].split()]
+    chapters = os.environ.get("RESNET_CIFAR_BOOK_CHAPTERS", "").split()
+    if chapters:
+        args += ["--chapters", *chapters]
+    # The plan first, as `make book PROFILE=smoke JOBS=2` trains it: two one-thread workers take
+    # half the time of the chapters training their runs one after another; the chapters reuse them.
+    train = subprocess.run([sys.executable, "-m", "resnet_cifar", "run", "--profile", "smoke", "--device", "cpu",
+                            "--jobs", "2", "--data-dir", str(data), "--status-every", "600",
+                            *(["--chapters", *chapters] if chapters else [])],
+                           cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     proc = run_build(*args)
     print(proc.stdout[-3000:], proc.stderr[-3000:])
     stage = BUILD / "stage"
