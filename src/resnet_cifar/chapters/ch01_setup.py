@@ -79,6 +79,14 @@ def machine(ch) -> tuple["pd.io.formats.style.Styler", dict]:
             "CUDA GPUs visible": torch.cuda.device_count(), "CPU cores": os.cpu_count(),
             "torch threads": torch.get_num_threads(), "operating system": platform.system()}
     facts = {"machine_" + k.replace(" ", "_"): str(v) for k, v in rows.items()}
+    here = f"{device} ({device_label(device)}) with torch {torch.__version__} on {os.cpu_count()} CPU cores"
+    if ch.records is not None:  # a build from committed records trains nothing
+        trained = sorted({r["device_name"] for r in ch.records.get("runs", {}).values() if r.get("device_name")})
+        facts["machine_runs"] = (f"This build trains nothing: it reads the committed records of profile {ch.profile}, "
+                                 f"trained on {', '.join(trained) or 'devices they do not name'}. This machine (where "
+                                 f"`make book PROFILE={ch.profile}` would train them again): {here}.")
+    else:
+        facts["machine_runs"] = f"So the runs of this build train on {here}."
     table = pd.DataFrame({"value": {k: str(v) for k, v in rows.items()}}).rename_axis("")
     return A.styled(table, ch.caption("The machine of this build")), facts
 
