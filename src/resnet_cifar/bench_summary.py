@@ -4,10 +4,9 @@ median of its rounds; a ratio is stated only between figures of the same rounds;
 whose rounds disagree (max / min > measure.SPREAD_LIMIT) is flagged and kept out of sentences."""
 from __future__ import annotations
 
-from .config import TrainConfig
+from .config import PAPER_ITERATIONS
 from .measure import SPREAD_LIMIT, spread
 
-PAPER_ITERATIONS = TrainConfig.iterations  # the recipe's default
 
 
 def _spread(rounds) -> float | None:

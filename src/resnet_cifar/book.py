@@ -17,7 +17,7 @@ import torch
 
 from . import analysis as A
 from . import data as D
-from .config import PROFILE_THREADS, PROFILES, TrainConfig, profile_config
+from .config import PAPER_ITERATIONS, PROFILE_THREADS, PROFILES, TrainConfig, profile_config
 from .devices import device_label, pick_device
 from . import experiments as E
 from .plan import accounting, match_chapters, plan
@@ -178,10 +178,9 @@ class Chapter:
                          "and it is <b>not</b> a result of the paper. Rebuild with profile <code>quick</code> or "
                          "<code>paper</code> on a GPU for numbers that mean something.")
         if self.profile == "cpu":
-            paper = profile_config("paper")
             notes.append(f"Profile <b>cpu</b>: every run is {budget.iterations:,} iterations of batch {budget.batch_size} "
-                         f"on the full data, 1/{paper.iterations / budget.iterations:g} of the paper's "
-                         f"{paper.iterations:,} (lr ÷10 at {budget.milestones[0]:,} and {budget.milestones[1]:,}), "
+                         f"on the full data, 1/{PAPER_ITERATIONS / budget.iterations:g} of the paper's "
+                         f"{PAPER_ITERATIONS:,} (lr ÷10 at {budget.milestones[0]:,} and {budget.milestones[1]:,}), "
                          "a budget sized for a 2-core CPU: its errors lie far above the paper's. This profile trains only the "
                          "comparisons its budget resolves (<code>experiments.CPU_ARMS</code>); an arm it leaves out "
                          "shows as \u2013 or \"not trained at this profile\" (profile <code>quick</code> trains "

@@ -158,6 +158,10 @@ def lr_at(config: TrainConfig, iteration: int, iterations_per_epoch: int = 1) ->
     return config.lr
 
 
+# The paper's CIFAR budget (Sec. 4.2): the recipe's defaults, named for the sentences that quote it.
+PAPER_ITERATIONS, PAPER_BATCH = TrainConfig.iterations, TrainConfig.batch_size
+
+
 # ---------------------------------------------------------------- profiles: the book's budgets
 # Profiles set budgets over the recipe; a chapter's own parameters and the plan's arms override them.
 #     smoke  CPU (one thread), 250-image subsets (25 per class), 20 iterations: seconds per run (what CI builds)

@@ -10,12 +10,11 @@ import pandas as pd
 from .. import analysis as A
 from ..analysis import fmt
 from ..compare import mean_std
-from ..config import TrainConfig
+from ..config import PAPER_BATCH, PAPER_ITERATIONS, TrainConfig
 from ..data import prepare_data
 from ..runs import RunResult
 from ..train import evaluate
 
-PAPER_ITERATIONS, PAPER_BATCH = TrainConfig.iterations, TrainConfig.batch_size  # the recipe's defaults
 
 
 def class_errors(ch, runs: dict[str, RunResult]) -> tuple[object, "pd.io.formats.style.Styler", dict]:
