@@ -41,6 +41,7 @@ from . import train as T
 from .config import TrainConfig
 from .data import CIFAR10, TrainBatches, load_cifar10, prepare_data
 from .devices import pick_device, set_numerics
+from .progress import Progress
 from .runs import RunError, RunResult, load_run
 
 # What one fused model needs its runs to share: one architecture and BatchNorm eps (one network
@@ -166,13 +167,9 @@ def build_member(config, run_dir, lock, resume, dataset, device, numerics, prepa
     batches = TrainBatches(data, config, 0, 1, dtype)
     model, _, optimizer, plateau = T.build_training(dataclasses.replace(config, compile=False,
                                                                         channels_last=False), device, 1, dtype)
-    state = runs.LoopState(lr_warmup=config.warmup_until_error is not None)
-    if resume:
-        state = T.load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, plateau, device)
-    facts = dict(T.run_facts(config, run_dir, data, device, numerics, model, 1), fused_group=list(names))
-    record = runs.Record(config, run_dir, batches.per_epoch, facts)
-    record.start(state)
-    return Member(config, model, optimizer, plateau, data, record, T.Progress(config, run_dir.name, state.iteration, 0),
+    state, record = T.open_record(config, run_dir, resume, data, device, numerics, model, optimizer, plateau,
+                                  batches.per_epoch, fused_group=list(names))
+    return Member(config, model, optimizer, plateau, data, record, Progress(config, run_dir.name, state.iteration, 0),
                   state, batches.per_epoch, run_dir=run_dir, lock=lock, batches=batches)
 
 

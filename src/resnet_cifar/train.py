@@ -110,12 +110,8 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
     dtype, autocast_dtype = step_dtypes(config)
     batches = TrainBatches(data, config, rank, world, dtype)
     model, step_model, optimizer, plateau = build_training(config, device, world, dtype)
-    state = runs.LoopState(lr_warmup=config.warmup_until_error is not None)
-    if resume:
-        state = load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, plateau, device)
-    record = runs.Record(config, run_dir, batches.per_epoch, run_facts(config, run_dir, data, device, numerics, model,
-                                                                       world), enabled=rank == 0)
-    record.start(state)
+    state, record = open_record(config, run_dir, resume, data, device, numerics, model, optimizer, plateau,
+                                batches.per_epoch, rank, world)
     loop = RunLoop(config, model, optimizer, plateau, data, record, Progress(config, run_dir.name, state.iteration,
                                                                              rank), state, batches.per_epoch, rank, world)
     read_every = loss_read_interval(device)
@@ -145,6 +141,20 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
     if status != "complete":
         loop.progress.message(f"[{run_dir.name}] {status}")
     return load_run(run_dir)
+
+
+def open_record(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData, device: torch.device,
+                numerics: dict, model: nn.Module, optimizer, plateau, per_epoch: int, rank: int = 0, world: int = 1,
+                **facts) -> tuple[runs.LoopState, runs.Record]:
+    """The loop's state (from the checkpoint when resuming) and the run's record, started:
+    summary.json says 'running' with the run's facts (and `facts`) from here on."""
+    state = runs.LoopState(lr_warmup=config.warmup_until_error is not None)
+    if resume:
+        state = load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, plateau, device)
+    record = runs.Record(config, run_dir, per_epoch, {**run_facts(config, run_dir, data, device, numerics, model, world),
+                                                      **facts}, enabled=rank == 0)
+    record.start(state)
+    return state, record
 
 
 @dataclasses.dataclass
