@@ -90,6 +90,18 @@ class View:
                 t.state = "interrupted"
 
 
+def _answer(run, start: float) -> dict:
+    """How a run ended, as the runner reports it: finished or not, its status and test error."""
+    error = run.summary.get("final_test_error")
+    return dict(name=run.name, ok=run.status in FINISHED, seconds=time.perf_counter() - start,
+                detail=run.summary.get("status_detail", run.status)
+                + (f", test error {100 * error:.2f} %" if error is not None else ""))
+
+
+def _failure(name: str, e: Exception, start: float) -> dict:
+    return dict(name=name, ok=False, detail=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - start)
+
+
 def train_one(config: dict, cache: dict) -> dict:
     """Train (or reuse, or resume) one run; the dataset is loaded once per process (`cache`)."""
     from .data import load_cifar10
@@ -98,13 +110,9 @@ def train_one(config: dict, cache: dict) -> dict:
     try:
         if cache.get("dataset") is None:
             cache["dataset"] = load_cifar10(config["data_dir"])
-        run = train(TrainConfig(**config), dataset=cache["dataset"])
-        error = run.summary.get("final_test_error")
-        return dict(name=config["name"], ok=run.status in FINISHED, detail=run.summary.get("status_detail", run.status)
-                    + (f", test error {100 * error:.2f} %" if error is not None else ""),
-                    seconds=time.perf_counter() - start)
+        return _answer(train(TrainConfig(**config), dataset=cache["dataset"]), start)
     except Exception as e:  # KeyboardInterrupt stops the worker; anything else fails this run only
-        return dict(name=config["name"], ok=False, detail=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - start)
+        return _failure(config["name"], e, start)
 
 
 def train_fused(configs: list[dict], cache: dict) -> list[dict]:
@@ -118,15 +126,8 @@ def train_fused(configs: list[dict], cache: dict) -> list[dict]:
             cache["dataset"] = load_cifar10(configs[0]["data_dir"])
         done = train_group([TrainConfig(**c) for c in configs], dataset=cache["dataset"])
     except Exception as e:  # KeyboardInterrupt stops the runner; anything else fails this group only
-        return [dict(name=c["name"], ok=False, detail=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - start)
-                for c in configs]
-    answers = []
-    for run in done:
-        error = run.summary.get("final_test_error")
-        answers.append(dict(name=run.name, ok=run.status in FINISHED, seconds=time.perf_counter() - start,
-                            detail=run.summary.get("status_detail", run.status)
-                            + (f", test error {100 * error:.2f} %" if error is not None else "")))
-    return answers
+        return [_failure(c["name"], e, start) for c in configs]
+    return [_answer(run, start) for run in done]
 
 
 def worker_main(argv=None) -> int:
