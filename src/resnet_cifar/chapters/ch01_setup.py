@@ -79,7 +79,7 @@ def machine(ch) -> tuple["pd.io.formats.style.Styler", dict]:
             "CUDA GPUs visible": torch.cuda.device_count(), "CPU cores": os.cpu_count(),
             "torch threads": torch.get_num_threads(), "operating system": platform.system()}
     facts = {"machine_" + k.replace(" ", "_"): str(v) for k, v in rows.items()}
-    here = f"{device} ({device_label(device)}) with torch {torch.__version__} on {os.cpu_count()} CPU cores"
+    here = f"{device} ({rows['device name']}) with torch {rows['torch']} on {rows['CPU cores']} CPU cores"
     if ch.records is not None:  # a build from committed records trains nothing
         trained = sorted({r["device_name"] for r in ch.records.get("runs", {}).values() if r.get("device_name")})
         facts["machine_runs"] = (f"This build trains nothing: it reads the committed records of profile {ch.profile}, "

@@ -26,10 +26,10 @@ def final_train_error(run: RunResult) -> float | None:
 def table6(ch, arms: dict[int, list[RunResult]]) -> tuple[object, dict]:
     """ResNet-d test error over seeds (n, mean ± std, best, each seed) beside the paper's Table 6
     (styled table), and the `dep_*` text values."""
-    rows, facts = {}, {}
+    rows, facts, errors, stats = {}, {}, {}, {}
     for d, runs in arms.items():
-        xs = values(runs)
-        mean, std = mean_std(xs)
+        xs = errors[d] = values(runs)
+        mean, std = stats[d] = mean_std(xs)
         paper = A.PAPER_ERROR.get(f"ResNet-{d}")
         rows[f"ResNet-{d}"] = {
             "n": f"{len(xs)} of {len(runs)}", "mean %": mean, "± std": std, "best %": min(xs) if xs else None,
@@ -40,13 +40,12 @@ def table6(ch, arms: dict[int, list[RunResult]]) -> tuple[object, dict]:
             "warm-up": (f"lr {r.config['warmup_lr']:g} until training error < {100 * r.config['warmup_until_error']:.0f} %"
                         if (r := runs[0]).config.get("warmup_until_error") else "none")}
         facts[f"dep_{d}"] = f"{fmt(mean, '.2f')} ± {fmt(std, '.2f')} % (n = {len(xs)})"
-    means = {d: mean_std(values(r))[0] for d, r in arms.items()}
+    means, stds = {d: m for d, (m, _) in stats.items()}, {d: s for d, (_, s) in stats.items()}
     known = [d for d in arms if means[d] is not None]
     if len(known) >= 2:
         order = sorted(known, key=lambda d: means[d])
         monotone = all(means[a] >= means[b] for a, b in zip(sorted(known), sorted(known)[1:]))
-        stds = {d: mean_std(values(arms[d]))[1] for d in known}
-        steps = [f"ResNet-{b} against ResNet-{a}: {verdict(values(arms[b]), values(arms[a]), f'ResNet-{a}')}"
+        steps = [f"ResNet-{b} against ResNet-{a}: {verdict(errors[b], errors[a], f'ResNet-{a}')}"
                  for a, b in zip(sorted(known), sorted(known)[1:])]
         facts["dep_order"] = (f"at profile {ch.profile} on {ch.dataset.label}, from lowest to highest mean test error: "
                               + ", ".join(f"ResNet-{d} ({means[d]:.2f} ± {stds[d]:.2f} %)" if stds[d] is not None
