@@ -1,5 +1,6 @@
 # make book   set up (.venv, data) and build the book -> _build/html: without PROFILE, from the most
-#             complete committed records of the data's copy (no training), else the smoke profile;
+#             complete committed records (the data's own copy first, else another; no training),
+#             else the smoke profile;
 #             with PROFILE=smoke|quick|paper (DEVICE, JOBS runs at once per GPU), train its plan, then build
 # make test   run the tests (README's test command)
 # make lab    JupyterLab on the book
@@ -35,15 +36,15 @@ data: setup
 	fi
 
 book: data
-	@profile="$(PROFILE)"; \
-	if [ -z "$$profile" ]; then profile="$$($(PY) -m resnet_cifar records --best)"; fi; \
+	@profile="$(PROFILE)"; copy=""; \
+	if [ -z "$$profile" ]; then set -- $$($(PY) -m resnet_cifar records --best); profile="$$1"; copy="$$2"; fi; \
 	if [ -n "$(PROFILE)" ] || [ -z "$$profile" ]; then \
 	  profile="$${profile:-smoke}"; \
 	  set -x; $(PY) -m resnet_cifar run --profile "$$profile" --device $(DEVICE) --jobs $(JOBS) --retrain-published && \
 	  $(PY) scripts/build_book.py --profile "$$profile" --device $(DEVICE) --runs-dir runs; \
 	else \
-	  echo "book: the committed records of profile $$profile (no training; make book PROFILE=... trains)"; \
-	  set -x; $(PY) scripts/build_book.py --profile "$$profile" --device $(DEVICE); \
+	  echo "book: the committed records of profile $$profile, trained on $$copy (no training; make book PROFILE=... trains)"; \
+	  set -x; $(PY) scripts/build_book.py --profile "$$profile" --records-data "$$copy" --device $(DEVICE); \
 	fi
 
 # JupyterLab refuses to start as root unless told to (containers, CI machines): pass

@@ -4,6 +4,7 @@
     python scripts/build_book.py                          # smoke profile, every chapter, HTML
     python scripts/build_book.py --profile quick --device cuda
     python scripts/build_book.py --chapters 02_model --no-html   # one chapter, executed only
+    python scripts/build_book.py --profile cpu --records-data jpeg-q75-copy   # another copy's records
 
 Stage: <out>/stage/ holds copies of _config.yml, _toc.yml and book/ (other files copied,
 notebooks executed there by papermill). The source notebooks stay output-free. Papermill
@@ -186,6 +187,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ "
                         "(default: the notebooks' default: $RESNET_CIFAR_DATA, then ./data)")
     parser.add_argument("--runs-dir", default=None, help="run records folder (default: ./runs)")
+    parser.add_argument("--records-data", default=None, metavar="COPY",
+                        help="render the committed records of this copy of CIFAR-10 (e.g. jpeg-q75-copy), "
+                             "whatever the data folder holds (default: the data folder's own copy)")
     parser.add_argument("--chapters", nargs="+", default=None, metavar="PAGE",
                         help="execute only these pages (book/02_model.ipynb, 02_model or 02); with HTML, "
                              "the stage's toc lists just them and the root page (executed too)")
@@ -204,6 +208,8 @@ def main(argv=None) -> int:
     if args.chapters and not args.no_html and root_page not in pages:
         pages.append(root_page)  # a book needs its root page
     parameters = dict(profile=args.profile, device=args.device)
+    if args.records_data:
+        parameters["records_data"] = args.records_data
     for key in ("data_dir", "runs_dir"):
         if getattr(args, key) is not None:
             parameters[key] = str(Path(getattr(args, key)).resolve())

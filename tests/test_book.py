@@ -16,6 +16,7 @@ import http.server
 import importlib.util
 import json
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ import nbformat
 import pytest
 import yaml
 
+from resnet_cifar import data as D
 from resnet_cifar.chapters import ch06_results as results
 from resnet_cifar.experiments import CHAPTERS
 
@@ -408,6 +410,59 @@ def test_cpu_pages_say_what_the_profile_left_out_and_use_what_it_trained(dataset
         "only the reference arm is trained at this profile: nothing to compare.")
     verdict = results.Headline(ch, {"seed 0": residual["ResNet-32"]}).facts()["head_verdict"]
     assert "37.00 % is where the recipe stands after 20 of the paper's 64,000 iterations" in verdict
+
+
+def glued(notebook: Path) -> dict[str, str]:
+    """The text values an executed notebook glued for its page, by name."""
+    values = {}
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        for out in cell.get("outputs", []):
+            meta = out.get("metadata", {}).get("scrapbook")
+            if meta:
+                values[meta["name"]] = str(out["data"].get(meta["mime_prefix"] + "text/plain", "")).strip("'\"")
+    return values
+
+
+def test_a_build_renders_another_copys_records_and_says_whose_data_is_whose(tmp_path):
+    """A machine whose data folder holds another copy of CIFAR-10 than the committed cpu records
+    (here: the JPEG copy with its test batch relabelled, which makes it an unverified copy)
+    renders those records (`records --best` names them, `-p records_data` reads them): the runs'
+    captions and the headline name the records' copy, and what the page computes on the data
+    (the published model evaluated again) names this machine's copy and does not claim to match."""
+    data = data_dir()
+    require(data is not None and (ROOT / "book/records/jpeg-q75-copy/cpu/records.json").is_file()
+            and (data / D.FOLDER / D.TEST_FILE).is_file(), "needs a data folder and the committed cpu records")
+    other = tmp_path / "other" / D.FOLDER
+    other.mkdir(parents=True)
+    for name in D.TRAIN_FILES + [D.META_FILE]:
+        (other / name).symlink_to((data / D.FOLDER / name).resolve())
+    with open(data / D.FOLDER / D.TEST_FILE, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    batch["batch_label" if "batch_label" in batch else b"batch_label"] = "test batch of another copy"
+    with open(other / D.TEST_FILE, "wb") as f:
+        pickle.dump(batch, f)
+    best = subprocess.run([sys.executable, "-m", "resnet_cifar", "records", "--best", "--data-dir", str(other.parent)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert best.stdout.split() == ["cpu", "jpeg-q75-copy"], best.stdout + best.stderr
+    out = tmp_path / "06_results.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "book" / "06_results.ipynb"), str(out),
+                           "-p", "profile", "cpu", "-p", "device", "cpu", "-p", "records_data", "jpeg-q75-copy",
+                           "-p", "data_dir", str(other.parent)],
+                          cwd=ROOT / "book", capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    values, page = glued(out), out.read_text()
+    assert values["head_data"] == "CIFAR-10 (JPEG q75 copy)"
+    assert values["head_checks"].startswith("same data: no (CIFAR-10 (JPEG q75 copy))")
+    assert "profile cpu · CIFAR-10 (JPEG q75 copy) · committed records of" in values["head_source"]
+    here = "(computed here on CIFAR-10 (unverified copy); the runs were trained on CIFAR-10 (JPEG q75 copy))"
+    assert values["res_check"].startswith(f"is measured {here}, so it is no check of the ") and \
+        values["res_check"].endswith(" % the run recorded on its own data")
+    assert f"Per-class test error, seed 0 {here} — profile cpu · CIFAR-10 (JPEG q75 copy)" in page
+    assert "this machine's data folder holds <b>CIFAR-10 (unverified copy)</b>" in page
+    from resnet_cifar import book
+    from resnet_cifar.runs import RunError
+    with pytest.raises(RunError, match="none of profile cpu for that copy.*committed: jpeg-q75-copy/cpu"):
+        book.chapter("cpu", "cpu", str(other.parent), records_data="official")
 
 
 def test_run_tables_format_numbers_and_missing_values(dataset, tmp_path):

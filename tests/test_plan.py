@@ -347,6 +347,24 @@ def test_best_committed_profile(tmp_path):
     assert REC.best_profile(tmp_path, "official") is None  # partial records are never the book's
 
 
+def test_make_book_renders_the_datas_own_records_first_else_another_copys(tmp_path):
+    def publish(copy, profile, n=24):
+        folder = tmp_path / "book" / "records" / copy / profile
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "records.json").write_text(json.dumps({"planned": 24, "runs": {str(i): {} for i in range(n)}}))
+    assert REC.best_records(tmp_path, "official") is None
+    publish("jpeg-q75-copy", "cpu")
+    publish("official", "quick", n=3)  # partial: never rendered
+    assert REC.best_records(tmp_path, "official") == ("cpu", "jpeg-q75-copy")
+    publish("unverified-copy", "quick")
+    publish("official", "quick")
+    assert REC.best_records(tmp_path, "jpeg-q75-copy") == ("cpu", "jpeg-q75-copy")  # the data's own first
+    assert REC.best_records(tmp_path, "some-copy") == ("quick", "official")  # then the official data's
+    with pytest.raises(RunError, match=r"none of profile paper for that copy; committed: jpeg-q75-copy/cpu, "
+                                       r"official/quick, unverified-copy/quick\."):
+        REC.published(tmp_path, "paper", "official")
+
+
 def test_partial_exports_add_up_across_machines(tmp_path):
     """Runs published by an earlier export stay published when a later one (another machine,
     without their run folders) adds the runs that finished since."""

@@ -22,7 +22,7 @@ from .devices import device_label, pick_device
 from . import experiments as E
 from .plan import accounting, match_chapters, plan
 from .plan import table as plan_table
-from .records import RECORDS, load_record, project_root, resolve_runs, shown_path  # noqa: F401 (shown_path: chapters)
+from .records import RECORDS, load_record, project_root, published, resolve_runs, shown_path  # noqa: F401 (shown_path: chapters)
 from .runs import RunResult
 from .analysis import fmt
 from .train import train
@@ -60,7 +60,9 @@ class Chapter:
     """One chapter's parameters, checked, with the dataset loaded once.
 
     Runs go to `<runs_dir>/<dataset identity>/<profile>/<name>`, so smoke runs, JPEG-copy
-    runs and official-data runs never mix."""
+    runs and official-data runs never mix. A build may read the published records of another
+    copy than the machine's (`records_data`): captions then name the runs' copy, and what is
+    computed on the data here says so (`here`)."""
     profile: str
     device: str
     dataset: D.CIFAR10
@@ -69,6 +71,25 @@ class Chapter:
     records: dict | None = None  # the records.json of published records (read only), else None
     params: dict = field(default_factory=dict)   # chapter -> the parameter values its experiments ran with
     outside: dict = field(default_factory=dict)  # chapter -> its runs that are not in the default plan
+    records_data: str | None = None  # the copy of CIFAR-10 the runs were trained on, when not `dataset`'s
+
+    @property
+    def runs_data(self) -> str:
+        """The identity of the data the runs were trained and tested on: `dataset`'s, unless this
+        build reads the published records of another copy."""
+        return self.records_data or self.dataset.identity
+
+    @property
+    def runs_label(self) -> str:
+        return D.dataset_label(self.runs_data)
+
+    def here(self) -> str:
+        """'' when the runs were trained on this machine's data; else ' (computed here on <this
+        machine's copy>; the runs were trained on <theirs>)', for sentences whose numbers this
+        page computes on the data (a published model evaluated again, images)."""
+        if self.runs_data == self.dataset.identity:
+            return ""
+        return f" (computed here on {self.dataset.label}; the runs were trained on {self.runs_label})"
 
     # -- runs
     def config(self, name: str, **overrides) -> TrainConfig:
@@ -162,7 +183,9 @@ class Chapter:
         if self.records is not None:  # published records: say which (the devices stay last)
             from .records import source_text
             where = f"{source_text(self.records, runs)} · {where}"
-        return f"profile {self.profile} · {self.dataset.label} · {where}"
+        data = self.runs_label if runs else self.dataset.label + (
+            f", this machine's data (the runs': {self.runs_label})" if self.here() else "")
+        return f"profile {self.profile} · {data} · {where}"
 
     def caption(self, text: str, *runs: RunResult) -> str:
         return f"{text} — {self.source(*runs)}"
@@ -185,9 +208,13 @@ class Chapter:
                          "comparisons its budget resolves (<code>experiments.CPU_ARMS</code>); an arm it leaves out "
                          "shows as \u2013 or \"not trained at this profile\" (profile <code>quick</code> trains "
                          "them on a GPU).")
-        if self.dataset.identity != "official":
-            notes.append(f"Data: <b>{self.dataset.label}</b>, not the official CIFAR-10. Error rates on it are "
+        if self.runs_data != "official":
+            notes.append(f"Data: <b>{self.runs_label}</b>, not the official CIFAR-10. Error rates on it are "
                          "not comparable with the paper's.")
+        if self.runs_data != self.dataset.identity:
+            notes.append(f"This build reads the published records of <b>{self.runs_label}</b>; this machine's data "
+                         f"folder holds <b>{self.dataset.label}</b>. What a page computes on the data (its images, "
+                         "a published model evaluated again) uses this machine's copy and says so.")
         return notes
 
     def caveats_box(self) -> "HTML":
@@ -205,6 +232,8 @@ class Chapter:
         rows = {"profile": self.profile, "device": f"{self.device} → {self.torch_device}",
                 "data": f"{self.dataset.label}, {shown_path(self.dataset.root)}",
                 "runs": shown_path(self.runs_dir), "seed": self.seed}
+        if self.records_data:
+            rows["records_data"] = f"{self.records_data}: the runs' data ({self.runs_label})"
         rows.update({k: ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in knobs.items()})
         table = pd.DataFrame({"value": {k: str(v) for k, v in rows.items()}}).rename_axis("parameter")
         return A.styled(table, "This page's parameters (papermill -p NAME VALUE changes them)")
@@ -212,7 +241,7 @@ class Chapter:
     def header(self, **knobs) -> "HTML":
         """The page's parameters table and, for budgets or data that are not the paper's, the
         warning boxes: the cell after `chapter(...)` shows it. Glues `noise` (see `noise()`)."""
-        self.glue({"noise": self.noise()})
+        self.glue({"noise": self.noise(), "here": self.here()})
         return HTML(self.parameters(**knobs).to_html() + self.caveats_box())
 
     # -- tables and figures of runs
@@ -267,11 +296,12 @@ def quiet() -> None:
 
 
 def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None = None,
-            runs_dir: str | None = None, seed: int = 0) -> Chapter:
+            runs_dir: str | None = None, seed: int = 0, records_data: str | None = None) -> Chapter:
     """Check a chapter's papermill parameters, set up the page (known warnings silenced,
     figure style) and load the data. data_dir follows `data.resolve_data_dir` (argument >
     $RESNET_CIFAR_DATA > data); relative paths are taken from the project root (the folder
-    with _toc.yml)."""
+    with _toc.yml). `records_data` reads the published records of that copy of CIFAR-10
+    (e.g. jpeg-q75-copy) whatever the data folder holds; default: the data folder's copy."""
     checks = dict(profile=(profile, str), device=(device, str), seed=(seed, int))
     for key, (value, kind) in checks.items():
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -284,10 +314,16 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
     for key, value in dict(data_dir=data_dir, runs_dir=runs_dir).items():
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise TypeError(f"parameter {key} must be a path string, got {value!r}")
+    if records_data is not None and not isinstance(records_data, str):
+        raise TypeError(f"parameter records_data must be the name of a copy of CIFAR-10 (e.g. jpeg-q75-copy), "
+                        f"got {records_data!r}")
     TrainConfig(device=device).validate()
     quiet()
     root = project_root()
     dataset = D.load_cifar10(data_folder(data_dir, root))
+    if records_data not in (None, dataset.identity):
+        runs, records = published(root, profile, records_data, runs_dir)
+        return Chapter(profile, device, dataset, runs, seed, records, records_data=records_data)
     # explicit runs_dir > published records of this dataset and profile (not smoke) > <root>/runs
     runs, records = resolve_runs(root, profile, dataset.identity, runs_dir)
     return Chapter(profile, device, dataset, runs, seed, records)

@@ -14,7 +14,7 @@ from .config import PROFILES
 from .data import dataset_label
 from .devices import DeviceError, device_label, pick_device
 from .fused import check_fuse, default_fuse, groups
-from .records import RECORDS, best_profile, committed, export, inside, project_root, read_manifest, results_markdown
+from .records import RECORDS, best_records, committed, export, inside, project_root, read_manifest, results_markdown
 from .runner import hms, run_plan
 
 def add_commands(sub) -> None:
@@ -55,7 +55,8 @@ def add_commands(sub) -> None:
     p.add_argument("--partial", action="store_true", help="publish the finished runs even if others are missing")
     p = sub.add_parser("records", help="the committed records of this dataset, per profile")
     p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
-    p.add_argument("--best", action="store_true", help="print only the most complete profile (nothing if none)")
+    p.add_argument("--best", action="store_true", help="print only the profile and data copy of the most complete records, this data's "
+                                                      "first, else another copy's (nothing if none)")
     p.add_argument("--markdown", metavar="PROFILE", default=None,
                    help="print the results table of PROFILE's committed records in markdown (README's results)")
 
@@ -180,7 +181,7 @@ def _records(root: Path, identity: str, best: bool, markdown: str | None = None)
         print(results_markdown(root, identity, markdown))
         return 0
     if best:
-        print(best_profile(root, identity) or "")
+        print(" ".join(best_records(root, identity) or ()))
         return 0
     found = committed(root, identity)
     if not found:

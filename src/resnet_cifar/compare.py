@@ -91,7 +91,7 @@ def comparison(ch, arms: dict[str, list[RunResult]], reference: str, title: str,
     every = [r for runs in arms.values() for r in runs]
     n = sorted({len(runs) for runs in arms.values()})
     seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}–{n[-1]}"
-    condition = f"At profile {ch.profile} on {ch.dataset.label} with {seeds} seed(s) per arm"
+    condition = f"At profile {ch.profile} on {ch.runs_label} with {seeds} seed(s) per arm"
     facts = {f"{prefix}_verdict": summary_sentence(verdicts, condition), f"{prefix}_n": seeds}
     return styled(table, ch.caption(f"{title}: final test error over seeds", *every), 2), facts
 

@@ -97,6 +97,21 @@ def resolve_runs(root: Path, profile: str, dataset: str, runs_dir=None) -> tuple
     return root / "runs" / dataset / profile, None
 
 
+def published(root: Path, profile: str, dataset: str, runs_dir=None) -> tuple[Path, dict]:
+    """(folder, manifest) of the committed records of `dataset`/`profile`, for a build that
+    renders another copy's records than the machine's data; an error naming what is committed
+    when there are none (or when runs_dir asks for a folder of runs as well)."""
+    folder, manifest = resolve_runs(root, profile, dataset, runs_dir)
+    if manifest is None or runs_dir is not None:
+        found = [f"{c}/{r['profile']}" for c in sorted(p.name for p in (Path(root) / RECORDS).glob("*/"))
+                 for r in committed(root, c)]
+        raise RunError(f"records_data {dataset!r} reads committed records, and there are none of profile {profile} for "
+                       f"that copy{' (runs_dir is for runs of this machine: leave it out)' if runs_dir else ''}; "
+                       f"committed: {', '.join(found) or 'none'}. Leave records_data out to train on this machine's "
+                       "data.")
+    return folder, manifest
+
+
 def rebuild_lr_trace(config: dict, summary: dict, history):
     """Every iteration's learning rate, from the config (multistep, cosine, constant; a warm-up
     until a training error ends where the summary says) or, for the plateau schedule, from the
@@ -232,6 +247,18 @@ def best_profile(root: Path, dataset: str) -> str | None:
     found = [r for r in committed(root, dataset) if r["runs"] >= (r["planned"] or 0)]
     share = lambda r: (r["runs"] / max(r["planned"] or 1, 1), list(PROFILES).index(r["profile"]))  # noqa: E731
     return max(found, key=share)["profile"] if found else None
+
+
+def best_records(root: Path, dataset: str) -> tuple[str, str] | None:
+    """(profile, data copy) that `make book` renders: the best complete records of `dataset`
+    (the machine's copy), else of any other copy (the official data first); None if none."""
+    copies = sorted((p.name for p in (Path(root) / RECORDS).glob("*/") if p.name != dataset),
+                    key=lambda c: (c != "official", c))
+    for copy in (dataset, *copies):
+        profile = best_profile(root, copy)
+        if profile:
+            return profile, copy
+    return None
 
 
 def results_markdown(root: Path, dataset: str, profile: str) -> str:

@@ -83,7 +83,7 @@ def machine(ch) -> tuple["pd.io.formats.style.Styler", dict]:
     if ch.records is not None:  # a build from committed records trains nothing
         trained = sorted({r["device_name"] for r in ch.records.get("runs", {}).values() if r.get("device_name")})
         facts["machine_runs"] = (f"This build trains nothing: it reads the committed records of profile {ch.profile}, "
-                                 f"trained on {', '.join(trained) or 'devices they do not name'}. This machine (where "
+                                 f"trained on {', '.join(trained) or 'devices they do not name'} with {ch.runs_label}. This machine (where "
                                  f"make book PROFILE={ch.profile} would train them again): {here}.")
     else:
         facts["machine_runs"] = f"So the runs of this build train on {here}."
@@ -103,6 +103,9 @@ def data_identity(ch) -> dict:
                    "detail a 32×32 classifier relies on. Error rates on it are NOT comparable with the "
                    "paper's 7.51 %: the data's notes report that a reference ResNet-32 scoring 92.8 % on "
                    "the real test set scores 82.6 % on this copy's test split.")
+    if ch.here():
+        verdict += (f" The runs this build renders are published records trained and tested on {ch.runs_label}: "
+                    "their numbers belong to that copy; this folder's images are what the figures show.")
     return {"ds_root": shown_path(ds.root), "ds_identity": ds.identity, "ds_label": ds.label,
             "ds_verdict": verdict}
 

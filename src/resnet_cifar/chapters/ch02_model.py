@@ -65,11 +65,11 @@ def fig6_facts(ch, plain: dict[str, RunResult], residual: dict[str, RunResult], 
 
 def budget_note(ch, run: RunResult) -> str:
     """One sentence on whether `run`'s budget and data allow comparing networks."""
-    if ch.profile == "paper" and ch.dataset.identity == "official":
+    if ch.profile == "paper" and ch.runs_data == "official":
         return "These runs follow the paper's full recipe on the official data."
     s = run.summary
     budget = (f"With profile {ch.profile} ({s['iterations']:,} iterations on {s['train_size']:,} training "
-              f"images of {ch.dataset.label})")
+              f"images of {ch.runs_label})")
     if ch.profile == "smoke":
         return (f"{budget} these numbers show that the code runs, not how the networks compare: rebuild with "
                 "profile quick or paper to compare them.")

@@ -42,7 +42,9 @@ def class_errors(ch, runs: dict[str, RunResult]) -> tuple[object, "pd.io.formats
                               "error %": [100 * (1 - a) for a in result["per_class_accuracy"]]},
                              index=pd.Index(ch.dataset.classes, name="class")).sort_values("error %", ascending=False)
     facts = {"res_best": label, "res_eval_err": f"{100 * result['error']:.2f}",
-             "res_check": "matches the error recorded at the end of training" if abs(diff) < 1e-6 else
+             "res_check": f"is measured{ch.here()}, so it is no check of the {recorded:.2f} % the run recorded "
+             "on its own data"
+             if ch.here() else "matches the error recorded at the end of training" if abs(diff) < 1e-6 else
              f"differs from the {recorded:.2f} % recorded at the end of training by {diff:+.2f} points "
              "(non-deterministic GPU kernels)",
              "res_test_n": f"{int(counts.sum()):,}", "res_per_class": f"{int(counts.min()):,}",
@@ -50,8 +52,8 @@ def class_errors(ch, runs: dict[str, RunResult]) -> tuple[object, "pd.io.formats
              "res_hardest": f"{per_class.index[0]} ({per_class['error %'].iloc[0]:.1f} %)",
              "res_easiest": f"{per_class.index[-1]} ({per_class['error %'].iloc[-1]:.1f} %)"}
     fig = A.confusion_matrix(result["confusion"], ch.dataset.classes,
-                             title=ch.caption(f"Test confusion (% of each true class), {label}", best))
-    return fig, A.styled(per_class, ch.caption(f"Per-class test error, {label}", best)), facts
+                             title=ch.caption(f"Test confusion (% of each true class), {label}{ch.here()}", best))
+    return fig, A.styled(per_class, ch.caption(f"Per-class test error, {label}{ch.here()}", best)), facts
 
 
 def timing(ch, runs: dict[str, RunResult]) -> tuple["pd.io.formats.style.Styler", dict]:
@@ -108,7 +110,7 @@ class Headline:
         """Why these numbers cannot be compared with the paper's (empty when they can)."""
         ch = self.chapter
         return ([f"{ch.profile} budget"] if ch.profile != "paper" else []) + \
-               (["not the official data"] if ch.dataset.identity != "official" else [])
+               (["not the official data"] if ch.runs_data != "official" else [])
 
     def facts(self) -> dict:
         """The `head_*` text values of the introduction and chapter 6."""
@@ -125,7 +127,7 @@ class Headline:
         else:
             verdict = (f"Not comparable with the paper. This build used profile {ch.profile} "
                        f"({first['iterations']:,} iterations on {first['train_size']:,} training images) and "
-                       f"{ch.dataset.label}; " + (f"its {mean:.2f} % shows that the pipeline runs end to end, not what "
+                       f"{ch.runs_label}; " + (f"its {mean:.2f} % shows that the pipeline runs end to end, not what "
                                                    "ResNet-32 reaches." if ch.profile == "smoke" else
                                                    f"its {mean:.2f} % is where the recipe stands after "
                                                    f"{first['iterations']:,} of the paper's {PAPER_ITERATIONS:,} "
@@ -137,15 +139,15 @@ class Headline:
                            "number only shows that the pipeline runs.")
         elif ch.profile != "paper":
             context.append(f"the {ch.profile} profile trains for {budget.iterations:,} iterations instead of 64k.")
-        if ch.dataset.identity == "jpeg-q75-copy":
+        if ch.runs_data == "jpeg-q75-copy":
             context.append("The data is the JPEG q75 copy: JPEG compression at quality 75 blurs and blocks 32×32 "
                            "images. Its notes report that a ResNet-32 trained on the real CIFAR-10 (92.8 % test "
                            "accuracy) scores 82.6 % on this copy's test split: that measures a model trained on "
                            "the real data and tested on the copy; how far a model trained and tested on the copy "
                            "lands from the paper has not been measured here.")
-        elif ch.dataset.identity != "official":
-            context.append(f"The data ({ch.dataset.label}) is not verified to be the official CIFAR-10.")
-        return {**self.checks(), "head_profile": ch.profile, "head_data": ch.dataset.label,
+        elif ch.runs_data != "official":
+            context.append(f"The data ({ch.runs_label}) is not verified to be the official CIFAR-10.")
+        return {**self.checks(), "head_profile": ch.profile, "head_data": ch.runs_label,
                 "head_devices": ch.source(*runs).split(" · ")[-1], "head_source": ch.source(*runs),
                 "head_mean": fmt(mean, ".2f"), "head_std": fmt(self.std, ".2f", "–"),
                 "head_gap": fmt(None if mean is None else mean - paper, "+.2f"),
@@ -158,9 +160,9 @@ class Headline:
         """`head_best` and `head_checks`: same data? same budget? the paper's 7.51 % within the
         seeds' spread (their std plus the paper's only reported spread, ResNet-110's std)?"""
         ch, budget, paper = self.chapter, self.chapter.config("results"), A.PAPER_ERROR["ResNet-32"]
-        same_data = ch.dataset.identity == "official"
+        same_data = ch.runs_data == "official"
         same_budget = (budget.iterations, budget.batch_size, budget.subset) == (PAPER_ITERATIONS, PAPER_BATCH, None)
-        parts = [f"same data: {'yes' if same_data else 'no'} ({ch.dataset.label})",
+        parts = [f"same data: {'yes' if same_data else 'no'} ({ch.runs_label})",
                  f"same budget: {'yes' if same_budget else 'no'} ({budget.iterations:,} iterations × batch "
                  f"{budget.batch_size}" + ("" if budget.subset is None else f" on {budget.subset}-image subsets")
                  + f"; the paper: {PAPER_ITERATIONS:,} × {PAPER_BATCH})"]

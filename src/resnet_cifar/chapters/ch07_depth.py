@@ -47,7 +47,7 @@ def table6(ch, arms: dict[int, list[RunResult]]) -> tuple[object, dict]:
         monotone = all(means[a] >= means[b] for a, b in zip(sorted(known), sorted(known)[1:]))
         steps = [f"ResNet-{b} against ResNet-{a}: {verdict(errors[b], errors[a], f'ResNet-{a}')}"
                  for a, b in zip(sorted(known), sorted(known)[1:])]
-        facts["dep_order"] = (f"at profile {ch.profile} on {ch.dataset.label}, from lowest to highest mean test error: "
+        facts["dep_order"] = (f"at profile {ch.profile} on {ch.runs_label}, from lowest to highest mean test error: "
                               + ", ".join(f"ResNet-{d} ({means[d]:.2f} ± {stds[d]:.2f} %)" if stds[d] is not None
                                           else f"ResNet-{d} ({means[d]:.2f} %, one seed)" for d in order)
                               + ("; the means fall with every added depth, as in the paper's table" if monotone
@@ -94,7 +94,7 @@ def all50k(ch, runs: dict[str, list[RunResult]]) -> tuple[object, dict]:
     arms = {names[k]: v for k, v in runs.items()}
     table, verdicts = seed_comparison(arms, next(iter(arms)))
     sizes = {label: runs[0].summary.get("train_size") for label, runs in arms.items()}
-    facts = {"dep_50k_verdict": (f"At profile {ch.profile} on {ch.dataset.label}: "
+    facts = {"dep_50k_verdict": (f"At profile {ch.profile} on {ch.runs_label}: "
                                  + verdicts.get(names["all 50k"], "not trained at this profile") + "."),
              "dep_50k_sizes": " and ".join(f"{v:,}" if isinstance(v, int) else "–" for v in sizes.values())}
     every = [r for arm in arms.values() for r in arm]
