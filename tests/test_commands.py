@@ -2,10 +2,12 @@
 clone after `make book` (or `make setup data`): the programs exist (.venv/bin/..., make
 targets, scripts), their options are accepted, and the papermill commands, run in their
 smoke form (profile smoke, device cpu, one chapter per loop) in a copy of the working tree,
-execute and write only files git ignores.
+execute and write only files git ignores (README's rerun of chapter 4 with one of its own
+parameters finds the new run on the page).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -175,6 +177,14 @@ def test_papermill_commands_run_as_printed_in_their_smoke_form(clone):
         assert not errors, f"{path.name}: {errors[0]['ename']}: {errors[0]['evalue']}"
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
     assert status == "", f"the commands left files git does not ignore:\n{status}"
+    # README's rerun of chapter 4 with one of its own parameters (-p short_patience 5) trained the
+    # arm that value makes, and its page shows the run and says it is outside the default plan.
+    page = (clone / "_build" / "chapters" / "04_schedule.ipynb").read_text()
+    assert "plateau, patience 5" in page and "plateau-patience5" in page
+    assert "1 outside the default plan (this page's parameter values): plateau-patience5" in page
+    from resnet_cifar.commands import dataset_identity
+    run_dir = clone / "runs" / dataset_identity(data) / "smoke" / "plateau-patience5"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
 
 
 def test_inline_commands_name_the_environment_program():

@@ -130,11 +130,11 @@ def test_plan_shows_status_and_time_from_measured_rates(tmp_path, capsys):
     runs = {r.name: r for r in P.plan("smoke")}
     label = device_label("cpu")
     fake_record(folder, runs["resnet32-seed0"], "smoke", status="complete", status_detail="complete",
-                iterations_done=20, wall_time_s=10.0, eval_time_s=2.0, device_name=label)
-    interrupted = fake_record(folder, runs["cosine"], "smoke", status="running", iterations_done=10)
+                iterations_done=10, wall_time_s=10.0, eval_time_s=2.0, device_name=label)
+    interrupted = fake_record(folder, runs["cosine"], "smoke", status="running", iterations_done=5)
     (interrupted / "checkpoint.pt").write_bytes(b"")
     other = dataclasses.replace(runs["aug-none"], overrides=dict(runs["aug-none"].overrides, lr=0.5))
-    fake_record(folder, other, "smoke", status="complete", iterations_done=20)
+    fake_record(folder, other, "smoke", status="complete", iterations_done=10)
 
     code = cli.main(["plan", "--profile", "smoke", "--device", "cpu", "--runs-dir", str(tmp_path / "runs"),
                      "--data-dir", data, "--only", "resnet32-seed0", "cosine", "aug-none", "plain20-seed0"])
@@ -142,12 +142,12 @@ def test_plan_shows_status_and_time_from_measured_rates(tmp_path, capsys):
     assert code == 0, out
     lines = {line.split()[0]: line for line in out.splitlines()[2:6]}
     assert "complete" in lines["resnet32-seed0"] and "0:00:12  measured on " + label in lines["resnet32-seed0"]
-    # the same model and batch at the finished run's 12 s per 20 x 32 images: 10 iterations left -> 6 s
-    assert "interrupted at 10" in lines["cosine"] and "0:00:06  rate of 1 finished run(s)" in lines["cosine"]
+    # the same model and batch at the finished run's 12 s per 10 x 32 images: 5 iterations left -> 6 s
+    assert "interrupted at 5" in lines["cosine"] and "0:00:06  rate of 1 finished run(s)" in lines["cosine"]
     assert "other config in its folder (lr)" in lines["aug-none"]
     flops = lambda name: P.model_flops(runs[name].config("smoke"))  # noqa: E731
     assert f"{hms(12 * flops('plain20-seed0') / flops('resnet32-seed0'))}  rate of" in lines["plain20-seed0"]
-    assert "4 runs: 1 finished, 1 interrupted, 1 conflict, 1 missing · 80 iterations, 2,560 training images" in out
+    assert "4 runs: 1 finished, 1 interrupted, 1 conflict, 1 missing · 40 iterations, 1,280 training images" in out
 
     code = cli.main(["plan", "--profile", "smoke", "--device", "cpu", "--runs-dir", str(tmp_path / "runs"),
                      "--data-dir", data, "--chapters", "04", "--commands"])
@@ -187,13 +187,13 @@ def test_accounting_per_profile(tmp_path, dataset, monkeypatch):
     runs = P.plan("smoke")
     folder = tmp_path / "runs" / dataset.identity / "smoke"
     for r in runs[:3]:
-        fake_record(folder, r, "smoke", status="complete", iterations_done=20, wall_time_s=3.0, eval_time_s=1.0,
+        fake_record(folder, r, "smoke", status="complete", iterations_done=10, wall_time_s=3.0, eval_time_s=1.0,
                     device_name=device_label("cpu"))
     table = P.accounting(dataset.identity, runs_dir="runs", device="cpu")
     smoke = table.loc["smoke"]
     n = len(runs)
-    assert (smoke["runs"], smoke["iterations per run"], smoke["runs × iterations"]) == (n, 20, 20 * n)
-    assert (smoke["finished"], smoke["measured s"], smoke["training images"]) == (3, 12.0, 20 * n * 32)
+    assert (smoke["runs"], smoke["iterations per run"], smoke["runs × iterations"]) == (n, 10, 10 * n)
+    assert (smoke["finished"], smoke["measured s"], smoke["training images"]) == (3, 12.0, 10 * n * 32)
     assert smoke["estimated s (the rest)"] > 0 and smoke["measured on"] == device_label("cpu")
     assert smoke["runs without estimate"] == 0  # every smoke run is float32, priced by the finished ones
     assert table.loc["paper", "runs × iterations"] == len(P.plan("paper")) * 64000 and table.loc["paper", "finished"] == 0
@@ -242,7 +242,7 @@ def test_runner_trains_a_plan_with_two_jobs(chapter4):
     assert report["workers"] == 2 and set(report["runs"]) == set(CHAPTER4)
     for name in CHAPTER4:
         run = load_run(folder / name)
-        assert run.status == "complete" and run.summary["iterations_done"] == 20
+        assert run.status == "complete" and run.summary["iterations_done"] == 10
         assert report["runs"][name]["state"] == "done" and f"finished {name} (cpu, " in out
     again = cli_run(*run_args(folder.parent.parent, "--chapters", "04", "--jobs", "2"))
     assert again.returncode == 0 and "all 4 runs of profile smoke are finished" in again.stdout
@@ -259,7 +259,7 @@ def test_killed_runner_resumes_to_the_same_records(chapter4, tmp_path):
     try:
         while time.monotonic() < deadline:  # kill -9 everything once a run has its first checkpoint
             summaries = [P.read_json(p) or {} for p in folder.glob("*/summary.json")]
-            if any(s.get("status") == "running" and s.get("iterations_done") == 10 for s in summaries):
+            if any(s.get("status") == "running" and s.get("iterations_done") == 5 for s in summaries):
                 break
             assert proc.poll() is None, "the runner ended before it could be killed"
             time.sleep(0.05)
@@ -288,7 +288,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(chapter4, tmp_path):
     folder = runs / reference.parent.name / "smoke"
     cosine = next(r for r in P.plan("smoke") if r.name == "cosine")
     bad = dataclasses.replace(cosine, overrides=dict(cosine.overrides, lr=0.5))  # another run under this name
-    fake_record(folder, bad, "smoke", status="complete", iterations_done=20)
+    fake_record(folder, bad, "smoke", status="complete", iterations_done=10)
     proc = cli_run(*run_args(runs, "--only", "cosine", "plateau-patience10", "--jobs", "2"))
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     assert "FAILED cosine (cpu, " in proc.stdout and "exists with a different config (differs in lr)" in proc.stdout

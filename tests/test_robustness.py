@@ -516,7 +516,7 @@ def test_chapter_caveats_name_the_budget_and_the_data(dataset, tmp_path):
     import dataclasses
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
     notes = ch.caveats()
-    assert any("Profile <b>smoke</b>" in n and "20 iterations" in n for n in notes)
+    assert any("Profile <b>smoke</b>" in n and "10 iterations" in n for n in notes)
     assert any(dataset.label in n and "not comparable" in n for n in notes)
     cpu = book.Chapter("cpu", "cpu", dataset, tmp_path, 0).caveats()[0]
     assert "1,600 iterations" in cpu and "1/40 of the paper's 64,000" in cpu and "not trained at this profile" in cpu

@@ -164,13 +164,13 @@ PAPER_ITERATIONS, PAPER_BATCH = TrainConfig.iterations, TrainConfig.batch_size
 
 # ---------------------------------------------------------------- profiles: the book's budgets
 # Profiles set budgets over the recipe; a chapter's own parameters and the plan's arms override them.
-#     smoke  CPU (one thread), 250-image subsets (25 per class), 20 iterations: seconds per run (what CI builds)
+#     smoke  CPU (one thread), 100-image subsets (10 per class), 10 iterations: seconds per run (what CI builds)
 #     cpu    full data, 1/40 of the paper's schedule (1.6k iterations): hours for its plan on a 2-core CPU
 #     quick  full data, 1/10 of the paper's schedule (6.4k iterations): minutes on a GPU
 #     paper  the paper's recipe: 64k iterations, ÷10 at 32k and 48k
 # The milestones scale with the iterations (at 50 % and 75 %), as in the paper.
 PROFILES = {
-    "smoke": dict(iterations=20, batch_size=32, subset=250, eval_every=10),
+    "smoke": dict(iterations=10, batch_size=32, subset=100, eval_every=5),
     # evaluations every 200 iterations: 8 points per curve, a sixth of a run's time on a CPU
     "cpu": dict(iterations=1600, eval_every=200),
     "quick": dict(iterations=6400),
@@ -178,7 +178,7 @@ PROFILES = {
 }
 # CPU threads a profile's runs train with (None: PyTorch's default, every core). Smoke runs are
 # batch-32 steps that gain little from a second thread and lose many times over when the CPU is
-# shared: on a busy 2-core machine a smoke ResNet-32 run took 6 s on one thread, 40-50 s on two.
+# shared: on a busy 2-core machine a ResNet-32 run of 20 batch-32 steps took 6 s on one thread, 40-50 s on two.
 PROFILE_THREADS = {"smoke": 1}
 
 

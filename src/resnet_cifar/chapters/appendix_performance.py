@@ -7,18 +7,32 @@ import pandas as pd
 from .. import bench
 
 # The CPU-sized profiles' benchmark (smoke, cpu): seconds of timing per variant, so that a build from
-# committed records stays within minutes on a CPU (quick and paper: the full one).
+# committed records stays within minutes on a CPU (quick and paper: the full one); smoke, which
+# every test build executes, times each figure for a quarter of a second in two rounds.
 CUT_DOWN = dict(variants=["fp32", "fp32+cl", "bf16+cl"], workers=(0,), train_images=512, seconds=0.5,
              rounds=3, warmup=1, profile=1)
+BENCHMARK = {"smoke": dict(CUT_DOWN, seconds=0.25, rounds=2), "cpu": CUT_DOWN}
 RECORDED_COLUMNS = ["device_name", "date", "library", "conventional", "ratio", "fastest_fp32",
                     "fastest_fp32_rate", "fastest", "fastest_rate", "schedule_fp32_min",
                     "schedule_fastest_min", "flagged"]
 
 
 def measure(ch, seed: int = 0) -> dict:
-    """`bench.run_benchmark` on the chapter's device and data, cut down on the smoke and cpu profiles."""
-    settings = CUT_DOWN if ch.profile in ("smoke", "cpu") else {}
-    return bench.run_benchmark(device=ch.device, dataset=ch.dataset, seed=seed, **settings)
+    """`bench.run_benchmark` on the chapter's device and data, cut down on the smoke and cpu profiles (BENCHMARK)."""
+    return bench.run_benchmark(device=ch.device, dataset=ch.dataset, seed=seed, **BENCHMARK.get(ch.profile, {}))
+
+
+def cut_down_text(ch) -> str:
+    """What the page's benchmark leaves out at this profile (BENCHMARK), for the page's text."""
+    s = BENCHMARK.get(ch.profile)
+    if s is None:
+        return f"Profile {ch.profile} runs the command's defaults: every variant, rounds of about 1.5 s, three of them."
+    return (f"With profile {ch.profile} the benchmark is cut down so that the page builds quickly on a CPU: "
+            f"{s['train_images']} training images, {s['warmup']} warm-up step, {s['rounds']} timed rounds of about "
+            f"{s['seconds']:g} s per figure, the variants {', '.join(s['variants'])}, the conventional pipeline with "
+            f"num_workers={', '.join(map(str, s['workers']))} only, {s['profile']} profiled step, and no torch.compile "
+            "(whose compilation alone takes tens of seconds on a CPU). Profiles quick and paper run the command's "
+            "defaults: every variant, rounds of about 1.5 s, three of them.")
 
 
 def caption(ch, record: dict, text: str) -> str:
