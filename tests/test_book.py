@@ -463,6 +463,8 @@ def test_a_build_renders_another_copys_records_and_says_whose_data_is_whose(tmp_
     from resnet_cifar.runs import RunError
     with pytest.raises(RunError, match="none of profile cpu for that copy.*committed: jpeg-q75-copy/cpu"):
         book.chapter("cpu", "cpu", str(other.parent), records_data="official")
+    with pytest.raises(ValueError, match="records_data and runs_dir name two sources of runs"):
+        book.chapter("cpu", "cpu", str(other.parent), "runs", records_data="jpeg-q75-copy")
 
 
 def test_run_tables_format_numbers_and_missing_values(dataset, tmp_path):

@@ -240,7 +240,8 @@ class Chapter:
 
     def header(self, **knobs) -> "HTML":
         """The page's parameters table and, for budgets or data that are not the paper's, the
-        warning boxes: the cell after `chapter(...)` shows it. Glues `noise` (see `noise()`)."""
+        warning boxes: the cell after `chapter(...)` shows it. Glues `noise` and `here` (see
+        `noise()`, `here()`)."""
         self.glue({"noise": self.noise(), "here": self.here()})
         return HTML(self.parameters(**knobs).to_html() + self.caveats_box())
 
@@ -322,7 +323,10 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
     root = project_root()
     dataset = D.load_cifar10(data_folder(data_dir, root))
     if records_data not in (None, dataset.identity):
-        runs, records = published(root, profile, records_data, runs_dir)
+        if runs_dir is not None:
+            raise ValueError(f"parameters records_data and runs_dir name two sources of runs (the committed records "
+                             f"of {records_data}, and {runs_dir}): give one of them")
+        runs, records = published(root, profile, records_data)
         return Chapter(profile, device, dataset, runs, seed, records, records_data=records_data)
     # explicit runs_dir > published records of this dataset and profile (not smoke) > <root>/runs
     runs, records = resolve_runs(root, profile, dataset.identity, runs_dir)

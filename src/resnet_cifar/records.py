@@ -97,18 +97,17 @@ def resolve_runs(root: Path, profile: str, dataset: str, runs_dir=None) -> tuple
     return root / "runs" / dataset / profile, None
 
 
-def published(root: Path, profile: str, dataset: str, runs_dir=None) -> tuple[Path, dict]:
+def published(root: Path, profile: str, dataset: str) -> tuple[Path, dict]:
     """(folder, manifest) of the committed records of `dataset`/`profile`, for a build that
     renders another copy's records than the machine's data; an error naming what is committed
-    when there are none (or when runs_dir asks for a folder of runs as well)."""
-    folder, manifest = resolve_runs(root, profile, dataset, runs_dir)
-    if manifest is None or runs_dir is not None:
+    when there are none."""
+    folder, manifest = resolve_runs(root, profile, dataset)
+    if manifest is None:
         found = [f"{c}/{r['profile']}" for c in sorted(p.name for p in (Path(root) / RECORDS).glob("*/"))
                  for r in committed(root, c)]
         raise RunError(f"records_data {dataset!r} reads committed records, and there are none of profile {profile} for "
-                       f"that copy{' (runs_dir is for runs of this machine: leave it out)' if runs_dir else ''}; "
-                       f"committed: {', '.join(found) or 'none'}. Leave records_data out to train on this machine's "
-                       "data.")
+                       f"that copy; committed: {', '.join(found) or 'none'}. Leave records_data out to train on this "
+                       "machine's data.")
     return folder, manifest
 
 
