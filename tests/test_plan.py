@@ -293,6 +293,8 @@ def test_a_failing_run_is_reported_and_the_others_finish(chapter4, tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     assert "FAILED cosine (cpu, " in proc.stdout and "exists with a different config (differs in lr)" in proc.stdout
     assert "1/2 done · 0 running · 0 left · 1 failed" in proc.stdout and "FAILED: cosine" in proc.stdout
+    assert f"1 of the failed runs' folders hold another config: delete them to train this plan's ({folder / 'cosine'})" \
+        in proc.stdout
     report = json.loads((folder / "runner.json").read_text())["runs"]
     assert report["cosine"]["state"] == "failed" and report["plateau-patience10"]["state"] == "done"
     same_records(folder / "plateau-patience10", reference / "plateau-patience10")

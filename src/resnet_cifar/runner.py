@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import PROFILE_THREADS, TrainConfig
-from .runs import FINISHED, read_json, write_json
+from .runs import FINISHED, read_json, state, write_json
 
 
 @dataclass
@@ -251,6 +251,10 @@ def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int =
     failed = [t for t in tasks if t.state == "failed"]
     view.say(f"{view.status()}" + (f" · FAILED: {', '.join(t.name for t in failed)}" if failed else "")
              + f" · report {folder / 'runner.json'}")
+    stale = [t.name for t in failed if state(t.config, folder / t.name)["state"] == "conflict"]
+    if stale:  # e.g. runs of an earlier budget of this profile
+        view.say(f"{len(stale)} of the failed runs' folders hold another config: delete them to train this plan's "
+                 f"({' '.join(str(folder / name) for name in stale)})")
     return code or (1 if failed else 0)
 
 
