@@ -1,7 +1,7 @@
 # make book   set up (.venv, data) and build the book -> _build/html: without PROFILE, from the most
 #             complete committed records (the data's own copy first, else another; no training),
 #             else the smoke profile;
-#             with PROFILE=smoke|quick|paper (DEVICE, JOBS runs at once per GPU), train its plan, then build
+#             with PROFILE=smoke|cpu|quick|paper (DEVICE, JOBS runs at once per GPU), train its plan, then build
 # make test   run the tests (README's test command)
 # make lab    JupyterLab on the book
 PROFILE ?=
