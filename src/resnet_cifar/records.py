@@ -103,8 +103,7 @@ def published(root: Path, profile: str, dataset: str) -> tuple[Path, dict]:
     when there are none."""
     folder, manifest = resolve_runs(root, profile, dataset)
     if manifest is None:
-        found = [f"{c}/{r['profile']}" for c in sorted(p.name for p in (Path(root) / RECORDS).glob("*/"))
-                 for r in committed(root, c)]
+        found = [f"{c}/{r['profile']}" for c in copies(root) for r in committed(root, c)]
         raise RunError(f"records_data {dataset!r} reads committed records, and there are none of profile {profile} for "
                        f"that copy; committed: {', '.join(found) or 'none'}. Leave records_data out to train on this "
                        "machine's data.")
@@ -229,6 +228,11 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
     return manifest
 
 
+def copies(root: Path) -> list[str]:
+    """The copies of CIFAR-10 (dataset identities) that have a folder of committed records, sorted."""
+    return sorted(p.name for p in (Path(root) / RECORDS).glob("*/"))
+
+
 def committed(root: Path, dataset: str) -> list[dict]:
     """The committed records of `dataset` (not smoke): profile, runs published / planned, date."""
     out = []
@@ -251,9 +255,8 @@ def best_profile(root: Path, dataset: str) -> str | None:
 def best_records(root: Path, dataset: str) -> tuple[str, str] | None:
     """(profile, data copy) that `make book` renders: the best complete records of `dataset`
     (the machine's copy), else of any other copy (the official data first); None if none."""
-    copies = sorted((p.name for p in (Path(root) / RECORDS).glob("*/") if p.name != dataset),
-                    key=lambda c: (c != "official", c))
-    for copy in (dataset, *copies):
+    others = sorted((c for c in copies(root) if c != dataset), key=lambda c: (c != "official", c))
+    for copy in (dataset, *others):
         profile = best_profile(root, copy)
         if profile:
             return profile, copy
