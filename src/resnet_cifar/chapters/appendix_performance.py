@@ -2,6 +2,8 @@
 and figure, captioned with where they were measured, and the recorded benchmarks beside it."""
 from __future__ import annotations
 
+import inspect
+
 import pandas as pd
 
 from .. import bench
@@ -24,15 +26,17 @@ def measure(ch, seed: int = 0) -> dict:
 
 def cut_down_text(ch) -> str:
     """What the page's benchmark leaves out at this profile (BENCHMARK), for the page's text."""
+    defaults = {k: v.default for k, v in inspect.signature(bench.run_benchmark).parameters.items()}
+    full = (f"Profiles quick and paper run the command's defaults: every variant, {defaults['rounds']} timed rounds "
+            f"of about {defaults['seconds']:g} s per figure.")
     s = BENCHMARK.get(ch.profile)
     if s is None:
-        return f"Profile {ch.profile} runs the command's defaults: every variant, rounds of about 1.5 s, three of them."
+        return full
     return (f"With profile {ch.profile} the benchmark is cut down so that the page builds quickly on a CPU: "
             f"{s['train_images']} training images, {s['warmup']} warm-up step, {s['rounds']} timed rounds of about "
             f"{s['seconds']:g} s per figure, the variants {', '.join(s['variants'])}, the conventional pipeline with "
             f"num_workers={', '.join(map(str, s['workers']))} only, {s['profile']} profiled step, and no torch.compile "
-            "(whose compilation alone takes tens of seconds on a CPU). Profiles quick and paper run the command's "
-            "defaults: every variant, rounds of about 1.5 s, three of them.")
+            "(whose compilation alone takes tens of seconds on a CPU). " + full)
 
 
 def caption(ch, record: dict, text: str) -> str:
