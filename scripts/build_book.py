@@ -76,7 +76,8 @@ def ensure_kernel() -> None:
     if not (share / "kernels" / KERNEL / "kernel.json").is_file():
         subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL],
                        check=True, stdout=subprocess.DEVNULL)
-    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(share)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])
+    others = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(share), *others])
 
 
 def stage_files(stage: Path, pages: list[str]) -> None:
@@ -161,8 +162,8 @@ def build_html(stage: Path, out: Path) -> int:
         path_output = out.parent
     else:
         path_output = out / "jb"
-    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(stage), "--path-output", str(path_output),
-           "--builder", "html", "-W", "--keep-going"]
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(stage),
+           "--path-output", str(path_output), "--builder", "html", "-W", "--keep-going"]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = out / "build.log"
     log.write_text(" ".join(cmd) + "\n" + proc.stdout)

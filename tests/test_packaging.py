@@ -1,6 +1,7 @@
 """pyproject.toml and environment.yml describe the same environment."""
 import ast
 import re
+import subprocess
 import sys
 import tomllib
 from importlib import metadata
@@ -105,3 +106,11 @@ def test_console_script():
     assert _pyproject()["project"]["scripts"] == {"resnet-cifar": "resnet_cifar.cli:main"}
     scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
     assert scripts.get("resnet-cifar") == "resnet_cifar.cli:main"
+
+
+def test_the_code_passes_ruff():
+    """pyflakes' and pycodestyle's checks as pyproject.toml's [tool.ruff] sets them."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "scripts", "tests"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert "No module named ruff" not in proc.stderr, "install the test extra: pip install -e '.[test]'"
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -189,7 +189,6 @@ def test_sigkill_then_resume_is_bit_identical(tiny, dataset, training_data, tmp_
     _assert_identical_runs(resumed.run_dir, straight.run_dir)
 
 
-
 @pytest.mark.slow
 def test_sigkill_of_a_fused_group_then_resume_is_bit_identical(tiny, dataset, training_data, tmp_path):
     """Kill -9 a process training two runs as one fused group; resumed as a group, each run
@@ -222,6 +221,7 @@ def test_sigkill_of_a_fused_group_then_resume_is_bit_identical(tiny, dataset, tr
         _assert_identical_runs(a.run_dir, b.run_dir)
 
 # ---------------------------------------------------------------- one process per run
+
 
 def test_lock_held_by_a_live_process(tiny, dataset):
     run_dir = Path(tiny["runs_dir"]) / "locked"

@@ -235,7 +235,8 @@ def weight_stats(model: nn.Module) -> pd.DataFrame:
             g = groups.setdefault(name.split(".")[0], [0, 0.0])
             g[0] += p.numel()
             g[1] += p.detach().double().pow(2).sum().item()
-    return pd.DataFrame([dict(group=k, weights=n, rms=(s / n) ** 0.5) for k, (n, s) in groups.items()]).set_index("group")
+    rows = [dict(group=k, weights=n, rms=(s / n) ** 0.5) for k, (n, s) in groups.items()]
+    return pd.DataFrame(rows).set_index("group")
 
 
 def layer_table(model: nn.Module, parts: list[str], image_size: int = 32) -> pd.DataFrame:
@@ -266,24 +267,10 @@ def layer_table(model: nn.Module, parts: list[str], image_size: int = 32) -> pd.
     return pd.DataFrame(rows).set_index("part")
 
 
-
-
 def module_flops(model: nn.Module, names: list[str]) -> dict[str, float]:
     """fvcore FLOPs (millions of multiply-adds, one 3x32x32 image) of the named submodules."""
     by_module = flop_count(model, by_module=True)
     return {name: by_module[name] / 1e6 for name in names}
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def side_by_side(groups: dict[str, dict[str, RunResult]], title: str = ""):

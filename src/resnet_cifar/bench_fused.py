@@ -102,8 +102,6 @@ def fused_main(args, write: bool = True) -> list[dict]:
     return rows
 
 
-
-
 def main(args) -> int:
     """Fused first (its `fused N: X× solo` lines are printed even if a time limit cuts the rest),
     then, with --variants, the step variants too, in one record."""

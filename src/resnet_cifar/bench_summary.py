@@ -8,7 +8,6 @@ from .config import PAPER_ITERATIONS
 from .measure import SPREAD_LIMIT, spread
 
 
-
 def _spread(rounds) -> float | None:
     return spread(rounds) if rounds else None
 

@@ -201,13 +201,13 @@ class Chapter:
                          "and it is <b>not</b> a result of the paper. Rebuild with profile <code>quick</code> or "
                          "<code>paper</code> on a GPU for numbers that mean something.")
         if self.profile == "cpu":
-            notes.append(f"Profile <b>cpu</b>: every run is {budget.iterations:,} iterations of batch {budget.batch_size} "
-                         f"on the full data, 1/{PAPER_ITERATIONS / budget.iterations:g} of the paper's "
-                         f"{PAPER_ITERATIONS:,} (lr ÷10 at {budget.milestones[0]:,} and {budget.milestones[1]:,}), "
-                         "a budget sized for a 2-core CPU: its errors lie far above the paper's. This profile trains only the "
-                         "comparisons its budget resolves (<code>experiments.CPU_ARMS</code>); an arm it leaves out "
-                         "shows as \u2013 or \"not trained at this profile\" (profile <code>quick</code> trains "
-                         "them on a GPU).")
+            notes.append(f"Profile <b>cpu</b>: every run is {budget.iterations:,} iterations of batch "
+                         f"{budget.batch_size} on the full data, 1/{PAPER_ITERATIONS / budget.iterations:g} of the "
+                         f"paper's {PAPER_ITERATIONS:,} (lr ÷10 at {budget.milestones[0]:,} and "
+                         f"{budget.milestones[1]:,}), a budget sized for a 2-core CPU: its errors lie far above the "
+                         "paper's. This profile trains only the comparisons its budget resolves "
+                         "(<code>experiments.CPU_ARMS</code>); an arm it leaves out shows as \u2013 or \"not trained "
+                         "at this profile\" (profile <code>quick</code> trains them on a GPU).")
         if self.runs_data != "official":
             notes.append(f"Data: <b>{self.runs_label}</b>, not the official CIFAR-10. Error rates on it are "
                          "not comparable with the paper's.")
@@ -275,6 +275,7 @@ class Chapter:
         import matplotlib.pyplot as plt
         self.glue({name: fig, f"cap_{name}": self.caption(caption, *runs)})
         plt.close(fig)
+
 
 class HTML(str):
     """A string that Jupyter displays as HTML (through `_repr_html_`; no IPython import)."""

@@ -11,6 +11,7 @@ import sys
 
 from .config import TrainConfig
 
+
 def field_help() -> dict[str, str]:
     """Each TrainConfig field's comment in config.py: the flags' help, written once."""
     source = inspect.getsource(TrainConfig)

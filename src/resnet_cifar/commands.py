@@ -17,17 +17,20 @@ from .fused import check_fuse, default_fuse, groups
 from .records import RECORDS, best_records, committed, export, inside, project_root, read_manifest, results_markdown
 from .runner import hms, run_plan
 
+
 def add_commands(sub) -> None:
     def selection(p, device=True):
         p.add_argument("--profile", default="smoke", help=f"{' | '.join(PROFILES)} (default: smoke)")
-        p.add_argument("--chapters", nargs="+", metavar="CHAPTER", help="only the runs of these chapters (02, 05_optimizers, intro)")
+        p.add_argument("--chapters", nargs="+", metavar="CHAPTER",
+                       help="only the runs of these chapters (02, 05_optimizers, intro)")
         p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (names as `plan` lists them)")
         p.add_argument("--seed", type=int, default=0, help="the chapters' seed parameter (default: 0)")
         p.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                        help="a chapter parameter other than its default, as papermill -p would set it (with "
                             "--chapters): --chapters 05 --set adam_lr=0.01 'bn_eps_values=[0.9]'")
         p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
-        p.add_argument("--runs-dir", default="runs", help="runs go to RUNS_DIR/<dataset>/<profile>/<run> (default: runs)")
+        p.add_argument("--runs-dir", default="runs",
+                       help="runs go to RUNS_DIR/<dataset>/<profile>/<run> (default: runs)")
         if device:
             p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k] | mps (default: auto)")
 
@@ -55,8 +58,9 @@ def add_commands(sub) -> None:
     p.add_argument("--partial", action="store_true", help="publish the finished runs even if others are missing")
     p = sub.add_parser("records", help="the committed records of this dataset, per profile")
     p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
-    p.add_argument("--best", action="store_true", help="print only the profile and data copy of the most complete records, this data's "
-                                                      "first, else another copy's (nothing if none)")
+    p.add_argument("--best", action="store_true",
+                   help="print only the profile and data copy of the most complete records, this data's first, "
+                        "else another copy's (nothing if none)")
     p.add_argument("--markdown", metavar="PROFILE", default=None,
                    help="print the results table of PROFILE's committed records in markdown (README's results)")
 
@@ -189,5 +193,3 @@ def _records(root: Path, identity: str, best: bool, markdown: str | None = None)
     for r in found:
         print(f"{r['profile']}: {r['runs']} of {r['planned']} runs, exported {r['exported']}, commit {r['commit']}")
     return 0
-
-

@@ -62,8 +62,9 @@ def seed_comparison(arms: dict[str, list[RunResult]], reference: str,
     for label, runs in arms.items():
         xs = values(runs, key)
         mean, std = mean_std(xs)
-        seeds = ", ".join(f"{r.config.get('seed')}: " + (f"{r.error(key):.2f}" if r.complete and r.error(key) is not None
-                                                        else r.summary.get("status", "–")) for r in runs)
+        seeds = ", ".join(f"{r.config.get('seed')}: "
+                          + (f"{r.error(key):.2f}" if r.complete and r.error(key) is not None
+                             else r.summary.get("status", "–")) for r in runs)
         verdicts[label] = "reference" if label == reference else verdict(xs, ref, reference)
         rows[label] = {"n": f"{len(xs)} of {len(runs)}",
                        "mean %": mean, "± std": std, "best %": min(xs) if xs else None,

@@ -110,7 +110,8 @@ class TrainConfig:
         if self.schedule == "plateau" and (self.warmup or self.warmup_until_error):
             raise ValueError("warmup is not supported with schedule='plateau'; set warmup=0, warmup_until_error=None")
         if self.warmup_until_error is not None and not 0 < self.warmup_until_error <= 1:
-            raise ValueError(f"warmup_until_error must be an error rate in (0, 1], e.g. 0.8, got {self.warmup_until_error!r}")
+            raise ValueError(f"warmup_until_error must be an error rate in (0, 1], e.g. 0.8, "
+                             f"got {self.warmup_until_error!r}")
         if self.warmup and self.warmup_until_error:
             raise ValueError("warmup (a fixed length) and warmup_until_error (a rule) exclude each other; set one")
         if self.compile_mode != "default" and not self.compile:

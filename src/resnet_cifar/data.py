@@ -297,7 +297,8 @@ class TrainBatches:
 
     def __init__(self, data: PreparedData, config, rank: int = 0, world: int = 1,
                  dtype: torch.dtype = torch.float32):
-        self.x, self.y, self.config, self.rank, self.world, self.dtype = data.train_x, data.train_y, config, rank, world, dtype
+        self.x, self.y, self.config, self.dtype = data.train_x, data.train_y, config, dtype
+        self.rank, self.world = rank, world
         self.per_epoch = len(self.y) // config.batch_size
         if self.per_epoch < 1:
             raise ValueError(f"the training split has {len(self.y)} images, fewer than one batch of "

@@ -65,8 +65,8 @@ def load_records(folder: str | Path) -> dict[str, dict]:
     records = {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("bench-*.json"))}
     for name, rec in records.items():
         if rec.get("format") not in BENCH_READABLE:
-            raise ValueError(f"{name}.json is not a benchmark record of format {' or '.join(map(str, BENCH_READABLE))}: "
-                             f"measure it again with "
+            formats = " or ".join(map(str, BENCH_READABLE))
+            raise ValueError(f"{name}.json is not a benchmark record of format {formats}: measure it again with "
                              f"`python -m resnet_cifar bench --json {name}.json`")
     return records
 

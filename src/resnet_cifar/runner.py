@@ -260,7 +260,8 @@ def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int =
 
 def _finish(task: Task, answer: dict, view: View) -> None:
     task.state, task.detail, task.seconds = ("done" if answer["ok"] else "failed"), answer["detail"], answer["seconds"]
-    view.say(f"{'finished' if answer['ok'] else 'FAILED'} {task.name} ({task.where}, {hms(task.seconds)}): {task.detail}")
+    ended = "finished" if answer["ok"] else "FAILED"
+    view.say(f"{ended} {task.name} ({task.where}, {hms(task.seconds)}): {task.detail}")
 
 
 def _in_process(tasks: list[Task], view: View, status_every: float, fuse: int = 1) -> int:

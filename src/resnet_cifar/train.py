@@ -112,8 +112,8 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
     model, step_model, optimizer, plateau = build_training(config, device, world, dtype)
     state, record = open_record(config, run_dir, resume, data, device, numerics, model, optimizer, plateau,
                                 batches.per_epoch, rank, world)
-    loop = RunLoop(config, model, optimizer, plateau, data, record, Progress(config, run_dir.name, state.iteration,
-                                                                             rank), state, batches.per_epoch, rank, world)
+    progress = Progress(config, run_dir.name, state.iteration, rank)
+    loop = RunLoop(config, model, optimizer, plateau, data, record, progress, state, batches.per_epoch, rank, world)
     read_every = loss_read_interval(device)
     it, pending = state.iteration, []
     try:
@@ -151,8 +151,8 @@ def open_record(config: TrainConfig, run_dir: Path, resume: bool, data: Prepared
     state = runs.LoopState(lr_warmup=config.warmup_until_error is not None)
     if resume:
         state = load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, plateau, device)
-    record = runs.Record(config, run_dir, per_epoch, {**run_facts(config, run_dir, data, device, numerics, model, world),
-                                                      **facts}, enabled=rank == 0)
+    facts = {**run_facts(config, run_dir, data, device, numerics, model, world), **facts}
+    record = runs.Record(config, run_dir, per_epoch, facts, enabled=rank == 0)
     record.start(state)
     return state, record
 
@@ -305,7 +305,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     """Loss, error, per-class accuracy and confusion matrix (rows: true class, columns:
     predicted) of `model` on normalized `images`. Under torchrun each process evaluates its
     shard and the sums are all-reduced, so every process gets the same numbers."""
-    images, labels = images.chunk(world)[rank] if world > 1 else images, labels.chunk(world)[rank] if world > 1 else labels
+    if world > 1:
+        images, labels = images.chunk(world)[rank], labels.chunk(world)[rank]
     batch_size = batch_size or eval_batch_size(images.device)
     was_training = model.training
     model.eval()

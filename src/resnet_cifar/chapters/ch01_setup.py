@@ -83,8 +83,9 @@ def machine(ch) -> tuple["pd.io.formats.style.Styler", dict]:
     if ch.records is not None:  # a build from committed records trains nothing
         trained = sorted({r["device_name"] for r in ch.records.get("runs", {}).values() if r.get("device_name")})
         facts["machine_runs"] = (f"This build trains nothing: it reads the committed records of profile {ch.profile}, "
-                                 f"trained on {', '.join(trained) or 'devices they do not name'} with {ch.runs_label}. This machine (where "
-                                 f"make book PROFILE={ch.profile} would train them again): {here}.")
+                                 f"trained on {', '.join(trained) or 'devices they do not name'} with "
+                                 f"{ch.runs_label}. This machine (where make book PROFILE={ch.profile} would "
+                                 f"train them again): {here}.")
     else:
         facts["machine_runs"] = f"So the runs of this build train on {here}."
     table = pd.DataFrame({"value": {k: str(v) for k, v in rows.items()}}).rename_axis("")

@@ -63,6 +63,7 @@ def fig6_facts(ch, plain: dict[str, RunResult], residual: dict[str, RunResult], 
             **ch.errors({"fig6_plain_err": plain.get(f"plain-{deepest}"),
                            "fig6_resnet_err": residual.get(f"ResNet-{deepest}")})}
 
+
 def budget_note(ch, run: RunResult) -> str:
     """One sentence on whether `run`'s budget and data allow comparing networks."""
     if ch.profile == "paper" and ch.runs_data == "official":

@@ -55,8 +55,8 @@ def normalization_facts(dataset, mean_sample: int, title: str = "") -> tuple[obj
     first = int(D.balanced_subset(dataset.train_labels, 10)[0])
     image = dataset.train_images[first]
     panel = torch.stack([pixel.mean, image.float() / 255, pixel(image[None])[0]])
-    fig = A.image_grid(panel, ["mean image", f"a {dataset.classes[int(dataset.train_labels[first])]}", "minus the mean"],
-                     ncols=3, title=title)
+    example = dataset.classes[int(dataset.train_labels[first])]
+    fig = A.image_grid(panel, ["mean image", f"a {example}", "minus the mean"], ncols=3, title=title)
     facts = {"aug_mean_n": f"{len(sample):,}", "aug_mean_min": f"{pixel.mean.min():.3f}",
              "aug_mean_max": f"{pixel.mean.max():.3f}",
              "aug_mean_rgb": ", ".join(f"{float(v):.3f}" for v in pixel.mean.mean((1, 2))),

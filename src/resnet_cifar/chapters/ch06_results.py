@@ -16,7 +16,6 @@ from ..runs import RunResult
 from ..train import evaluate
 
 
-
 def class_errors(ch, runs: dict[str, RunResult]) -> tuple[object, "pd.io.formats.style.Styler", dict]:
     """The complete run with the lowest validation error, evaluated again on its test split:
     confusion matrix (figure), per-class error (table) and the `res_*` text values. Without a
@@ -119,8 +118,8 @@ class Headline:
         paper = A.PAPER_ERROR["ResNet-32"]
         mean = self.mean
         if not self.errors:
-            verdict = (f"None of the {len(runs)} runs finished ({', '.join(r.summary['status_detail'] for r in runs)}), "
-                       "so this build has no test error to report.")
+            statuses = ", ".join(r.summary["status_detail"] for r in runs)
+            verdict = f"None of the {len(runs)} runs finished ({statuses}), so this build has no test error to report."
         elif not self.reasons():
             verdict = ("These numbers use the paper's recipe on the official data and can be compared with "
                        f"{paper:.2f} %.")
@@ -174,7 +173,8 @@ class Headline:
                          f"{gap:.2f} {'≤' if gap <= spread else '>'} {spread:.2f} = this build's std "
                          f"{fmt(self.std, '.2f', 'unknown (one seed)')} + {A.PAPER_110_STD}, the paper's ResNet-110 "
                          f"std; the paper reports no spread for ResNet-32)")
-        return {"head_best": fmt(min(self.errors) if self.errors else None, ".2f"), "head_checks": "; ".join(parts) + "."}
+        return {"head_best": fmt(min(self.errors) if self.errors else None, ".2f"),
+                "head_checks": "; ".join(parts) + "."}
 
     def comparison(self):
         """The paper, a reimplementation and this build's runs (the introduction's table)."""

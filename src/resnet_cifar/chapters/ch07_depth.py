@@ -37,7 +37,8 @@ def table6(ch, arms: dict[int, list[RunResult]]) -> tuple[object, dict]:
                                    r.error() is not None else r.summary.get("status", "–")) for r in runs),
             "paper %": paper,
             "paper mean ± std": f"{PAPER_110_MEAN} ± {PAPER_110_STD}" if d == 110 else "–",
-            "warm-up": (f"lr {r.config['warmup_lr']:g} until training error < {100 * r.config['warmup_until_error']:.0f} %"
+            "warm-up": (f"lr {r.config['warmup_lr']:g} until training error "
+                        f"< {100 * r.config['warmup_until_error']:.0f} %"
                         if (r := runs[0]).config.get("warmup_until_error") else "none")}
         facts[f"dep_{d}"] = f"{fmt(mean, '.2f')} ± {fmt(std, '.2f')} % (n = {len(xs)})"
     means, stds = {d: m for d, (m, _) in stats.items()}, {d: s for d, (_, s) in stats.items()}
