@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -15,13 +13,13 @@ from . import bench
 from . import data as D
 from .devices import pick_device
 from .fused import FusedStep, check_fuse
-from .measure import sync
+from .measure import race
 from .train import build_training
 
 
 def fused_rates(ns, device: str = "auto", batch_size: int = 128, depth: int = 32, train_images: int = 2_000,
-            rounds: int = 5, seconds: float = 1.0, warmup: int = 2, dataset: D.CIFAR10 | None = None,
-            data_dir: str | None = None, log=None) -> list[dict]:
+                rounds: int = 5, seconds: float = 1.0, warmup: int = 2, dataset: D.CIFAR10 | None = None,
+                data_dir: str | None = None, log=None) -> list[dict]:
     """Aggregate training images/s of N fused runs (seeds 0..N-1) against one run alone (seed 0,
     `train.train_step`), for each N of `ns`, timed in alternation: each round times a window of
     about `seconds` of one, then of the other. {n, images_per_s, solo_images_per_s (medians),
@@ -50,15 +48,10 @@ def fused_rates(ns, device: str = "auto", batch_size: int = 128, depth: int = 32
                  [c.lr for c in configs])
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        steps = dict(solo=(solo.library, batch_size), fused=(fused, n * batch_size))
-        calls, rates = {}, {"solo": [], "fused": []}
-        for name, (fn, _) in steps.items():
-            _timed(fn, max(warmup, 1) - 1, dev)
-            calls[name] = max(1, round(seconds / max(_timed(fn, 1, dev), 1e-6)))  # the last warm-up step sizes it
-        for _ in range(rounds):
-            for name, (fn, images) in steps.items():
-                rates[name].append(images * calls[name] / _timed(fn, calls[name], dev))
-        f, s = statistics.median(rates["fused"]), statistics.median(rates["solo"])
+        res = race(dict(solo=solo.library, fused=fused), dict(solo=batch_size, fused=n * batch_size), dev, rounds,
+                   warmup, seconds)
+        f, s = res["fused"]["images_per_s"], res["solo"]["images_per_s"]
+        rates = {k: r["rates"] for k, r in res.items()}
         out.append(dict(n=n, images_per_s=f, solo_images_per_s=s, ratio=f / s, rounds=rounds,
                         spread=[min(rates["fused"]), max(rates["fused"])],
                         solo_spread=[min(rates["solo"]), max(rates["solo"])],
@@ -68,23 +61,14 @@ def fused_rates(ns, device: str = "auto", batch_size: int = 128, depth: int = 32
     return out
 
 
-def _timed(fn, calls: int, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
 def fused_main(args, write: bool = True) -> list[dict]:
     """`bench --fused N ...`: print `fused_rates`' figures, one `fused N: X× solo` line per N, and
     (`write`) with --json merge them into OUT's `fused` section; the rows."""
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = fused_rates(args.fused, args.device, args.batch_size, args.depth, args.train_images, args.rounds,
-                   args.seconds, args.warmup, data_dir=args.data_dir,
-                   log=lambda text: print(text, file=sys.stderr, flush=True))
+                       args.seconds, args.warmup, data_dir=args.data_dir,
+                       log=lambda text: print(text, file=sys.stderr, flush=True))
     print(f"ResNet-{args.depth}, batch {args.batch_size}, {pick_device(args.device)}, {torch.get_num_threads()} "
           f"thread(s); aggregate training images/s, median of {args.rounds} alternating rounds (min-max):")
     for r in rows:
