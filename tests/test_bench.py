@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from resnet_cifar import bench as B
+from resnet_cifar import bench_summary as S
 from resnet_cifar import measure as M
 from resnet_cifar import train as T
 from resnet_cifar.cli import main as cli_main
+from resnet_cifar.records import load_records
 from resnet_cifar.train import train
 
 RECORDS = Path(__file__).resolve().parents[1] / "book" / "records"
@@ -81,7 +83,7 @@ def test_variants_the_device_cannot_run_natively_are_skipped(monkeypatch, datase
     assert timed == [] and record["variants"] == [] and record["peaks"] == {}
     assert [s["variant"] for s in record["skipped"]] == ["bf16", "bf16+cl", "tf32"]
     assert all(s["reason"] for s in record["skipped"])
-    assert "bf16 (" in B.summarize(record)["skipped"]
+    assert "bf16 (" in S.summarize(record)["skipped"]
 
 
 def test_bench_rejects_bad_sizes(dataset):
@@ -137,7 +139,7 @@ def _sentences(s):
 
 def test_rounds_that_agree_give_their_medians_and_ratio():
     record = _record([39.0, 40.0, 41.0], [29.0, 30.0, 31.0], [160.0, 164.0, 168.0])
-    s = B.summarize(record)
+    s = S.summarize(record)
     assert s["flagged"] == "none" and s["library"] == 40.0 and s["conventional"] == 30.0
     assert s["ratio"] == pytest.approx(40 / 30)
     text = _sentences(s)
@@ -151,7 +153,7 @@ def test_rounds_that_agree_give_their_medians_and_ratio():
 
 def test_rounds_that_disagree_are_flagged_and_left_out_of_the_sentences():
     record = _record([30.0, 40.0, 41.0], [29.0, 30.0, 31.0], [160.0, 164.0, 240.0])  # 41/30 and 240/160 > 1.25
-    s = B.summarize(record)
+    s = S.summarize(record)
     assert s["flagged"].startswith("fp32 (library") and "fp32+cl (library" in s["flagged"]
     assert "conventional" not in s["flagged"]  # its rounds agree
     text = _sentences(s)
@@ -162,7 +164,7 @@ def test_rounds_that_disagree_are_flagged_and_left_out_of_the_sentences():
     assert s["flagged"] in s["say_rounds"] and "flagged" in s["say_rounds"]
     # the evaluation share is a ratio to the fp32 library rate of its rounds: left out too
     assert "No figure is stated" in s["say_evaluation"]
-    marks = dict(zip(B.tables(record)["variants"]["variant"], B.tables(record)["variants"]["rounds max / min"]))
+    marks = dict(zip(S.tables(record)["variants"]["variant"], S.tables(record)["variants"]["rounds max / min"]))
     assert marks["fp32"].endswith("flagged") and marks["fp32+cl"] == f"{240 / 160:.2f}× flagged"
 
 
@@ -242,7 +244,7 @@ def test_benchmark_numbers_are_consistent(tiny_record):
     assert r["evaluation"]["variant"] == "fp32" and len(r["evaluation"]["rounds"]) == 2
     assert r["profile"]["time"] == "self CPU time" and r["profile"]["by_kind"]["convolution"] > 0
     assert r["info"]["macs_per_image"] == M.macs_per_image(8) and len(r["info"]["load_average"]) == 2
-    s = B.summarize(r)
+    s = S.summarize(r)
     best = max(conv, key=lambda c: c["images_per_s"])
     assert s["conventional"] == best["images_per_s"] and s["workers"] == best["num_workers"]
     assert s["ratio"] == pytest.approx(s["library"] / s["conventional"])
@@ -251,7 +253,7 @@ def test_benchmark_numbers_are_consistent(tiny_record):
     assert s["rounds"] == 2 and all(s[k] for k in s if k.startswith("say_"))
     assert s["schedule_fp32_min"] == pytest.approx(64_000 * 16 / s["fastest_fp32_rate"] / 60)
     assert 0 < s["eval_share"] < 1
-    tables = B.tables(r)
+    tables = S.tables(r)
     assert list(tables["variants"]["variant"]) == ["fp32", "fp32+cl"] and len(tables["conventional"]) == 2
     assert all(note.endswith(("×", "× flagged")) for note in tables["variants"]["rounds max / min"])
     assert len(tables["profile"]) >= 1
@@ -261,30 +263,30 @@ def test_benchmark_numbers_are_consistent(tiny_record):
 def test_records_round_trip(tiny_record, tmp_path):
     (tmp_path / "bench-cpu.json").write_text(json.dumps(tiny_record))
     (tmp_path / "other.json").write_text("{}")  # not a record: ignored
-    records = B.load_records(tmp_path)
+    records = load_records(tmp_path)
     assert list(records) == ["bench-cpu"] and records["bench-cpu"] == tiny_record
-    assert B.summarize(records["bench-cpu"]) == B.summarize(tiny_record)
-    assert B.load_records(tmp_path / "missing") == {}
+    assert S.summarize(records["bench-cpu"]) == S.summarize(tiny_record)
+    assert load_records(tmp_path / "missing") == {}
     (tmp_path / "bench-old.json").write_text(json.dumps({"info": {}}))
     with pytest.raises(ValueError, match="bench-old.json is not a benchmark record of format 2"):
-        B.load_records(tmp_path)
+        load_records(tmp_path)
 
 
 def test_the_recorded_benchmarks_load_and_summarize():
     """book/records holds what the appendix shows: every record loads and gives its figures."""
-    records = B.load_records(RECORDS)
+    records = load_records(RECORDS)
     assert "bench-cpu" in records
     for record in records.values():
-        s = B.summarize(record)
+        s = S.summarize(record)
         assert s["library"] > 0 and s["conventional"] > 0
         assert s["ratio"] == pytest.approx(s["library"] / s["conventional"])
         assert s["fastest_rate"] >= s["fastest_fp32_rate"] > 0 and s["date"] and s["device_name"]
     cpu = records["bench-cpu"]  # converted from the first format: the same measured numbers
     assert cpu["info"]["date"] == "2026-11-30 07:01" and cpu["info"]["git_commit"] == "d451c24"
-    assert B.summarize(cpu)["library"] == pytest.approx(338.9712638311593)
+    assert S.summarize(cpu)["library"] == pytest.approx(338.9712638311593)
     # format 2 keeps no rounds: its figures load as single, unflagged measurements
-    assert B.summarize(cpu)["flagged"] == "none" and "no per-round figures" in B.summarize(cpu)["say_rounds"]
-    assert set(B.tables(cpu)["variants"]["rounds max / min"]) == {"not recorded"}
+    assert S.summarize(cpu)["flagged"] == "none" and "no per-round figures" in S.summarize(cpu)["say_rounds"]
+    assert set(S.tables(cpu)["variants"]["rounds max / min"]) == {"not recorded"}
     # the plan's time estimates read the same records: eager variants, library rates
     from resnet_cifar.plan import bench_rates
     rates = {(r["dtype"], r["channels_last"]): r["rate"] for r in bench_rates(RECORDS, torch.device("cpu"))}

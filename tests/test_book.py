@@ -29,6 +29,7 @@ import yaml
 from resnet_cifar import data as D
 from resnet_cifar.chapters import ch06_results as results
 from resnet_cifar.experiments import CHAPTERS
+from resnet_cifar.records import shown_path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build"
@@ -503,8 +504,8 @@ def test_chapter_data_folder_follows_resolve_data_dir_from_the_project_root(tmp_
     monkeypatch.setenv("RESNET_CIFAR_DATA", str(tmp_path / "env"))
     assert book.data_folder(None, tmp_path) == tmp_path / "env"
     assert book.data_folder("/abs/cifar", tmp_path) == Path("/abs/cifar")
-    assert book.shown_path(tmp_path / "runs" / "x", tmp_path) == "runs/x"
-    assert book.shown_path(Path("/somewhere/else/data"), tmp_path) == "…/data"
+    assert shown_path(tmp_path / "runs" / "x", tmp_path) == "runs/x"
+    assert shown_path(Path("/somewhere/else/data"), tmp_path) == "…/data"
 
 
 def test_smoke_runs_train_on_one_cpu_thread_and_restore_the_kernels(dataset, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet_cifar import bench
+from resnet_cifar.records import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
@@ -59,7 +59,7 @@ def test_dry_run_on_the_cpu_writes_the_check_and_a_benchmark_record(tmp_path, tr
     paper = check["paper"]
     assert paper["status"] == "complete" and paper["iterations_done"] == 20 and paper["train_images_per_s"] > 0
     assert check["paper_schedule_s"]["steps"] == pytest.approx(20 * 32 / paper["train_images_per_s"])
-    record = bench.load_records(out)["bench-cpu"]  # the records format the appendix reads
+    record = load_records(out)["bench-cpu"]  # the records format the appendix reads
     assert [v["variant"] for v in record["variants"]] == ["fp32"] and record["skipped"][0]["variant"] == "tf32"
     summary = json.loads((tmp_path / "runs" / "paper" / "summary.json").read_text())
     assert summary["flops"] is None and "fvcore is not installed" in summary["flops_note"]

@@ -3,6 +3,9 @@ and the plan and the runner load without the book's plotting stack."""
 from __future__ import annotations
 
 import ast
+import importlib
+import json
+import re
 import subprocess
 import sys
 
@@ -60,3 +63,68 @@ def test_plan_and_runner_do_not_import_the_plotting_stack():
             "print(sorted(m for m in ('matplotlib', 'resnet_cifar.book', 'resnet_cifar.analysis') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_module_imports():
+    """What one module imports from another exists there (a name moved away fails here first)."""
+    code = ("import importlib, pkgutil, resnet_cifar; [importlib.import_module(m.name) for m in "
+            "pkgutil.walk_packages(resnet_cifar.__path__, 'resnet_cifar.') if not m.name.endswith('__main__')]")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------- names the docs point at
+
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if not p.stem.startswith("__"))
+# `module.name` in backticks, or resnet_cifar.module.name anywhere, then an optional .attribute
+REFERENCE = re.compile(rf"(?:resnet_cifar\.|`)({'|'.join(MODULES)})\.([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?")
+FILE_TYPES = {"py", "json", "csv", "ipynb", "pt", "md", "log", "txt", "yml", "sh"}  # config.json is a file
+
+
+def defined_names(module: str) -> set[str]:
+    """The names a module defines at its top level (def, class, assignment), not those it imports."""
+    names = set()
+    for node in ast.parse((PACKAGE / f"{module}.py").read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    return names
+
+
+def doc_texts() -> list[tuple[str, str]]:
+    """(where, text): README.md, the library's source (its docstrings, comments and captions), and
+    the markdown cells of the book's pages."""
+    texts = [("README.md", (ROOT / "README.md").read_text())]
+    texts += [(p.relative_to(ROOT).as_posix(), p.read_text()) for p in sorted(PACKAGE.rglob("*.py"))]
+    for page in sorted((ROOT / "book").glob("*.ipynb")):
+        cells = json.loads(page.read_text())["cells"]
+        texts += [(page.name, "".join(c["source"])) for c in cells if c["cell_type"] == "markdown"]
+    return texts
+
+
+def wrong_references(texts) -> list[str]:
+    """References of `texts` to a library name that is not defined in the module they name
+    (one hop from the text to the code), or to an attribute that name does not have."""
+    wrong = []
+    for where, text in texts:
+        for module, name, attribute in REFERENCE.findall(text):
+            if name in FILE_TYPES:
+                continue
+            if name not in defined_names(module):
+                wrong.append(f"{where}: {module}.{name} is not defined in {module}.py")
+            elif attribute and not hasattr(getattr(importlib.import_module(f"resnet_cifar.{module}"), name),
+                                           attribute):
+                wrong.append(f"{where}: {module}.{name} has no attribute {attribute}")
+    return wrong
+
+
+def test_the_reference_check_finds_a_name_in_the_wrong_module():
+    assert wrong_references([("t", "`train.TrainConfig`, resnet_cifar.config.TrainConfig.identity")]) == [
+        "t: train.TrainConfig is not defined in train.py"]
+    assert wrong_references([("t", "`book.Chapter.run`")]) == ["t: book.Chapter has no attribute run"]
+
+
+def test_the_docs_name_each_function_where_it_is_defined():
+    assert wrong_references(doc_texts()) == []

@@ -41,8 +41,7 @@ from .config import TrainConfig
 from .devices import cpu_features, device_label, native_bf16, pick_device, set_numerics
 from .measure import (conventional_loader, load_average, macs_per_image, matmul_step, measure_concurrent,
                       profile_steps, race)
-from .bench_summary import is_flagged, rounds_note, summarize, tables  # noqa: F401 (bench.summarize, ...)
-from .records import load_records  # noqa: F401 (bench.load_records: the appendix reads records)
+from .bench_summary import tables
 from .runs import git_commit
 from .train import build_training, eval_batch_size, evaluate, step_dtypes, train_step
 

@@ -22,7 +22,7 @@ from .devices import device_label, pick_device
 from . import experiments as E
 from .plan import accounting, match_chapters, plan
 from .plan import table as plan_table
-from .records import RECORDS, load_record, project_root, published, resolve_runs, shown_path  # noqa: F401 (shown_path: chapters)
+from .records import RECORDS, load_record, project_root, published, resolve_runs, shown_path, source_text
 from .runs import RunResult
 from .analysis import fmt
 from .train import train
@@ -45,7 +45,7 @@ def profiles_table() -> "pd.io.formats.style.Styler":
                       "batch size": cfg.batch_size,
                       "training images": "all 45,000" if cfg.subset is None else
                                          f"{cfg.subset // 10 * 10:,} ({cfg.subset // 10} per class)"}
-    return A.styled(pd.DataFrame(rows).T.rename_axis("profile"), "The profiles (resnet_cifar.book.PROFILES)")
+    return A.styled(pd.DataFrame(rows).T.rename_axis("profile"), "The profiles (resnet_cifar.config.PROFILES)")
 
 
 def data_folder(data_dir=None, root: Path | None = None) -> Path:
@@ -180,8 +180,7 @@ class Chapter:
         if not runs:  # a data-only figure: name the device this chapter would train on
             devices = [f"{self.torch_device} ({device_label(self.torch_device)}), no training"]
         where = ", ".join(devices)
-        if self.records is not None:  # published records: say which (the devices stay last)
-            from .records import source_text
+        if self.records is not None and runs:  # published records: say which (the devices stay last)
             where = f"{source_text(self.records, runs)} · {where}"
         data = self.runs_label if runs else self.dataset.label + (
             f", this machine's data (the runs': {self.runs_label})" if self.here() else "")

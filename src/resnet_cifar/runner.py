@@ -228,7 +228,7 @@ def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int =
     tasks.sort(key=lambda t: -t.work)  # the longest first: the last ones to finish are short
     gpus, worker_device = slots(device, jobs, len(tasks))
     gpus = gpus if fuse == 1 else gpus[:1]  # fused groups train in this process
-    if threads is None and gpus[0] is None:  # CPU: the profile's thread count (smoke: 1; see book.PROFILE_THREADS)
+    if threads is None and gpus[0] is None:  # CPU: the profile's thread count (smoke: 1; see config.PROFILE_THREADS)
         threads = PROFILE_THREADS.get(profile)
     threads_given, threads = threads, threads or max(1, (os.cpu_count() or 1) // len(gpus))
     where = (f"in this process on {device}" + (f", fused in groups of at most {fuse}" if fuse > 1 else "")

@@ -6,7 +6,7 @@ import inspect
 
 import pandas as pd
 
-from .. import bench
+from .. import bench, bench_summary
 
 # The CPU-sized profiles' benchmark (smoke, cpu): seconds of timing per variant, so that a build from
 # committed records stays within minutes on a CPU (quick and paper: the full one); smoke, which
@@ -45,7 +45,7 @@ def caption(ch, record: dict, text: str) -> str:
 
 def tables(ch, record: dict) -> dict:
     """The benchmark's tables, styled and captioned: conventional, variants, profile."""
-    t = bench.tables(record)
+    t = bench_summary.tables(record)
     return {
         "conventional": t["conventional"].style.format(precision=2).hide(axis="index").set_caption(
             caption(ch, record, "Library vs conventional pipeline, images/s")),
@@ -61,7 +61,7 @@ def tables(ch, record: dict) -> dict:
 def rates_figure(ch, record: dict):
     """Model-only and library images/s per step variant (horizontal bars)."""
     import matplotlib.pyplot as plt
-    rates = bench.tables(record)["variants"].set_index("variant")[["model-only images/s", "library images/s"]]
+    rates = bench_summary.tables(record)["variants"].set_index("variant")[["model-only images/s", "library images/s"]]
     ax = rates.iloc[::-1].plot.barh(figsize=(8, 3), xlabel="",
                                     title=caption(ch, record, "Training images/s by step variant"))
     ax.figure.tight_layout()
@@ -70,9 +70,9 @@ def rates_figure(ch, record: dict):
 
 
 def recorded(records: dict) -> "pd.io.formats.style.Styler":
-    """The recorded benchmarks side by side (`bench.summarize` of each), one column per record
+    """The recorded benchmarks side by side (`bench_summary.summarize` of each), one column per record
     (a row per figure: twelve figures would not fit the page as columns)."""
-    table = pd.DataFrame({name: bench.summarize(rec) for name, rec in records.items()}).loc[RECORDED_COLUMNS]
+    table = pd.DataFrame({name: bench_summary.summarize(rec) for name, rec in records.items()}).loc[RECORDED_COLUMNS]
     return table.rename_axis("figure").style.format(precision=2).set_caption(
         "Recorded benchmarks: library vs conventional (fp32, same rounds), the fastest variants, the paper's "
         "64k iterations in minutes, and the figures whose rounds disagree")
@@ -80,7 +80,7 @@ def recorded(records: dict) -> "pd.io.formats.style.Styler":
 
 def recorded_variants(records: dict, name: str = "bench-cpu") -> "pd.io.formats.style.Styler":
     """The step variants of the recorded benchmark `name`."""
-    table = bench.tables(records[name])["variants"]
+    table = bench_summary.tables(records[name])["variants"]
     return table.style.format(precision=1, na_rep="–").hide(axis="index").set_caption(
         f"Recorded benchmark ({name}.json): step variants — {records[name]['info']['device_name']}")
 

@@ -22,7 +22,7 @@ def layers_caption(ch) -> str:
 def model_facts(model: torch.nn.Module) -> dict:
     """ResNet-32's weighted layers, parameters, FLOPs (total and per stage) and what option B
     shortcuts add: the model chapter's text values."""
-    layers = A.layer_table(model, ["conv1", "stage1", "stage2", "stage3", "fc"])
+    layers = A.layer_table(model, PARTS)
     params, params_b = count_parameters(model), count_parameters(resnet(32, shortcut="B"))
     stages = A.module_flops(model, ["stage1", "stage2", "stage3"])
     return {"weighted_layers": str(layers.loc["total", "weighted layers"]), "params32": f"{params:,}",

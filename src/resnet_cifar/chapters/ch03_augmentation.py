@@ -18,7 +18,20 @@ def mean_probe(ch, baseline: RunResult, without_mean: RunResult | None) -> dict:
     subtracted (normalize_eval=False: the log's test), and how far the training errors of
     `without_mean` (a run that tests without the mean; None where the profile trains none)
     and the baseline differ: the `aug_*` values of chapter 3."""
-    facts = {"aug_train_diff": A.max_curve_gap(baseline, without_mean, "train_error") if without_mean else "–"}
+    if without_mean is None:
+        facts = {"aug_train_same": "its training is the baseline's, batch for batch (this profile does not train it, "
+                                   "so no curve shows that)",
+                 "aug_train_summary": "training never sees how the test images are normalized"}
+    else:
+        gap = A.max_curve_gap(baseline, without_mean, "train_error")
+        if gap != "–" and float(gap) < 0.5:
+            facts = {"aug_train_same": "the training curves coincide (largest difference in training error between "
+                                       f"the two runs: {gap} points)",
+                     "aug_train_summary": "the training curves of the two runs match"}
+        else:
+            facts = {"aug_train_same": f"the training curves should coincide; here they differ by up to {gap} points "
+                                       "of training error",
+                     "aug_train_summary": f"the training curves of the two runs differ by up to {gap} points"}
     model = baseline.load_model().to(ch.torch_device) if baseline.has_weights else None
     for key, normalize_eval in (("with", True), ("without", False)):
         err = top = None

@@ -29,6 +29,10 @@ def schedule_facts(ch, runs: dict[str, RunResult], long_patience: int, short_pat
         run = plateau_runs[key]
         facts[f"sch_{key}_patience"] = f"{patience:,}"
         facts[f"sch_{key}_verdict"] = plateau_verdicts({key: run})[patience] if run else "was not run at this profile"
+    flat = [k for k in plateau_runs if facts[f"sch_{k}_verdict"] == "never reduced the learning rate"]
+    facts["sch_flat"] = "" if not flat else (
+        f"(A plateau run that never fires is just training at a constant {base.config['lr']:g}"
+        + (", which is why the two plateau runs lie on top of each other.) " if len(flat) == 2 else ".) "))
     return facts
 
 

@@ -11,7 +11,7 @@ import torch
 
 from .. import analysis as A
 from ..analysis import fmt
-from ..bench import is_flagged, rounds_note
+from ..bench_summary import is_flagged, rounds_note
 from ..compare import comparison
 from ..config import TrainConfig
 from ..data import prepare_data

@@ -74,7 +74,7 @@ def degradation(plain: dict[int, list[RunResult]], residual: dict[int, list[RunR
         higher = "higher" if mb > ma else "lower" if mb < ma else "the same"
         return (f"{name}-{hi} ends with a {higher} final training error than {name}-{lo} "
                 f"({mb:.1f} % against {ma:.1f} %, mean of {len(b)} and {len(a)} seed(s)): "
-                + verdict(b, a, f"{name}-{lo}"))
+                + verdict(b, a, f"{name}-{lo}") + ".")
     return {"dep_degradation": sentence(plain, "plain"), "dep_residual": sentence(residual, "ResNet")}
 
 
