@@ -14,7 +14,7 @@ from resnet_cifar import bench_summary as S
 from resnet_cifar import measure as M
 from resnet_cifar import train as T
 from resnet_cifar.cli import main as cli_main
-from resnet_cifar.records import load_records
+from resnet_cifar.records import BENCH_FORMAT, load_records
 from resnet_cifar.train import train
 
 RECORDS = Path(__file__).resolve().parents[1] / "book" / "records"
@@ -127,7 +127,7 @@ def _record(fp32_library, fp32_conventional, cl_library):
                 rounds=3, train_gflop_per_image=0.42, date="2026-01-01 00:00", git_commit="abc1234")
     conv = [dict(variant="fp32", num_workers=0, library=fp32["library"],
                  images_per_s=statistics.median(fp32_conventional), rounds=fp32_conventional)]
-    return dict(format=B.FORMAT, info=info, peaks=dict(float32=305.0), variants=[fp32, cl], conventional=conv,
+    return dict(format=BENCH_FORMAT, info=info, peaks=dict(float32=305.0), variants=[fp32, cl], conventional=conv,
                 skipped=[], errors=[], notes=[], profile=None, concurrent=None,
                 evaluation=dict(variant="fp32", images_per_s=1000.0, batch_size=256, images=512,
                                 rounds=[990.0, 1000.0, 1010.0]))
@@ -225,7 +225,7 @@ def tiny_record(dataset):
 @pytest.mark.slow
 def test_benchmark_numbers_are_consistent(tiny_record):
     r = tiny_record
-    assert r["format"] == B.FORMAT and [v["variant"] for v in r["variants"]] == ["fp32", "fp32+cl"]
+    assert r["format"] == BENCH_FORMAT and [v["variant"] for v in r["variants"]] == ["fp32", "fp32+cl"]
     for v in r["variants"]:
         assert v["library"] > 0 and v["model"] > 0 and v["data_ms"] > 0
         assert v["step_ms"] == pytest.approx(1000 * 16 / v["library"])
@@ -268,7 +268,7 @@ def test_records_round_trip(tiny_record, tmp_path):
     assert S.summarize(records["bench-cpu"]) == S.summarize(tiny_record)
     assert load_records(tmp_path / "missing") == {}
     (tmp_path / "bench-old.json").write_text(json.dumps({"info": {}}))
-    with pytest.raises(ValueError, match="bench-old.json is not a benchmark record of format 2"):
+    with pytest.raises(ValueError, match="bench-old.json is not a benchmark record of format 3"):
         load_records(tmp_path)
 
 
@@ -281,12 +281,16 @@ def test_the_recorded_benchmarks_load_and_summarize():
         assert s["library"] > 0 and s["conventional"] > 0
         assert s["ratio"] == pytest.approx(s["library"] / s["conventional"])
         assert s["fastest_rate"] >= s["fastest_fp32_rate"] > 0 and s["date"] and s["device_name"]
-    cpu = records["bench-cpu"]  # converted from the first format: the same measured numbers
-    assert cpu["info"]["date"] == "2026-11-30 07:01" and cpu["info"]["git_commit"] == "d451c24"
-    assert S.summarize(cpu)["library"] == pytest.approx(338.9712638311593)
-    # format 2 keeps no rounds: its figures load as single, unflagged measurements
-    assert S.summarize(cpu)["flagged"] == "none" and "no per-round figures" in S.summarize(cpu)["say_rounds"]
-    assert set(S.tables(cpu)["variants"]["rounds max / min"]) == {"not recorded"}
+    cpu = records["bench-cpu"]
+    assert cpu["info"]["date"] == "2026-12-02 14:21" and cpu["info"]["git_commit"] == "934f4bd"
+    assert S.summarize(cpu)["library"] == pytest.approx(212.65996893429156)
+    # every figure keeps its rounds: the tables give each row's spread, and flagged rows stay out of sentences
+    assert S.summarize(cpu)["say_rounds"].startswith(f"Each figure is the median of {cpu['info']['rounds']} rounds")
+    assert all(note.endswith(("×", "× flagged")) for note in S.tables(cpu)["variants"]["rounds max / min"])
+    packed = cpu["concurrent"]  # `bench --concurrent 2`: stated with its own numbers
+    assert S.summarize(cpu)["say_concurrent"].startswith(f"{packed['runs']} runs at once, 1 thread(s) each")
+    assert f"{packed['speedup']:.2f}×" in S.summarize(cpu)["say_concurrent"]
+    assert "no figure for several runs at once" in S.summarize(dict(cpu, concurrent=None))["say_concurrent"]
     # the plan's time estimates read the same records: eager variants, library rates
     from resnet_cifar.plan import bench_rates
     rates = {(r["dtype"], r["channels_last"]): r["rate"] for r in bench_rates(RECORDS, torch.device("cpu"))}

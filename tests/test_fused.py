@@ -254,13 +254,13 @@ def test_run_fuse_2_equals_fuse_1(training_data, tmp_path, capsys, monkeypatch):
 
 def test_bench_fused_writes_its_section(training_data, tmp_path, capsys):
     path = tmp_path / "bench.json"
-    path.write_text(json.dumps({"format": 2, "fused": [{"n": 3, "ratio": 1.0}]}))
+    path.write_text(json.dumps({"format": 3, "fused": [{"n": 3, "ratio": 1.0}]}))
     code, out = _run_cli(["bench", "--fused", "2", "--device", "cpu", "--depth", "8", "--batch-size", "32",
                           "--train-images", "64", "--rounds", "2", "--seconds", "0.05", "--warmup", "1",
                           "--data-dir", str(training_data[0]), "--json", str(path)], capsys)
     assert code == 0
     record = json.loads(path.read_text())
-    assert record["format"] == 2 and [r["n"] for r in record["fused"]] == [2, 3]
+    assert record["format"] == 3 and [r["n"] for r in record["fused"]] == [2, 3]
     row = record["fused"][0]
     assert row["rounds"] == 2 and row["gpu_memory_bytes"] is None
     assert row["images_per_s"] > 0 and row["solo_images_per_s"] > 0

@@ -126,13 +126,11 @@ def train_test_gap(run: RunResult) -> str:
     return f"{100 * (h['test_error'].iloc[-1] - h['train_error'].iloc[-1]):.1f}"
 
 
-def max_curve_gap(a: RunResult, b: RunResult, column: str = "train_error") -> str:
-    """The largest difference (points) between two runs' `column` at the same evaluations,
-    formatted; '–' where they share no evaluation."""
+def curve_gap(a: RunResult, b: RunResult, column: str = "train_error") -> float | None:
+    """The largest difference (points) between two runs' `column` at the same evaluations;
+    None where they share no evaluation."""
     merged = a.history[["iteration", column]].merge(b.history[["iteration", column]], on="iteration")
-    if merged.empty:
-        return "–"
-    return f"{100 * (merged[column + '_x'] - merged[column + '_y']).abs().max():.2f}"
+    return None if merged.empty else 100 * float((merged[column + "_x"] - merged[column + "_y"]).abs().max())
 
 
 def error_curves(runs: dict[str, RunResult], title: str = "", ax=None, metric: str = "error",

@@ -42,10 +42,10 @@ from .devices import cpu_features, device_label, native_bf16, pick_device, set_n
 from .measure import (conventional_loader, load_average, macs_per_image, matmul_step, measure_concurrent,
                       profile_steps, race)
 from .bench_summary import tables
+from .records import BENCH_FORMAT
 from .runs import git_commit
 from .train import build_training, eval_batch_size, evaluate, step_dtypes, train_step
 
-FORMAT = 3  # the record's layout (book/records/bench-*.json); 3 adds each figure's rounds
 DTYPES = {"fp32": "float32", "tf32": "tf32", "fp64": "float64", "bf16": "bfloat16"}
 DEFAULT_VARIANTS = ("fp32", "fp32+cl", "tf32", "tf32+cl", "fp64", "bf16", "bf16+cl", "fp32+cl+compile",
                     "tf32+cl+compile", "bf16+cl+compile", "bf16+cl+cudagraphs")
@@ -182,7 +182,7 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
                 peak_n=8192 if dev.type == "cuda" else 2048, date=time.strftime("%Y-%m-%d %H:%M"),
                 git_commit=git_commit())
     peaks = {}
-    record = dict(format=FORMAT, info=info, peaks=peaks, variants=[], conventional=[], skipped=[], errors=[],
+    record = dict(format=BENCH_FORMAT, info=info, peaks=peaks, variants=[], conventional=[], skipped=[], errors=[],
                   evaluation=None, profile=None, concurrent=None, notes=[])
     runnable = []
     for v in variants:

@@ -18,7 +18,7 @@ def is_flagged(rounds) -> bool:
 
 
 def _row_rounds(row: dict) -> dict:
-    """A variant row's rounds per figure (library, model, data, matmul; {} in a format-2 record)."""
+    """A variant row's rounds per figure (library, model, data, matmul; {} for no row)."""
     return row.get("rounds") or {}
 
 
@@ -48,8 +48,7 @@ def summarize(record: dict, base: str = "fp32") -> dict:
     a figure is its rounds' median; a ratio is stated only between figures of the same
     rounds (one variant's); a figure whose rounds disagree (max / min > SPREAD_LIMIT) is left
     out of every sentence and listed in `flagged`. `base`: the variant compared with the
-    conventional pipeline. Format-2 records have no rounds: their figures count as single,
-    unflagged measurements."""
+    conventional pipeline."""
     rows, best = {r["variant"]: r for r in record["variants"]}, {}
     for c in record["conventional"]:  # the fastest num_workers per variant
         if c["images_per_s"] > best.get(c["variant"], {}).get("images_per_s", 0):
@@ -60,7 +59,6 @@ def summarize(record: dict, base: str = "fp32") -> dict:
     fastest = max(rows.values(), key=lambda r: r["library"], default={})
     info, ev = record["info"], record.get("evaluation") or {}
     prof, conc = record.get("profile") or {}, record.get("concurrent") or {}
-    recorded = any(r.get("rounds") for r in rows.values())
     flagged = [f"{r['variant']} {k}" for r in rows.values() for k, v in _row_rounds(r).items() if is_flagged(v)]
     flagged += [f"{x['variant']} conventional (num_workers {x['num_workers']})" for x in record["conventional"]
                 if is_flagged(x.get("rounds"))]
@@ -69,7 +67,7 @@ def summarize(record: dict, base: str = "fp32") -> dict:
              and not any(is_flagged(_row_rounds(r).get(k)) for k in ("library", "data"))]
     worst = max(worst, key=lambda r: r["data_share"], default={})
     fastest_conv = best.get(fastest.get("variant"), {})  # only a conventional figure from the fastest's own rounds
-    host = rows.get(ev.get("variant"), b)  # the variant whose rounds held the evaluation (format 2: the base)
+    host = rows.get(ev.get("variant"), b)  # the variant whose rounds held the evaluation
 
     def ratio(a, z):
         return a / z if a and z else None
@@ -98,7 +96,7 @@ def summarize(record: dict, base: str = "fp32") -> dict:
         eval_rate=ev.get("images_per_s"), eval_variant=host.get("variant"),
         eval_share=ratio(eval_s, eval_s + epoch_s) if eval_s and epoch_s else None,
         concurrent_runs=conc.get("runs"), concurrent_speedup=conc.get("speedup"),
-        rounds=info.get("rounds") if recorded else None, spread_limit=SPREAD_LIMIT, flagged=_grouped(flagged))
+        rounds=info.get("rounds"), spread_limit=SPREAD_LIMIT, flagged=_grouped(flagged))
     # each quoted figure: its value and rounds; a sentence names the figures it quotes
     figures = dict(
         library=(s["library"], _row_rounds(b).get("library")), conventional=(s["conventional"], c.get("rounds")),
@@ -112,7 +110,6 @@ def summarize(record: dict, base: str = "fp32") -> dict:
                   data=f"{base} data-only", peak=f"{b.get('dtype')} matmul", evaluation="evaluation",
                   eval_library=f"{host.get('variant')} library", fastest_fp32=f"{s['fastest_fp32']} library",
                   fastest=f"{s['fastest']} library", fastest_conventional=f"{s['fastest']} conventional")
-    together = "in the same rounds" if recorded else "alongside"
 
     def say(names, text, what):
         """`text()` if every figure in `names` was measured and its rounds agree; else why not."""
@@ -127,8 +124,6 @@ def summarize(record: dict, base: str = "fp32") -> dict:
 
     n = info.get("rounds")
     s["say_rounds"] = (
-        "This record keeps no per-round figures (its format predates them): each figure is as recorded, its "
-        "spread unknown." if not recorded else
         f"Each figure is the median of {n} rounds, timed in turns with the other figures of its variant, and ratios "
         f"are stated only between figures of the same rounds. " + (
             f"The rounds of {s['flagged']} differed by more than {SPREAD_LIMIT:.2f}× (max / min): those figures are "
@@ -136,7 +131,7 @@ def summarize(record: dict, base: str = "fp32") -> dict:
             f"Every figure's rounds agreed within {SPREAD_LIMIT:.2f}× (max / min)."))
     s["say_library"] = say(("library", "conventional"), lambda: (
         f"With the {base} step the library trained at {s['library']:,.0f} images/s and the conventional pipeline at "
-        f"{s['conventional']:,.0f} images/s with its fastest num_workers ({s['workers']}), timed {together}: a "
+        f"{s['conventional']:,.0f} images/s with its fastest num_workers ({s['workers']}), timed in the same rounds: a "
         f"ratio of {s['ratio']:.2f}×."), f"the {base} library and conventional pipeline")
     s["say_model"] = say(("model", "conventional"), lambda: (
         f"The step alone, with no data work, ran at {s['model']:,.0f} images/s, {s['ceiling']:.2f}× the conventional "
@@ -152,7 +147,7 @@ def summarize(record: dict, base: str = "fp32") -> dict:
         versus = (f"; its conventional pipeline's rounds differ by {_spread(fastest_conv['rounds']):.2f}× "
                   f"(max / min), more than {SPREAD_LIMIT:.2f}×, so no ratio to that is stated.")
     else:
-        versus = (f"; timed {together} with the conventional pipeline and the same step, the library ran "
+        versus = (f"; timed in the same rounds with the conventional pipeline and the same step, the library ran "
                   f"{s['fastest_vs_conventional']:.2f}× as fast.")
     s["say_fastest"] = " ".join([
         say(("fastest_fp32",), lambda: (f"The fastest fp32 variant was {s['fastest_fp32']} at "
@@ -161,10 +156,10 @@ def summarize(record: dict, base: str = "fp32") -> dict:
             + versus, "the fastest variant")])
     s["say_peak"] = say(("model", "peak"), lambda: (
         f"Here the {base} step ran at {s['gflops']:,.0f} GFLOP/s, {s['peak_share']:.0f} % of the {b['dtype']} matmul "
-        f"peak measured {together} ({s['peak']:,.0f} GFLOP/s)."), f"the {base} step's share of the matmul peak")
+        f"peak measured in the same rounds ({s['peak']:,.0f} GFLOP/s)."), f"the {base} step's share of the matmul peak")
     s["say_evaluation"] = say(("evaluation", "eval_library"), lambda: (
         f"Here it ran at {s['eval_rate']:,.0f} images/s: evaluation is {s['eval_share']:.0%} of an epoch's time at "
-        f"the library's {s['eval_variant']} training rate, timed {together}."), "the evaluation rate")
+        f"the library's {s['eval_variant']} training rate, timed in the same rounds."), "the evaluation rate")
     s["say_schedule"] = " ".join([
         say(("fastest_fp32",), lambda: (
             f"Its fastest fp32 variant, {s['fastest_fp32']}, would take {s['schedule_fp32_min']:,.0f} min of training "
@@ -172,6 +167,11 @@ def summarize(record: dict, base: str = "fp32") -> dict:
             "the fastest fp32 variant"),
         say(("fastest",), lambda: (f"Its fastest variant in any numerics, {s['fastest']}, "
                                    f"{s['schedule_fastest_min']:,.0f} min."), "the fastest variant")])
+    s["say_concurrent"] = (
+        f"{conc['runs']} runs at once, {conc['threads_per_run']} thread(s) each, trained at {conc['total']:,.0f} "
+        f"images/s in all against {conc['single']:,.0f} for one run alone on {conc['threads_single']} thread(s): "
+        f"{conc['speedup']:.2f}× (one window each, no rounds)." if conc else
+        "This record has no figure for several runs at once (`bench --concurrent K`).")
     return s
 
 

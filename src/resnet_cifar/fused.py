@@ -48,11 +48,10 @@ from .runs import RunError, RunResult, load_run
 # under vmap), one batch size (one stacked batch), the iterations, the numerics, the optimizer kind.
 GROUP_KEY = ("arch", "depth", "shortcut", "final_relu", "bn_eps", "batch_size", "iterations", "dtype", "optimizer",
              "device")
-# Runs per group by default. On a CPU fusing does not pay: `bench --fused 2 --device cpu --threads 1
-# --train-images 500 --rounds 5 --seconds 1` (ResNet-32, batch 128, a busy 2-core AMD EPYC) measured
-# 0.87x solo (fused 143-162 images/s, solo 162-194); on 2 threads 0.98x and 1.52x, the spreads
-# overlapping. So each run trains alone. On CUDA fused groups fill the GPU with larger kernels:
-# 16 is a guess, not yet measured on a GPU.
+# Runs per group by default. On a CPU fusing does not pay: `bench --fused 1 2` (ResNet-32, batch 128,
+# 2 threads; book/records/bench-cpu.json) measured two runs fused at 0.88x one alone, the rounds' ranges
+# apart. So each run trains alone. On CUDA fused groups fill the GPU with larger kernels: 16 is a
+# guess, not yet measured on a GPU.
 DEFAULT_FUSE = {"cpu": 1, "cuda": 16}
 
 

@@ -57,16 +57,15 @@ def shown_path(path: Path, root: Path | None = None) -> str:
     return "…/" + path.name
 
 
-BENCH_READABLE = (2, 3)  # benchmark record formats (bench.FORMAT); format 2's figures have no rounds
+BENCH_FORMAT = 3  # the layout of a benchmark record (bench-*.json); 3 keeps each figure's rounds
 
 
 def load_records(folder: str | Path) -> dict[str, dict]:
     """The records that `bench --json` wrote as `bench-*.json` in `folder`, by file stem ({} when none)."""
     records = {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("bench-*.json"))}
     for name, rec in records.items():
-        if rec.get("format") not in BENCH_READABLE:
-            formats = " or ".join(map(str, BENCH_READABLE))
-            raise ValueError(f"{name}.json is not a benchmark record of format {formats}: measure it again with "
+        if rec.get("format") != BENCH_FORMAT:
+            raise ValueError(f"{name}.json is not a benchmark record of format {BENCH_FORMAT}: measure it again with "
                              f"`python -m resnet_cifar bench --json {name}.json`")
     return records
 

@@ -23,8 +23,9 @@ def mean_probe(ch, baseline: RunResult, without_mean: RunResult | None) -> dict:
                                    "so no curve shows that)",
                  "aug_train_summary": "training never sees how the test images are normalized"}
     else:
-        gap = A.max_curve_gap(baseline, without_mean, "train_error")
-        if gap != "–" and float(gap) < 0.5:
+        points = A.curve_gap(baseline, without_mean, "train_error")
+        gap = fmt(points, ".2f")
+        if points is not None and points < 0.5:
             facts = {"aug_train_same": "the training curves coincide (largest difference in training error between "
                                        f"the two runs: {gap} points)",
                      "aug_train_summary": "the training curves of the two runs match"}

@@ -25,11 +25,13 @@ def schedule_facts(ch, runs: dict[str, RunResult], long_patience: int, short_pat
     facts = {"sch_iterations": f"{cfg.iterations:,}", "sch_milestones": " and ".join(f"{m:,}" for m in cfg.milestones),
              "sch_eval_every": f"{cfg.eval_every or per_epoch:,}", "sch_iters_per_epoch": f"{per_epoch:,}",
              "sch_evaluations": f"{len(base.history):,}"}
+    trained = {key: run for key, run in plateau_runs.items() if run}
     for key, patience in (("long", long_patience), ("short", short_patience)):
-        run = plateau_runs[key]
         facts[f"sch_{key}_patience"] = f"{patience:,}"
-        facts[f"sch_{key}_verdict"] = plateau_verdicts({key: run})[patience] if run else "was not run at this profile"
-    flat = [k for k in plateau_runs if facts[f"sch_{k}_verdict"] == "never reduced the learning rate"]
+        facts[f"sch_{key}_verdict"] = (plateau_verdicts({key: trained[key]})[patience] if key in trained
+                                       else "was not run at this profile")
+    reductions = plateau_table(trained)["LR reductions"]
+    flat = [key for key in trained if reductions[key] == 0]
     facts["sch_flat"] = "" if not flat else (
         f"(A plateau run that never fires is just training at a constant {base.config['lr']:g}"
         + (", which is why the two plateau runs lie on top of each other.) " if len(flat) == 2 else ".) "))
