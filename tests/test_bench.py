@@ -162,6 +162,7 @@ def test_rounds_that_disagree_are_flagged_and_left_out_of_the_sentences():
     assert f"{s['ratio']:.2f}×" not in text and f"{s['ceiling']:.2f}×" in s["say_model"]  # model-only agrees
     assert "No figure is stated" in s["say_library"] and f"{41 / 30:.2f}×" in s["say_library"]  # the spread, named
     assert s["flagged"] in s["say_rounds"] and "flagged" in s["say_rounds"]
+    assert s["say_rounds"].endswith(s["say_flagged"]) and "median" not in s["say_flagged"]
     # the evaluation share is a ratio to the fp32 library rate of its rounds: left out too
     assert "No figure is stated" in s["say_evaluation"]
     marks = dict(zip(S.tables(record)["variants"]["variant"], S.tables(record)["variants"]["rounds max / min"]))
@@ -357,3 +358,20 @@ def test_deferred_loss_reads_name_the_diverging_iteration(tiny, dataset, monkeyp
     assert deferred.diverged
     assert deferred.summary["status_detail"] == ref.summary["status_detail"]
     assert deferred.summary["iterations_done"] == ref.summary["iterations_done"]
+
+
+def test_the_number_format_table_flags_the_rate_it_shows_and_its_sentence_leaves_it_out(tmp_path):
+    """Chapter 5 shows one figure per variant, the library rate: its column of spreads is that
+    figure's, and the sentence quotes exactly the variants whose library rounds agree."""
+    from types import SimpleNamespace
+    from resnet_cifar.chapters.ch05_optimizers import format_speeds
+    record = json.loads((RECORDS / "bench-cpu.json").read_text())
+    fp32, cl = record["variants"][:2]
+    fp32["rounds"].update(library=[200.0, 201.0, 202.0], data=[1e5, 2e5, 3e5])  # only its data work disagrees
+    cl["rounds"]["library"] = [200.0, 260.0, 300.0]                              # its library rate disagrees
+    (tmp_path / "bench-cpu.json").write_text(json.dumps(record))
+    table, facts = format_speeds(SimpleNamespace(torch_device=torch.device("cpu")), tmp_path)
+    notes = table.data["rounds max / min"].droplevel(0)
+    assert notes[fp32["variant"]] == "1.01×" and notes[cl["variant"]] == "1.50× flagged"
+    assert f"{fp32['variant']} {fp32['library']:,.0f}" in facts["opt_dtype_verdict"]
+    assert f"{cl['variant']} " not in facts["opt_dtype_verdict"]

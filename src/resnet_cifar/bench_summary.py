@@ -123,12 +123,12 @@ def summarize(record: dict, base: str = "fp32") -> dict:
         return text()
 
     n = info.get("rounds")
-    s["say_rounds"] = (
-        f"Each figure is the median of {n} rounds, timed in turns with the other figures of its variant, and ratios "
-        f"are stated only between figures of the same rounds. " + (
-            f"The rounds of {s['flagged']} differed by more than {SPREAD_LIMIT:.2f}× (max / min): those figures are "
-            f"flagged in the tables and left out of the sentences." if flagged else
-            f"Every figure's rounds agreed within {SPREAD_LIMIT:.2f}× (max / min)."))
+    s["say_flagged"] = (
+        f"The rounds of {s['flagged']} differed by more than {SPREAD_LIMIT:.2f}× (max / min): those figures are "
+        f"flagged in the tables and left out of the sentences." if flagged else
+        f"Every figure's rounds agreed within {SPREAD_LIMIT:.2f}× (max / min).")
+    s["say_rounds"] = (f"Each figure is the median of {n} rounds, timed in turns with the other figures of its "
+                       f"variant, and ratios are stated only between figures of the same rounds. {s['say_flagged']}")
     s["say_library"] = say(("library", "conventional"), lambda: (
         f"With the {base} step the library trained at {s['library']:,.0f} images/s and the conventional pipeline at "
         f"{s['conventional']:,.0f} images/s with its fastest num_workers ({s['workers']}), timed in the same rounds: a "

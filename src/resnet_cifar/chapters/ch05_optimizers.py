@@ -110,12 +110,12 @@ def format_speeds(ch, records_dir: Path | None = None) -> tuple["pd.io.formats.s
     for name, rec in records.items():
         info = rec["info"]
         variants = [v for v in rec["variants"] if "compile" not in v["variant"] and v.get("library")]
-        for v in variants:
+        rounds = {v["variant"]: (v.get("rounds") or {}).get("library") for v in variants}
+        for v in variants:  # the one figure shown: the library rate, with its own rounds' spread
             rows[(info["device_name"], v["variant"])] = {
-                "dtype": v["dtype"], "images/s": v["library"], "rounds max / min": rounds_note(v.get("rounds")),
+                "dtype": v["dtype"], "images/s": v["library"], "rounds max / min": rounds_note(rounds[v["variant"]]),
                 "record": f"{name}.json, {info['date']}, batch {info['batch_size']}"}
-        parts = [f"{v['variant']} {v['library']:,.0f}" for v in variants
-                 if not is_flagged((v.get("rounds") or {}).get("library"))]
+        parts = [f"{v['variant']} {v['library']:,.0f}" for v in variants if not is_flagged(rounds[v["variant"]])]
         if parts:
             sentences.append(f"on {info['device_name']} ({name}.json, {info['date']}), images/s: " + ", ".join(parts))
     facts = {"opt_dtype_verdict": "; ".join(sentences) or "no benchmark record is committed, so this build has "
