@@ -84,19 +84,6 @@ def matmul_step(device: torch.device, numerics: str = "float32", n: int | None =
     return step, 2 * n ** 3 * inner
 
 
-def matmul_peak(device: torch.device, numerics: str = "float32", n: int | None = None, reps: int = 3) -> float:
-    """GFLOP/s of `matmul_step`, the best of `reps` calls after a warm-up."""
-    step, flop = matmul_step(device, numerics, n)
-    times = []
-    for _ in range(reps + 1):
-        sync(device)
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return flop / min(times[1:]) / 1e9
-
-
 def macs_per_image(depth: int = 32) -> int:
     """Multiply-adds of one 3x32x32 image through ResNet-`depth`'s convolutions and classifier."""
     return multiply_adds("resnet", depth, "A")
