@@ -2,11 +2,12 @@
 #             complete committed records (the data's own copy first, else another; no training),
 #             else the smoke profile;
 #             with PROFILE=smoke|cpu|quick|paper (DEVICE, JOBS runs at once per GPU), train its plan, then build
-# make test   run the tests (README's test command)
+# make test   run the tests (README's test command), TEST_JOBS test files at a time (default 2; 0: one process)
 # make lab    JupyterLab on the book
 PROFILE ?=
 DEVICE ?= auto
 JOBS ?= 1
+TEST_JOBS ?= 2
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED_JPEG := ../shared/data/make_cifar10_batches.py
@@ -53,7 +54,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) book/
 
 test: setup
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra -n $(TEST_JOBS) --dist loadfile
 
 bench: setup
 	$(PY) -m resnet_cifar bench --device $(DEVICE)

@@ -2,7 +2,9 @@
 data (the JPEG q75 copy or the official files) when present, and tiny training configs.
 
 Every test runs on the CPU with one thread (`RESNET_CIFAR_TEST_THREADS` overrides it), so
-bit-for-bit comparisons between processes hold and several test runs can share a machine.
+bit-for-bit comparisons between processes hold and several test runs can share a machine:
+`make test` runs two test files at a time (pytest-xdist, `--dist loadfile`, so a module's
+fixtures such as the book build are made once).
 """
 from __future__ import annotations
 
