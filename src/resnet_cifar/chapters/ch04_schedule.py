@@ -26,12 +26,12 @@ def schedule_facts(ch, runs: dict[str, RunResult], long_patience: int, short_pat
              "sch_eval_every": f"{cfg.eval_every or per_epoch:,}", "sch_iters_per_epoch": f"{per_epoch:,}",
              "sch_evaluations": f"{len(base.history):,}"}
     trained = {key: run for key, run in plateau_runs.items() if run}
+    table = plateau_table(trained)
     for key, patience in (("long", long_patience), ("short", short_patience)):
         facts[f"sch_{key}_patience"] = f"{patience:,}"
-        facts[f"sch_{key}_verdict"] = (plateau_verdicts({key: trained[key]})[patience] if key in trained
+        facts[f"sch_{key}_verdict"] = (plateau_verdict(table.loc[key]) if key in trained
                                        else "was not run at this profile")
-    reductions = plateau_table(trained)["LR reductions"]
-    flat = [key for key in trained if reductions[key] == 0]
+    flat = [key for key in trained if table.loc[key, "LR reductions"] == 0]
     facts["sch_flat"] = "" if not flat else (
         f"(A plateau run that never fires is just training at a constant {base.config['lr']:g}"
         + (", which is why the two plateau runs lie on top of each other.) " if len(flat) == 2 else ".) "))
@@ -73,12 +73,9 @@ def plateau_table(runs: dict[str, RunResult]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run").astype(object)
 
 
-def plateau_verdicts(runs: dict[str, RunResult]) -> dict[int, str]:
-    """'never reduced the learning rate' or 'reduced it N time(s), first at iteration I', per
-    plateau patience."""
-    verdicts = {}
-    for _, row in plateau_table(runs).iterrows():
-        verdicts[row["patience"]] = ("never reduced the learning rate" if row["LR reductions"] == 0 else
-                                     f"reduced it {row['LR reductions']} time(s), first at iteration "
-                                     f"{row['first reduction at']:,}")
-    return verdicts
+def plateau_verdict(row: pd.Series) -> str:
+    """'never reduced the learning rate' or 'reduced it N time(s), first at iteration I', for a
+    row of `plateau_table`."""
+    if row["LR reductions"] == 0:
+        return "never reduced the learning rate"
+    return f"reduced it {row['LR reductions']} time(s), first at iteration {row['first reduction at']:,}"
