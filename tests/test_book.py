@@ -520,3 +520,29 @@ def test_smoke_runs_train_on_one_cpu_thread_and_restore_the_kernels(dataset, tmp
     finally:
         torch.set_num_threads(before)
     assert run.complete and "; 1 of " in run.summary["device_name"], run.summary["device_name"]
+
+
+def test_the_smoke_appendix_benchmarks_on_the_profiles_thread_and_says_so(dataset, tmp_path, monkeypatch):
+    import torch
+    from resnet_cifar import bench, book
+    from resnet_cifar.chapters import appendix_performance as appendix
+    import inspect
+    seen = {}
+
+    def run_benchmark(**settings):  # what the page measures with, not the measurement
+        seen.update(settings, threads=torch.get_num_threads())
+    run_benchmark.__signature__ = inspect.signature(bench.run_benchmark)  # the defaults cut_down_text states
+    monkeypatch.setattr(bench, "run_benchmark", run_benchmark)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
+        appendix.measure(ch)
+        assert torch.get_num_threads() == 2 and seen["threads"] == 1  # one thread, as the smoke runs
+        assert "on 1 CPU thread, as the profile's runs train" in appendix.cut_down_text(ch)
+        seen.clear()
+        appendix.measure(book.Chapter("cpu", "cpu", dataset, tmp_path, 0))
+        assert seen["threads"] == 2 and seen["rounds"] == appendix.CUT_DOWN["rounds"]  # the cpu profile: every core
+        assert "CPU thread" not in appendix.cut_down_text(book.Chapter("cpu", "cpu", dataset, tmp_path, 0))
+    finally:
+        torch.set_num_threads(before)

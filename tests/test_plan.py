@@ -177,6 +177,25 @@ def test_a_profile_is_estimated_from_runs_of_another_on_a_device_not_here(tmp_pa
     assert rows[2]["seconds"] is None and rows[2]["source"].startswith("unknown: no finished float64 run")
 
 
+def test_a_finished_plan_reads_no_rates(tmp_path, monkeypatch):
+    """Every run finished: each time is the run's own record, and no rate is read (reading them
+    counts every finished run's multiply-adds; one ResNet-34 among them imports torchvision)."""
+    import torch
+    runs = P.plan("smoke", chapters=["02"])
+    assert any(r.overrides.get("arch") == "resnet34-imagenet" for r in runs)
+    folder = tmp_path / "runs" / "official" / "smoke"
+    for r in runs:
+        fake_record(folder, r, "smoke", status="complete", status_detail="complete", iterations_done=10,
+                    wall_time_s=3.0, eval_time_s=1.5, device_name="CPU X")
+
+    def refuse(*args):
+        raise AssertionError("a rate was read for a plan whose runs are all finished")
+    monkeypatch.setattr(P, "reference_rates", refuse)
+    monkeypatch.setattr(P, "bench_rates", refuse)
+    rows = P.estimates(runs, "smoke", folder, torch.device("cpu"), tmp_path / "no-records")
+    assert [(r["state"], r["seconds"], r["source"]) for r in rows] == [("finished", 4.5, "measured on CPU X")] * len(runs)
+
+
 def hms(seconds: float) -> str:
     from resnet_cifar.runner import hms as runner_hms
     return runner_hms(seconds)

@@ -7,6 +7,7 @@ The profiles (budgets) are config.PROFILES; each chapter's arms are experiments.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -133,11 +134,18 @@ class Chapter:
         config = self.config(name, **overrides)
         if self.records is not None:
             return load_record(self.runs_dir, config, self.profile)
-        threads = PROFILE_THREADS.get(self.profile) if pick_device(config.device).type == "cpu" else None
+        with self.profile_threads():
+            return train(config, dataset=self.dataset)
+
+    @contextlib.contextmanager
+    def profile_threads(self):
+        """On the CPU, the profile's PROFILE_THREADS for what runs inside (its runs, the appendix's
+        benchmark); the kernel's own setting is restored afterwards."""
         before = torch.get_num_threads()
+        threads = PROFILE_THREADS.get(self.profile) if self.torch_device.type == "cpu" else None
         torch.set_num_threads(threads or before)
         try:
-            return train(config, dataset=self.dataset)
+            yield
         finally:
             torch.set_num_threads(before)
 

@@ -184,9 +184,12 @@ def estimates(runs: list[PlannedRun], profile: str, folder: Path, device, record
         label = None
     folder = Path(folder)
     rows = [dict(run=r, config=r.config(profile), **status(r, profile, folder)) for r in runs]
+    # rates only where a run needs an estimate: reading them counts every finished run's multiply-adds,
+    # and one ResNet-34 among them imports torchvision (seconds), which a finished plan never needs
+    unfinished = any(row["state"] != "finished" for row in rows)
     refs = reference_rates([folder, *sorted(folder.parent.parent.glob("*/*")), *sorted(Path(records_dir).glob("*/*"))],
-                           label, device.type)
-    bench = bench_rates(records_dir, device)
+                           label, device.type) if unfinished else []
+    bench = bench_rates(records_dir, device) if unfinished else []
     for row in rows:
         c, s = row["config"], row["summary"] or {}
         if row["state"] == "finished":

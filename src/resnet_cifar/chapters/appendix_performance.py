@@ -7,6 +7,7 @@ import inspect
 import pandas as pd
 
 from .. import bench, bench_summary
+from ..config import PROFILE_THREADS
 
 # The CPU-sized profiles' benchmark (smoke, cpu): seconds of timing per variant, so that a build from
 # committed records stays within minutes on a CPU (quick and paper: the full one); smoke, which
@@ -20,8 +21,10 @@ RECORDED_COLUMNS = ["device_name", "date", "library", "conventional", "ratio", "
 
 
 def measure(ch, seed: int = 0) -> dict:
-    """`bench.run_benchmark` on the chapter's device and data, cut down on the smoke and cpu profiles (BENCHMARK)."""
-    return bench.run_benchmark(device=ch.device, dataset=ch.dataset, seed=seed, **BENCHMARK.get(ch.profile, {}))
+    """`bench.run_benchmark` on the chapter's device and data, cut down on the smoke and cpu profiles
+    (BENCHMARK), on the profile's CPU threads as its runs (smoke: one; see `config.PROFILE_THREADS`)."""
+    with ch.profile_threads():
+        return bench.run_benchmark(device=ch.device, dataset=ch.dataset, seed=seed, **BENCHMARK.get(ch.profile, {}))
 
 
 def cut_down_text(ch) -> str:
@@ -32,11 +35,13 @@ def cut_down_text(ch) -> str:
     s = BENCHMARK.get(ch.profile)
     if s is None:
         return full
+    n = PROFILE_THREADS.get(ch.profile) if ch.torch_device.type == "cpu" else None
+    threads = f", on {n} CPU thread{'s' * (n != 1)}, as the profile's runs train" if n else ""
     return (f"With profile {ch.profile} the benchmark is cut down so that the page builds quickly on a CPU: "
             f"{s['train_images']} training images, {s['warmup']} warm-up step, {s['rounds']} timed rounds of about "
             f"{s['seconds']:g} s per figure, the variants {', '.join(s['variants'])}, the conventional pipeline with "
             f"num_workers={', '.join(map(str, s['workers']))} only, {s['profile']} profiled step, and no torch.compile "
-            "(whose compilation alone takes tens of seconds on a CPU). " + full)
+            "(whose compilation alone takes tens of seconds on a CPU)" + threads + ". " + full)
 
 
 def caption(ch, record: dict, text: str) -> str:
