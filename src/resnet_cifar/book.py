@@ -137,13 +137,17 @@ class Chapter:
         with self.profile_threads():
             return train(config, dataset=self.dataset)
 
+    @property
+    def threads(self) -> int | None:
+        """The CPU threads this profile's work runs on (config.PROFILE_THREADS; None: the kernel's)."""
+        return PROFILE_THREADS.get(self.profile) if self.torch_device.type == "cpu" else None
+
     @contextlib.contextmanager
     def profile_threads(self):
-        """On the CPU, the profile's PROFILE_THREADS for what runs inside (its runs, the appendix's
-        benchmark); the kernel's own setting is restored afterwards."""
+        """`threads` for what runs inside (the profile's runs, the appendix's benchmark); the
+        kernel's own setting is restored afterwards."""
         before = torch.get_num_threads()
-        threads = PROFILE_THREADS.get(self.profile) if self.torch_device.type == "cpu" else None
-        torch.set_num_threads(threads or before)
+        torch.set_num_threads(self.threads or before)
         try:
             yield
         finally:

@@ -7,7 +7,6 @@ import inspect
 import pandas as pd
 
 from .. import bench, bench_summary
-from ..config import PROFILE_THREADS
 
 # The CPU-sized profiles' benchmark (smoke, cpu): seconds of timing per variant, so that a build from
 # committed records stays within minutes on a CPU (quick and paper: the full one); smoke, which
@@ -22,7 +21,7 @@ RECORDED_COLUMNS = ["device_name", "date", "library", "conventional", "ratio", "
 
 def measure(ch, seed: int = 0) -> dict:
     """`bench.run_benchmark` on the chapter's device and data, cut down on the smoke and cpu profiles
-    (BENCHMARK), on the profile's CPU threads as its runs (smoke: one; see `config.PROFILE_THREADS`)."""
+    (BENCHMARK), on the profile's CPU threads as its runs (`Chapter.threads`; smoke: one)."""
     with ch.profile_threads():
         return bench.run_benchmark(device=ch.device, dataset=ch.dataset, seed=seed, **BENCHMARK.get(ch.profile, {}))
 
@@ -35,7 +34,7 @@ def cut_down_text(ch) -> str:
     s = BENCHMARK.get(ch.profile)
     if s is None:
         return full
-    n = PROFILE_THREADS.get(ch.profile) if ch.torch_device.type == "cpu" else None
+    n = ch.threads
     threads = f", on {n} CPU thread{'s' * (n != 1)}, as the profile's runs train" if n else ""
     return (f"With profile {ch.profile} the benchmark is cut down so that the page builds quickly on a CPU: "
             f"{s['train_images']} training images, {s['warmup']} warm-up step, {s['rounds']} timed rounds of about "
