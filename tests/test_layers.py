@@ -128,3 +128,54 @@ def test_the_reference_check_finds_a_name_in_the_wrong_module():
 
 def test_the_docs_name_each_function_where_it_is_defined():
     assert wrong_references(doc_texts()) == []
+
+
+# ---------------------------------------------------------------- README's map and layer order
+
+README = (ROOT / "README.md").read_text()
+MAX_LINES = 400
+
+
+def readme_layers(text: str) -> list[list[list[str]]]:
+    """README's "Imports run one way: ..." sentence as chains (joined by ", and ") of layers
+    (joined by →) of modules (joined by commas); its parentheses are asides, not layers."""
+    sentence = text.split("Imports run one way:", 1)[1].split(". ", 1)[0]
+    sentence = re.sub(r"\([^)]*\)", "", " ".join(sentence.split()))
+    return [[[m.strip() for m in layer.split(",") if m.strip() and not m.strip().endswith("/")]
+             for layer in chain.split("→")] for chain in sentence.split(", and ")]
+
+
+def upward_imports(text: str, graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a module written in `text`'s order of a module written after it in its chain."""
+    wrong = []
+    for chain in readme_layers(text):
+        for i, layer in enumerate(chain):
+            later = {m for after in chain[i + 1:] for m in after}
+            wrong += [f"{m} imports {', '.join(sorted(graph.get(m, set()) & later))}" for m in layer
+                      if graph.get(m, set()) & later]
+    return wrong
+
+
+def test_the_layer_check_finds_an_import_against_the_order():
+    text = "Imports run one way: a, b → c (d beside them) → e, and f → g. Other text."
+    assert readme_layers(text) == [[["a", "b"], ["c"], ["e"]], [["f"], ["g"]]]
+    assert upward_imports(text, {"a": {"e"}, "c": {"a"}, "f": {"g"}}) == ["a imports e", "f imports g"]
+    assert upward_imports(text, {"e": {"a", "c"}, "g": {"f"}, "b": {"a"}}) == []
+
+
+def test_imports_follow_the_order_readme_writes():
+    graph = imports()
+    written = {m for chain in readme_layers(README) for layer in chain for m in layer}
+    assert {"models", "config", "runs", "train", "plan", "cli", "book"} <= written
+    assert written <= set(graph), f"README's order names no such module: {sorted(written - set(graph))}"
+    assert upward_imports(README, graph) == []
+
+
+def test_readmes_map_names_every_module_and_no_file_is_over_400_lines():
+    block = README.split("## The library", 1)[1].split("```", 2)[1]
+    mapped = set(re.findall(r"^  (\w+\.py|\w+/)", block, flags=re.M))
+    files = {p.name for p in PACKAGE.glob("*.py") if not p.stem.startswith("__")} | {"chapters/"}
+    assert mapped == files, f"README's map lacks {sorted(files - mapped)}, names {sorted(mapped - files)}"
+    long = {p.relative_to(PACKAGE).as_posix(): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}, f"files over {MAX_LINES} lines: {long}"
