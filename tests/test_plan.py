@@ -468,6 +468,58 @@ def test_export_then_chapters_render_from_records_without_training(chapter4, tmp
     assert list(table.index) == CHAPTER4 and (table["state"] == "finished").all()
 
 
+@pytest.mark.slow
+def test_a_rerun_with_other_values_reads_the_records_and_trains_only_its_new_runs(chapter4, tmp_path):
+    """Chapter 4 with short_patience=5 over published records of its default runs (a `runs`
+    folder beside them, as `chapter()` gives a page that found committed records): the published
+    runs are read and nothing is written to the records; plateau-patience5, outside the default
+    plan, is trained in the runs folder; plan table, captions and parameters say which is which.
+    A default run the records lack is still never trained."""
+    from resnet_cifar import cli
+    reference, _ = chapter4
+    data, records = str(real_data_dir()), tmp_path / "records"
+    assert cli.main(["export", "--profile", "smoke", "--data-dir", data, "--runs-dir", str(reference.parent.parent),
+                     "--records-dir", str(records), "--chapters", "04"]) == 0
+    before = sorted(str(p) for p in records.rglob("*"))
+    ch = book.chapter("smoke", "cpu", data, str(records), 0)
+    assert ch.train_dir is None  # an explicit folder of records is read only
+    ch.train_dir = tmp_path / "runs" / reference.parent.name / "smoke"
+    runs = {label: arm[0] for label, arm in ch.experiments("04_schedule", short_patience=5)["schedules"].items()}
+    assert list(runs) == ["multistep (paper)", "plateau, patience 1000", "plateau, patience 5", "cosine"]
+    new = runs.pop("plateau, patience 5")
+    assert not isinstance(new, REC.PublishedRun) and new.run_dir == ch.train_dir / "plateau-patience5"
+    assert new.summary["iterations_done"] == 10 and new.config["plateau_patience"] == 5
+    assert all(isinstance(r, REC.PublishedRun) and r.run_dir.parent == ch.runs_dir for r in runs.values())
+    assert sorted(str(p) for p in records.rglob("*")) == before
+    assert ch.outside == {"04_schedule": ["plateau-patience5"]}
+    table = ch.plan_table("04")
+    assert list(table.index) == ["resnet32-seed0", "plateau-patience1000", "plateau-patience5", "cosine"]
+    assert (table["state"] == "finished").all()
+    assert table["status"].str.endswith("(published)").tolist() == [True, True, False, True]
+    assert "committed records of" in ch.source(new, *runs.values()) and "+ runs trained here" in ch.source(
+        new, *runs.values())
+    assert "runs trained here" not in ch.source(*runs.values()) and "committed records" not in ch.source(new)
+    assert ch.parameters().data.loc["runs", "value"].endswith("(runs outside the default plan: …/smoke)")
+    with pytest.raises(RunError, match="'aug-none' is not in the records"):
+        ch.train("aug-none", dict(crop=False, flip=False, seed=0))
+
+
+def test_a_page_that_finds_committed_records_trains_its_other_runs_in_runs():
+    """`chapter()` with no runs_dir at a profile with committed records: read them, and train
+    what other parameter values make in <root>/runs; an explicit runs_dir is the only folder."""
+    if real_data_dir() is None:
+        pytest.skip("the chapters read the full CIFAR-10 folder")
+    from resnet_cifar.commands import dataset_identity
+    identity = dataset_identity(str(real_data_dir()))
+    if REC.read_manifest(ROOT / "book" / "records" / identity / "cpu") is None:
+        pytest.skip(f"no committed cpu records of {identity}")
+    ch = book.chapter("cpu", "cpu", str(real_data_dir()))
+    assert ch.runs_dir == ROOT / "book" / "records" / identity / "cpu" and ch.records is not None
+    assert ch.train_dir == ROOT / "runs" / identity / "cpu"
+    ch = book.chapter("cpu", "cpu", str(real_data_dir()), "runs")
+    assert ch.runs_dir == ROOT / "runs" / identity / "cpu" and ch.records is None and ch.train_dir is None
+
+
 @pytest.mark.book
 def test_a_chapter_builds_from_exported_records(chapter4, tmp_path):
     """build_book.py with --runs-dir at published records: chapter 4 renders from them, and a
@@ -523,3 +575,9 @@ def test_run_does_not_train_again_what_the_committed_records_hold(tmp_path, caps
     out = capsys.readouterr().out
     assert "1 run(s) of the plan are published in" in out and "not trained again: resnet32-seed0" in out
     assert not (tmp_path / "runs" / identity / "cpu" / "resnet32-seed0").exists()
+    # `plan` says the same: published, nothing left to run (with --retrain-published, `run` trains it)
+    assert cli.main(["plan", *args[1:]]) == 0
+    out = capsys.readouterr().out
+    assert "complete (published)" in out and "1 runs: 1 finished" in out
+    assert f"1 of them published in book/records/{identity}/cpu: `run` does not train them again" in out
+    assert cli.main(["plan", "--commands", *args[1:]]) == 0 and capsys.readouterr().out == ""

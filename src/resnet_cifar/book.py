@@ -23,7 +23,8 @@ from .devices import device_label, pick_device
 from . import experiments as E
 from .plan import accounting, match_chapters, plan
 from .plan import table as plan_table
-from .records import RECORDS, load_record, project_root, published, resolve_runs, shown_path, source_text
+from .records import (RECORDS, PublishedRun, load_record, project_root, published, resolve_runs, shown_path,
+                      source_text)
 from .runs import RunResult
 from .analysis import fmt
 from .train import train
@@ -73,6 +74,7 @@ class Chapter:
     params: dict = field(default_factory=dict)   # chapter -> the parameter values its experiments ran with
     outside: dict = field(default_factory=dict)  # chapter -> its runs that are not in the default plan
     records_data: str | None = None  # the copy of CIFAR-10 the runs were trained on, when not `dataset`'s
+    train_dir: Path | None = None  # with records: where runs outside the default plan train (None: nowhere)
 
     @property
     def runs_data(self) -> str:
@@ -130,10 +132,14 @@ class Chapter:
     def train(self, name: str, overrides: dict) -> RunResult:
         """Run `name` with `overrides` on this chapter's profile: read from published records, or
         trained (reused, resumed); on the CPU with the profile's PROFILE_THREADS (the kernel's
-        own setting is restored afterwards)."""
+        own setting is restored afterwards). With records, only a run they lack that lies outside
+        the default plan (other parameter values made it) is trained, in `train_dir`."""
         config = self.config(name, **overrides)
         if self.records is not None:
-            return load_record(self.runs_dir, config, self.profile)
+            lacking = not (Path(self.runs_dir) / config.run_name() / "summary.json").is_file()
+            if not (lacking and self.train_dir and any(name in runs for runs in self.outside.values())):
+                return load_record(self.runs_dir, config, self.profile)
+            config = self.config(name, **overrides, runs_dir=str(self.train_dir))
         with self.profile_threads():
             return train(config, dataset=self.dataset)
 
@@ -155,9 +161,10 @@ class Chapter:
 
     def plan_table(self, chapter: str | None = None):
         """The plan's runs of `chapter` ('02', '05_optimizers'; default: every chapter), at this
-        page's parameter values, as a DataFrame: status in this chapter's runs folder, time
-        measured or estimated."""
-        return plan_table(self.profile, self.runs_dir, self.device, project_root() / RECORDS, seed=self.seed,
+        page's parameter values, as a DataFrame: status (published records first, then the runs
+        trained in `train_dir`, else this chapter's runs folder), time measured or estimated."""
+        folder, records = (self.train_dir, self.runs_dir) if self.train_dir else (self.runs_dir, None)
+        return plan_table(self.profile, folder, self.device, project_root() / RECORDS, records, seed=self.seed,
                           chapters=[chapter] if chapter else None, params=self.params)
 
     def plan_slice(self, chapter: str) -> "pd.io.formats.style.Styler":
@@ -192,8 +199,10 @@ class Chapter:
         if not runs:  # a data-only figure: name the device this chapter would train on
             devices = [f"{self.torch_device} ({device_label(self.torch_device)}), no training"]
         where = ", ".join(devices)
-        if self.records is not None and runs:  # published records: say which (the devices stay last)
-            where = f"{source_text(self.records, runs)} · {where}"
+        read = tuple(r for r in runs if isinstance(r, PublishedRun))
+        if read:  # published records: say which, and whether runs trained here join them (the devices stay last)
+            also = " + runs trained here" if len(read) < len(runs) else ""
+            where = f"{source_text(self.records, read)}{also} · {where}"
         data = self.runs_label if runs else self.dataset.label + (
             f", this machine's data (the runs': {self.runs_label})" if self.here() else "")
         return f"profile {self.profile} · {data} · {where}"
@@ -243,6 +252,8 @@ class Chapter:
         rows = {"profile": self.profile, "device": f"{self.device} → {self.torch_device}",
                 "data": f"{self.dataset.label}, {shown_path(self.dataset.root)}",
                 "runs": shown_path(self.runs_dir), "seed": self.seed}
+        if self.train_dir:
+            rows["runs"] += f" (runs outside the default plan: {shown_path(self.train_dir)})"
         if self.records_data:
             rows["records_data"] = f"{self.records_data}: the runs' data ({self.runs_label})"
         rows.update({k: ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in knobs.items()})
@@ -340,6 +351,8 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
                              f"of {records_data}, and {runs_dir}): give one of them")
         runs, records = published(root, profile, records_data)
         return Chapter(profile, device, dataset, runs, seed, records, records_data=records_data)
-    # explicit runs_dir > published records of this dataset and profile (not smoke) > <root>/runs
+    # explicit runs_dir > published records of this dataset and profile (not smoke) > <root>/runs;
+    # records found so are read first, and the runs other parameter values make train in <root>/runs
     runs, records = resolve_runs(root, profile, dataset.identity, runs_dir)
-    return Chapter(profile, device, dataset, runs, seed, records)
+    own = resolve_runs(root, profile, dataset.identity, "runs")[0] if records is not None and runs_dir is None else None
+    return Chapter(profile, device, dataset, runs, seed, records, train_dir=own)

@@ -14,7 +14,8 @@ from .config import PROFILES
 from .data import dataset_label
 from .devices import DeviceError, device_label, pick_device
 from .fused import check_fuse, default_fuse, groups
-from .records import RECORDS, best_records, committed, export, inside, project_root, read_manifest, results_markdown
+from .records import (RECORDS, best_records, committed, export, inside, project_root, read_manifest,
+                      results_markdown, shown_path)
 from .runner import hms, run_plan
 
 
@@ -94,12 +95,14 @@ def main(args) -> int:
         raise ValueError(f"{folder} holds published records; runs are trained into a runs folder (--runs-dir runs) "
                          f"and published with `export`")
     runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
+    # trained before, perhaps on another machine: `run` does not train published runs again, and `plan` says so
     published = root / RECORDS / identity / args.profile
-    if (args.command == "run" and args.profile != "smoke" and not args.retrain_published
-            and read_manifest(published) is not None):
-        done = {r.name for r in runs if P.status(r, args.profile, published)["state"] == "finished"}
-        if done:  # trained before, perhaps on another machine: published runs are not trained again
-            print(f"{len(done)} run(s) of the plan are published in {published} and not trained again: "
+    if args.profile == "smoke" or getattr(args, "retrain_published", False) or read_manifest(published) is None:
+        published = None
+    if args.command == "run" and published is not None:
+        done = {r.name for r in runs if P.status(r, args.profile, folder, published).get("published")}
+        if done:
+            print(f"{len(done)} run(s) of the plan are published in {shown_path(published)} and not trained again: "
                   f"{', '.join(sorted(done))}")
             runs = [r for r in runs if r.name not in done]
     if args.command == "run":
@@ -109,10 +112,10 @@ def main(args) -> int:
                         args.status_every, fuse=fuse)
     if args.commands:
         for r in runs:
-            if P.status(r, args.profile, folder)["state"] != "finished":
+            if P.status(r, args.profile, folder, published)["state"] != "finished":
                 print(" ".join(["python -m resnet_cifar run", *_flags(args), "--only", r.name]))
         return 0
-    return _show_plan(args, runs, folder, identity, root)
+    return _show_plan(args, runs, folder, identity, root, published)
 
 
 def _flags(args) -> list[str]:
@@ -124,14 +127,14 @@ def _flags(args) -> list[str]:
     return flags
 
 
-def _show_plan(args, runs, folder: Path, identity: str, root: Path) -> int:
+def _show_plan(args, runs, folder: Path, identity: str, root: Path, published: Path | None) -> int:
     try:
         device = pick_device(args.device)
         on = f"{device} ({device_label(device)})"
     except DeviceError:  # estimate for a device this machine does not have, from runs recorded on one
         device = torch.device(args.device)
         on = f"{device} (not on this machine: rates of runs recorded on {device.type} devices)"
-    rows = P.estimates(runs, args.profile, folder, device, root / RECORDS)
+    rows = P.estimates(runs, args.profile, folder, device, root / RECORDS, published)
     fused = fused_groups(rows, args.fuse) if args.fuse is not None else None
     print(f"plan of profile {args.profile} · {dataset_label(identity)} · runs in {folder} · times on {on}")
     head = ("run", "chapters", "seed", "model", "dtype", "iterations", "status", "time", "time from")
@@ -152,6 +155,10 @@ def _show_plan(args, runs, folder: Path, identity: str, root: Path) -> int:
     images = sum(r["config"].iterations * r["config"].batch_size for r in rows)
     print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in states.items() if n) +
           f" · {sum(r['config'].iterations for r in rows):,} iterations, {images:,} training images")
+    shared = sum(bool(r.get("published")) for r in rows)
+    if shared:
+        print(f"{shared} of them published in {shown_path(published)}: `run` does not train them again "
+              f"(`run --retrain-published` does)")
     print(f"time: {hms(measured)} measured (finished runs) + {hms(sum(x for x in rest if x is not None))} estimated "
           f"for the {len(rest) - unknown} others, one run at a time on {on}"
           + (f"; {unknown} run(s) without an estimate (no measured rate on this device: finish one run of that "

@@ -4,7 +4,8 @@ The runs are the chapters' experiments (experiments.py) at their default paramet
 values given (`params`: chapter -> parameter values, `plan --set NAME=VALUE`); `plan(profile)`
 turns them into runs, one per name (several chapters share `resnet32-seed0`).
 `python -m resnet_cifar run` trains them (runner.py); `python -m resnet_cifar plan` shows each
-run's status in the runs folder and its time, measured or estimated from a measured step rate.
+run's status (in the committed records of its profile, read first, else in the runs folder) and its
+time, measured or estimated from a measured step rate.
 """
 from __future__ import annotations
 
@@ -117,8 +118,13 @@ def parse_settings(settings: list[str], chapters) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- status and cost
 
-def status(run: PlannedRun, profile: str, folder: Path) -> dict:
-    """`runs.state` of the run's folder in `folder`."""
+def status(run: PlannedRun, profile: str, folder: Path, published: Path | None = None) -> dict:
+    """`runs.state` of the run's folder in `folder`; a run finished in the records `published`
+    (read first) is 'finished' there, its text marked 'published'."""
+    if published is not None:
+        found = state(run.config(profile), Path(published) / run.name)
+        if found["state"] == "finished":
+            return {**found, "text": f"{found['text']} (published)", "published": True}
     return state(run.config(profile), Path(folder) / run.name)
 
 
@@ -170,20 +176,21 @@ def reference_rates(folders, label: str | None, device_type: str) -> list[dict]:
     return refs
 
 
-def estimates(runs: list[PlannedRun], profile: str, folder: Path, device, records_dir: Path) -> list[dict]:
+def estimates(runs: list[PlannedRun], profile: str, folder: Path, device, records_dir: Path,
+              published: Path | None = None) -> list[dict]:
     """Each run's status and time in seconds with where the time comes from: 'measured' (the
     run's own record); the rate of finished runs of the same dtype and batch size on this
     device label (any profile in the runs folder or the published records; evaluation included;
     scaled by multiply-adds); a recorded benchmark (training steps only); or None ('unknown').
     A device this machine does not have (plan --device cuda on a laptop) takes the rates of
-    runs on any device of its type."""
+    runs on any device of its type. `published`: records read before `folder` (`status`)."""
     device = as_device(device)
     try:
         label = device_label(pick_device(str(device)))
     except DeviceError:
         label = None
     folder = Path(folder)
-    rows = [dict(run=r, config=r.config(profile), **status(r, profile, folder)) for r in runs]
+    rows = [dict(run=r, config=r.config(profile), **status(r, profile, folder, published)) for r in runs]
     # rates only where a run needs an estimate: reading them counts every finished run's multiply-adds,
     # and one ResNet-34 among them imports torchvision (seconds), which a finished plan never needs
     unfinished = any(row["state"] != "finished" for row in rows)
@@ -217,12 +224,13 @@ def estimates(runs: list[PlannedRun], profile: str, folder: Path, device, record
     return rows
 
 
-def table(profile: str, folder: Path, device="cpu", records_dir: Path | None = None, **selection):
+def table(profile: str, folder: Path, device="cpu", records_dir: Path | None = None, published: Path | None = None,
+          **selection):
     """The plan as a DataFrame (one row per run): chapters, seed, model, iterations, status,
-    time in seconds and its source."""
+    time in seconds and its source (`published`: records read before `folder`)."""
     import pandas as pd
     records_dir = records_dir or project_root() / RECORDS
-    rows = estimates(plan(profile, **selection), profile, folder, device, records_dir)
+    rows = estimates(plan(profile, **selection), profile, folder, device, records_dir, published)
     return pd.DataFrame([{"run": r["run"].name, "chapters": ", ".join(r["run"].chapters), "seed": r["run"].seed,
                           "model": r["run"].model(), "dtype": r["config"].dtype, "batch": r["config"].batch_size,
                           "iterations": r["config"].iterations, "status": r["text"], "state": r["state"],
