@@ -133,7 +133,7 @@ def test_the_docs_name_each_function_where_it_is_defined():
 # ---------------------------------------------------------------- README's map and layer order
 
 README = (ROOT / "README.md").read_text()
-MAX_LINES = 400
+MAX_LINES = 450  # fewer, larger modules: a cap against sprawl, not a shape to fill
 
 
 def readme_layers(text: str) -> list[list[list[str]]]:
@@ -171,7 +171,7 @@ def test_imports_follow_the_order_readme_writes():
     assert upward_imports(README, graph) == []
 
 
-def test_readmes_map_names_every_module_and_no_file_is_over_400_lines():
+def test_readmes_map_names_every_module_and_no_file_is_over_the_line_cap():
     block = README.split("## The library", 1)[1].split("```", 2)[1]
     mapped = set(re.findall(r"^  (\w+\.py|\w+/)", block, flags=re.M))
     files = {p.name for p in PACKAGE.glob("*.py") if not p.stem.startswith("__")} | {"chapters/"}

@@ -141,13 +141,59 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny, dataset, tmp_path)
             train(name="r", dataset=dataset, **settings)
     run_dir = Path(tiny["runs_dir"]) / "r"
     summary = load_run(run_dir).summary
-    assert summary["status"] == "failed" and summary["status_detail"] == "interrupted at iteration 5"
+    # the record claims only what its checkpoint holds: iteration 4, with its history
+    assert summary["status"] == "failed" and summary["iterations_done"] == 4
+    assert summary["status_detail"] == "interrupted at iteration 5; its checkpoint holds iteration 4, where it resumes"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"] == 4
+    assert load_run(run_dir).history["iteration"].tolist() == [4]
     assert not (run_dir / "model.pt").exists() and not (run_dir / ".lock").exists()
     assert R.decide(TrainConfig(name="r", **settings), run_dir) == "resume"
     resumed = train(name="r", dataset=dataset, **settings)
     assert resumed.status == "complete" and resumed.summary["iterations_done"] == 8
     straight = train(name="r", dataset=dataset, **{**settings, "runs_dir": str(tmp_path / "straight")})
     _assert_identical_runs(resumed.run_dir, straight.run_dir)
+
+
+def test_an_unfinished_run_travels_through_the_records_and_resumes_bit_for_bit(dataset, training_data, tmp_path):
+    """A run interrupted on one machine and published with `export --partial` (its checkpoint
+    with it) resumes on another machine from the published files alone, and ends bit for bit
+    as the run never interrupted; its record names both sittings."""
+    from resnet_cifar import plan as P
+    from resnet_cifar import records as REC
+    run = P.plan("smoke", chapters=["04"])[0]
+    where = lambda folder: run.config("smoke", device="cpu", data_dir=str(training_data[0]),  # noqa: E731
+                                      runs_dir=str(tmp_path / folder), progress="none")
+    with pytest.MonkeyPatch.context() as mp:
+        _interrupt_at(mp, 7)  # after the checkpoint at 5
+        with pytest.raises(KeyboardInterrupt):
+            train(where("first"), dataset=dataset)
+    records = tmp_path / "records"
+    with pytest.raises(RunError, match="pass --partial to publish the others|not finished"):
+        REC.export([run], "smoke", dataset.identity, tmp_path / "first", records)
+    manifest = REC.export([run], "smoke", dataset.identity, tmp_path / "first", records, partial=True, planned=5)
+    assert manifest["runs"][run.name]["status"] == "unfinished" and manifest["runs"][run.name]["iterations_done"] == 5
+    assert sorted(p.name for p in (records / run.name).iterdir()) == ["checkpoint.pt", "config.json", "history.csv",
+                                                                       "summary.json"]
+    assert not REC.is_complete(manifest) and REC.finished_count(manifest) == 0
+    shutil.rmtree(tmp_path / "first")  # the first machine is gone
+
+    second = where("second")
+    assert P.status(run, "smoke", tmp_path / "second", records)["text"] == "interrupted at 5 (published: resumes there)"
+    assert REC.restore(records / run.name, tmp_path / "second" / run.name, second)
+    assert not REC.restore(records / run.name, tmp_path / "second" / run.name, second)  # holds it already
+    resumed = train(second, dataset=dataset)
+    assert resumed.status == "complete" and resumed.summary["iterations_done"] == run.config("smoke").iterations
+    straight = train(where("straight"), dataset=dataset)
+    _assert_identical_runs(resumed.run_dir, straight.run_dir)
+    first, then = resumed.summary["segments"]
+    assert (first["start"], first["end"], then["start"], then["end"]) == (0, 5, 5, resumed.summary["iterations_done"])
+    assert first["threads"] == then["threads"] == torch.get_num_threads() and then["device"].startswith(first["device"])
+    assert [s["start"] for s in straight.summary["segments"]] == [0]
+
+    # the finished run, exported again, replaces the unfinished one; the next export keeps it
+    manifest = REC.export([run], "smoke", dataset.identity, tmp_path / "second", records, planned=1)
+    assert manifest["runs"][run.name]["status"] == "complete" and REC.is_complete(manifest)
+    assert not (records / run.name / "checkpoint.pt").exists()
 
 
 def test_resume_false_refuses_an_unfinished_run(tiny, dataset):

@@ -23,9 +23,9 @@ from .devices import device_label, pick_device
 from . import experiments as E
 from .plan import accounting, match_chapters, plan
 from .plan import table as plan_table
-from .records import (RECORDS, PublishedRun, load_record, project_root, published, resolve_runs, shown_path,
-                      source_text)
-from .runs import RunResult
+from .records import (RECORDS, PublishedRun, load_record, partial_records, project_root, published, resolve_runs,
+                      restore, shown_path, source_text)
+from .runs import RunResult, state
 from .analysis import fmt
 from .train import train
 
@@ -75,6 +75,7 @@ class Chapter:
     outside: dict = field(default_factory=dict)  # chapter -> its runs that are not in the default plan
     records_data: str | None = None  # the copy of CIFAR-10 the runs were trained on, when not `dataset`'s
     train_dir: Path | None = None  # with records: where runs outside the default plan train (None: nowhere)
+    partial: Path | None = None  # without: partial committed records, read for their finished runs
 
     @property
     def runs_data(self) -> str:
@@ -135,6 +136,10 @@ class Chapter:
         own setting is restored afterwards). With records, only a run they lack that lies outside
         the default plan (other parameter values made it) is trained, in `train_dir`."""
         config = self.config(name, **overrides)
+        if self.partial is not None:  # published finished: read; published unfinished: resumed here
+            if state(config, self.partial / config.run_name())["state"] == "finished":
+                return load_record(self.partial, config, self.profile)
+            restore(self.partial / config.run_name(), Path(self.runs_dir) / config.run_name(), config)
         if self.records is not None:
             lacking = not (Path(self.runs_dir) / config.run_name() / "summary.json").is_file()
             if not (lacking and self.train_dir and any(name in runs for runs in self.outside.values())):
@@ -355,4 +360,5 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
     # records found so are read first, and the runs other parameter values make train in <root>/runs
     runs, records = resolve_runs(root, profile, dataset.identity, runs_dir)
     own = resolve_runs(root, profile, dataset.identity, "runs")[0] if records is not None and runs_dir is None else None
-    return Chapter(profile, device, dataset, runs, seed, records, train_dir=own)
+    partial = partial_records(root, profile, dataset.identity) if runs_dir is None else None
+    return Chapter(profile, device, dataset, runs, seed, records, train_dir=own, partial=partial)

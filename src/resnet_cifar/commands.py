@@ -86,10 +86,15 @@ def main(args) -> int:
             raise ValueError("smoke runs are not published: the smoke build always trains from scratch (it is what "
                              "the tests build); pass --records-dir to export them elsewhere")
         runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
-        manifest = export(runs, args.profile, identity, folder, records / identity / args.profile, args.partial)
-        print(f"exported {len(manifest['runs'])} of {len(runs)} runs of profile {args.profile} to "
-              f"{records / identity / args.profile} (config, summary, history; weights only of "
-              f"{', '.join(REC.KEPT_WEIGHTS.get(args.profile, ())) or 'none'})")
+        planned = len(runs) if args.set else len(P.plan(args.profile, args.seed))
+        manifest = export(runs, args.profile, identity, folder, records / identity / args.profile, args.partial,
+                          planned)
+        unfinished = {n: e for n, e in manifest["runs"].items() if e.get("status") == REC.UNFINISHED}
+        print(f"exported {len(manifest['runs']) - len(unfinished)} finished runs of the {planned} of profile "
+              f"{args.profile} to {records / identity / args.profile} (config, summary, history; weights only of "
+              f"{', '.join(REC.KEPT_WEIGHTS.get(args.profile, ())) or 'none'})"
+              + "".join(f"; {n} unfinished at {e['iterations_done']:,} iterations, with its checkpoint"
+                        for n, e in unfinished.items()))
         return 0
     if read_manifest(folder) is not None or inside(folder, root / RECORDS):
         raise ValueError(f"{folder} holds published records; runs are trained into a runs folder (--runs-dir runs) "
@@ -105,6 +110,12 @@ def main(args) -> int:
             print(f"{len(done)} run(s) of the plan are published in {shown_path(published)} and not trained again: "
                   f"{', '.join(sorted(done))}")
             runs = [r for r in runs if r.name not in done]
+    if args.command == "run" and read_manifest(root / RECORDS / identity / args.profile) is not None:
+        for r in runs:  # published unfinished, perhaps by another machine: resumed from its checkpoint
+            source = root / RECORDS / identity / args.profile / r.name
+            if REC.restore(source, folder / r.name, r.config(args.profile)):
+                print(f"{r.name}: resumes from the checkpoint published in {shown_path(source)} "
+                      f"(iteration {REC.read_json(folder / r.name / 'summary.json')['iterations_done']:,})")
     if args.command == "run":
         # --jobs > 1 asks for worker processes, which train single runs
         fuse = (default_fuse(args.device) if args.jobs == 1 else 1) if args.fuse is None else check_fuse(args.fuse)
@@ -198,5 +209,7 @@ def _records(root: Path, identity: str, best: bool, markdown: str | None = None)
     if not found:
         print(f"no committed records of {identity} in {root / RECORDS} (smoke is never published)")
     for r in found:
-        print(f"{r['profile']}: {r['runs']} of {r['planned']} runs, exported {r['exported']}, commit {r['commit']}")
+        print(f"{r['profile']}: {r['finished']} of {r['planned']} runs, exported {r['exported']}, commit {r['commit']}"
+              + "".join(f"; {name} unfinished at {done:,} iterations (`run --profile {r['profile']} --only {name}` "
+                        f"resumes it)" for name, done in r["unfinished"].items()))
     return 0

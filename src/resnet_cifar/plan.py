@@ -20,7 +20,7 @@ from . import experiments as E
 from .config import PROFILES, TrainConfig, profile_config
 from .devices import DeviceError, device_label, pick_device
 from .models import multiply_adds
-from .records import RECORDS, load_records, project_root, resolve_runs
+from .records import RECORDS, behind, load_records, project_root, resolve_runs
 from .runs import FINISHED, config_diff, read_json, state
 
 
@@ -120,12 +120,16 @@ def parse_settings(settings: list[str], chapters) -> dict[str, dict]:
 
 def status(run: PlannedRun, profile: str, folder: Path, published: Path | None = None) -> dict:
     """`runs.state` of the run's folder in `folder`; a run finished in the records `published`
-    (read first) is 'finished' there, its text marked 'published'."""
+    (read first) is 'finished' there, its text marked 'published'; one published unfinished
+    with more iterations than `folder` holds is interrupted there (`run` resumes from it)."""
+    here = state(run.config(profile), Path(folder) / run.name)
     if published is not None:
         found = state(run.config(profile), Path(published) / run.name)
         if found["state"] == "finished":
             return {**found, "text": f"{found['text']} (published)", "published": True}
-    return state(run.config(profile), Path(folder) / run.name)
+        if behind(here, found):
+            return {**found, "text": f"{found['text']} (published: resumes there)"}  # records.restore
+    return here
 
 
 def model_flops(config: TrainConfig) -> float:

@@ -6,13 +6,16 @@ to be committed, and read back by the chapters without training.
     <name>/summary.json      its summary (status, errors, speed, device, commit, ...)
     <name>/history.csv       one row per evaluation
     <name>/lr_trace.csv      only when small; otherwise rebuilt from the config and the history
-No weights and no checkpoints: `RunResult.load_model()` needs a run folder of `runs/`.
+    <name>/model.pt          the final weights of the runs of KEPT_WEIGHTS
+    <name>/checkpoint.pt     only for a run still training (exported with --partial, status
+                             'unfinished'): `run` resumes it from there on any machine
 
-Where a chapter reads its runs (`resolve_runs`): an explicit runs_dir > the committed records
-of its dataset and profile > runs/. The smoke profile never reads committed records: it trains
-from scratch in seconds, and it is what the tests build. A chapter that reads records never
-trains (a missing run is an error naming `run` and `export`), and nothing trains into
-book/records.
+Where a chapter reads its runs (`resolve_runs`): an explicit runs_dir > the complete committed
+records of its dataset and profile > runs/. The smoke profile never reads committed records: it
+trains from scratch in seconds, and it is what the tests build. A chapter that reads records
+never trains (a missing run is an error naming `run` and `export`), and nothing trains into
+book/records. Partial records (some runs still to train) are read run by run instead: a
+published finished run is read, a published unfinished one resumed in runs/ from its checkpoint.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ PLACES = dict(data_dir=TrainConfig.data_dir, runs_dir=TrainConfig.runs_dir)  # a
 # errors; chapter 5's final-ReLU probe).
 KEPT_WEIGHTS = {"cpu": ("resnet32-seed0", "final-relu")}
 SMALL_TRACE = 32 * 1024  # bytes: a smoke run's lr_trace.csv is copied, a 6.4k-iteration one rebuilt
+UNFINISHED = "unfinished"  # the status of a published run that is still training (published with its checkpoint)
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -78,10 +82,20 @@ def inside(path: Path, folder: Path) -> bool:
     return Path(folder).resolve() in (Path(path).resolve(), *Path(path).resolve().parents)
 
 
+def finished_count(manifest: dict) -> int:
+    """How many of a manifest's runs are finished (not published while still training)."""
+    return sum(entry.get("status") != UNFINISHED for entry in manifest.get("runs", {}).values())
+
+
+def is_complete(manifest: dict) -> bool:
+    """Whether the records hold every planned run, finished."""
+    return finished_count(manifest) >= (manifest.get("planned") or 0)
+
+
 def resolve_runs(root: Path, profile: str, dataset: str, runs_dir=None) -> tuple[Path, dict | None]:
-    """(folder of the runs, records manifest or None): explicit `runs_dir` > the committed
-    records of `dataset`/`profile` (not for smoke) > <root>/runs. A manifest (a dict, {} for a
-    folder under book/records without one) means: read only, never train."""
+    """(folder of the runs, records manifest or None): explicit `runs_dir` > the complete
+    committed records of `dataset`/`profile` (not for smoke) > <root>/runs. A manifest (a dict,
+    {} for a folder under book/records without one) means: read only, never train."""
     root = Path(root)
     if runs_dir is not None:
         folder = root / runs_dir / dataset / profile
@@ -91,9 +105,41 @@ def resolve_runs(root: Path, profile: str, dataset: str, runs_dir=None) -> tuple
         return folder, manifest
     committed = root / RECORDS / dataset / profile
     manifest = read_manifest(committed)
-    if profile != "smoke" and manifest is not None:
+    if profile != "smoke" and manifest is not None and is_complete(manifest):
         return committed, manifest
     return root / "runs" / dataset / profile, None
+
+
+def partial_records(root: Path, profile: str, dataset: str) -> Path | None:
+    """The committed records of `dataset`/`profile` when they are partial (some runs still to
+    train): a build from runs/ reads their finished runs and resumes their unfinished ones."""
+    folder = Path(root) / RECORDS / dataset / profile
+    manifest = read_manifest(folder)
+    return folder if profile != "smoke" and manifest is not None and not is_complete(manifest) else None
+
+
+def behind(ours: dict, theirs: dict) -> bool:
+    """Whether a published unfinished run (`theirs`, runs.state) is ahead of the runs folder's
+    (`ours`): nothing there, or an interruption at fewer iterations."""
+    return theirs["state"] == "interrupted" and (ours["state"] == "missing" or (
+        ours["state"] in ("interrupted", "failed") and ours["done"] < theirs["done"]))
+
+
+def restore(published: Path, run_dir: Path, config: TrainConfig) -> bool:
+    """Copy a published unfinished run (its checkpoint, config, summary, history) from the
+    records into `run_dir`, when `run_dir` holds less of it (nothing, or an older interruption):
+    training then resumes it where the last machine stopped. True when it copied."""
+    theirs, ours = state(config, published), state(config, run_dir)
+    if not (Path(published) / "checkpoint.pt").is_file() or not behind(ours, theirs):
+        return False
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("checkpoint.pt", "history.csv", "config.json"):
+        shutil.copy2(Path(published) / name, run_dir / name)
+    summary = read_json(Path(published) / "summary.json")
+    write_json(run_dir / "summary.json", dict(summary, status="failed", status_detail=(
+        f"interrupted at iteration {summary['iterations_done']}: restored from the records {shown_path(published)}")))
+    return True
 
 
 def published(root: Path, profile: str, dataset: str) -> tuple[Path, dict]:
@@ -176,42 +222,63 @@ def source_text(manifest: dict, runs: tuple[RunResult, ...] = ()) -> str:
     return f"committed records of {date}" + (f", commit {', '.join(commits)}" if commits else "")
 
 
-def export(runs, profile: str, dataset: str, source: Path, target: Path, partial: bool = False) -> dict:
-    """Copy the small files of the finished runs of `runs` (PlannedRun) from `source` to
-    `target` (replaced as a whole) and write its records.json; returns the manifest."""
+def export(runs, profile: str, dataset: str, source: Path, target: Path, partial: bool = False,
+           planned: int | None = None) -> dict:
+    """Publish the runs of `runs` (PlannedRun) from the runs folder `source` in the records folder
+    `target` (replaced as a whole, atomically) and write its records.json; returns the manifest.
+    A finished run's small files are copied; with `partial`, an unfinished one's too, with its
+    checkpoint (status 'unfinished'), so that any machine resumes it (`restore`). A run
+    published earlier stays published unless `source` holds more of it, and so does every
+    published run outside `runs`. `planned`: the profile's number of runs (default: len(runs))."""
     source, target = Path(source), Path(target)
     if inside(target, source) or inside(source, target):
         raise RunError(f"the records folder {target} and the runs folder {source} must not contain each other")
-    states = {r.name: state(r.config(profile), source / r.name) for r in runs}
-    kept = {r.name: state(r.config(profile), target / r.name) for r in runs if states[r.name]["state"] != "finished"}
-    kept = {name for name, s in kept.items() if s["state"] == "finished"}  # published earlier: kept as they are
-    finished = [r for r in runs if states[r.name]["state"] == "finished" or r.name in kept]
-    missing = [f"{r.name} ({states[r.name]['text']})" for r in runs if r not in finished]
-    if not finished or (missing and not partial):
+    previous = read_manifest(target) or {}
+    here = {r.name: state(r.config(profile), source / r.name) for r in runs}
+    there = {r.name: state(r.config(profile), target / r.name) for r in runs}
+    fresh, kept, missing = [], [n for n in previous.get("runs", {}) if n not in here], []
+    for r in runs:
+        ours, theirs = here[r.name], there[r.name]
+        if ours["state"] == "finished":
+            fresh.append(r)
+        elif theirs["state"] == "finished":
+            kept.append(r.name)
+        elif partial and ours["state"] in ("interrupted", "running") and ours["done"] > (
+                theirs["done"] if theirs["state"] == "interrupted" else -1):
+            fresh.append(r)
+        elif partial and theirs["state"] == "interrupted":
+            kept.append(r.name)
+        else:
+            missing.append(f"{r.name} ({ours['text']})")
+    if not (fresh or kept) or (missing and not partial):
         raise RunError(f"{len(missing)} of {len(runs)} runs of profile {profile} are not finished in {source}: "
                        f"{', '.join(missing)}. Train them with `python -m resnet_cifar run --profile {profile}`"
-                       + ("" if not finished else ", or pass --partial to publish the finished ones") + ".")
+                       + ("" if not (fresh or kept) else ", or pass --partial to publish the others (an unfinished "
+                          "run with its checkpoint)") + ".")
     tmp = target.with_name(target.name + ".export-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     manifest = dict(profile=profile, dataset=dataset, exported=time.strftime("%Y-%m-%d %H:%M"),
-                    export_commit=git_commit(), planned=len(runs), runs={})
-    previous = read_manifest(target) or {}
-    for r in finished:
-        if r.name in kept:
-            shutil.copytree(target / r.name, tmp / r.name)
-            manifest["runs"][r.name] = previous.get("runs", {}).get(r.name, {})
-            continue
+                    export_commit=git_commit(), planned=planned or len(runs), runs={})
+    for name in kept:
+        if (target / name).is_dir():
+            shutil.copytree(target / name, tmp / name)
+            manifest["runs"][name] = previous.get("runs", {}).get(name, {})
+    for r in fresh:
         src, dst = source / r.name, tmp / r.name
         dst.mkdir(parents=True)
-        for name in FILES[1:]:
-            shutil.copy2(src / name, dst / name)
+        finished = here[r.name]["state"] == "finished"
+        if finished:
+            for name in FILES[1:]:
+                shutil.copy2(src / name, dst / name)
+        else:
+            _copy_unfinished(src, dst)
         # where it ran is not what it computes (not its identity), and a builder's folders are nobody's business
         write_json(dst / "config.json", {**read_json(src / "config.json"), **PLACES})
-        if r.name in KEPT_WEIGHTS.get(profile, ()) and (src / "model.pt").is_file():
+        if finished and r.name in KEPT_WEIGHTS.get(profile, ()) and (src / "model.pt").is_file():
             shutil.copy2(src / "model.pt", dst / "model.pt")
-        run = load_run(src)
+        run = load_run(dst if not finished else src)
         trace = src / "lr_trace.csv"
-        if trace.is_file() and (trace.stat().st_size <= SMALL_TRACE or not same_trace(run)):
+        if finished and trace.is_file() and (trace.stat().st_size <= SMALL_TRACE or not same_trace(run)):
             shutil.copy2(trace, dst / "lr_trace.csv")
         s = run.summary
         manifest["runs"][r.name] = {k: s.get(k) for k in ("status", "iterations_done", "final_test_error", "device",
@@ -227,6 +294,26 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
     return manifest
 
 
+def _copy_unfinished(src: Path, dst: Path, tries: int = 20) -> None:
+    """Copy an unfinished run's checkpoint with the summary and history of that same checkpoint.
+    The run may be training while it is copied (it writes checkpoint, history, summary in turn):
+    copy until the summary's iterations are the checkpoint's."""
+    import torch
+    for _ in range(tries):
+        shutil.copy2(src / "checkpoint.pt", dst / "checkpoint.pt")
+        shutil.copy2(src / "history.csv", dst / "history.csv")
+        summary = read_json(src / "summary.json") or {}
+        iteration = torch.load(dst / "checkpoint.pt", map_location="cpu", weights_only=True)["iteration"]
+        if summary.get("iterations_done") == iteration:
+            break
+        time.sleep(0.5)
+    else:
+        raise RunError(f"{src}: its summary.json and checkpoint.pt hold different iterations; export it again")
+    done, total = summary["iterations_done"], summary.get("iterations") or 0
+    write_json(dst / "summary.json", dict(summary, status=UNFINISHED, status_detail=(
+        f"unfinished: {done:,} of {total:,} iterations, published with its checkpoint (`run` resumes it)")))
+
+
 def copies(root: Path) -> list[str]:
     """The copies of CIFAR-10 (dataset identities) that have a folder of committed records, sorted."""
     return sorted(p.name for p in (Path(root) / RECORDS).glob("*/"))
@@ -238,7 +325,10 @@ def committed(root: Path, dataset: str) -> list[dict]:
     for profile in PROFILES:
         manifest = read_manifest(Path(root) / RECORDS / dataset / profile)
         if profile != "smoke" and manifest is not None:
-            out.append(dict(profile=profile, runs=len(manifest.get("runs", {})), planned=manifest.get("planned"),
+            out.append(dict(profile=profile, runs=len(manifest.get("runs", {})), finished=finished_count(manifest),
+                            unfinished={n: e.get("iterations_done") for n, e in manifest.get("runs", {}).items()
+                                        if e.get("status") == UNFINISHED},
+                            planned=manifest.get("planned"),
                             exported=manifest.get("exported"), commit=manifest.get("export_commit")))
     return out
 
@@ -246,7 +336,7 @@ def committed(root: Path, dataset: str) -> list[dict]:
 def best_profile(root: Path, dataset: str) -> str | None:
     """The committed profile with the largest share of its planned runs (ties: the longer budget);
     partial records (exported with --partial, while the rest still trains) are never the best."""
-    found = [r for r in committed(root, dataset) if r["runs"] >= (r["planned"] or 0)]
+    found = [r for r in committed(root, dataset) if r["finished"] >= (r["planned"] or 0)]
     share = lambda r: (r["runs"] / max(r["planned"] or 1, 1), list(PROFILES).index(r["profile"]))  # noqa: E731
     return max(found, key=share)["profile"] if found else None
 
@@ -279,10 +369,14 @@ def results_markdown(root: Path, dataset: str, profile: str) -> str:
         rows.append(f"| {name} | {s.get('status', '–')} | {s.get('iterations_done', 0):,} | "
                     f"{pct(s.get('final_test_error'))} | {pct(s.get('best_val_error'))} | "
                     f"{s.get('device_name', '–')} | {minutes:.0f} min |")
-    done, planned = len(manifest.get("runs", {})), manifest.get("planned")
+    done, planned = finished_count(manifest), manifest.get("planned")
+    training = len(manifest.get("runs", {})) - done
     head = (f"Profile {profile} ({cfg.iterations:,} iterations of batch {cfg.batch_size}, lr ÷10 at "
             f"{' and '.join(f'{m:,}' for m in cfg.milestones)}) on {dataset}: {done} of {planned} planned runs "
-            f"published ({'complete' if done >= (planned or 0) else 'partial: the rest is still training'}), "
-            f"exported {manifest.get('exported')}. Not the paper's budget"
-            + ("" if dataset == "official" else ", not the official data") + ".")
+            f"published ({'complete' if done >= (planned or 0) else 'partial: the rest is still training'}"
+            + (f"; {training} published unfinished, with its checkpoint" if training else "") + "), "
+            f"exported {manifest.get('exported')}. "
+            + ("Not the paper's budget" if profile != "paper" else "The paper's budget")
+            + ("" if dataset == "official" else (", not the official data" if profile != "paper"
+                                                 else ", but not the official data")) + ".")
     return head + "\n\n" + "\n".join(rows)

@@ -255,22 +255,46 @@ class LoopState:
     lr_warmup: bool = False                           # warmup_until_error: still at warmup_lr
     lr_warmup_window: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
     lr_warmup_ended: int | None = None
+    # the sittings that trained it, one per (re)start: iterations from-to, device, threads, seconds, commit
+    segments: list = field(default_factory=list)
 
     # checkpoint key -> field, as checkpoints have always named them (old runs resume)
     SAVED = dict(iteration="iteration", history="history", lr_changes="lr_changes", wall_time="wall_time",
                  warmup_time="startup_time", warmup_iterations="startup_iterations", eval_time="eval_time",
                  window="window", lr_warmup="lr_warmup", lr_warmup_window="lr_warmup_window",
-                 lr_warmup_ended="lr_warmup_ended")
+                 lr_warmup_ended="lr_warmup_ended", segments="segments")
 
     def saved(self) -> dict:
+        self.close_segment()
         return {key: getattr(self, name) for key, name in self.SAVED.items()}
 
     @classmethod
     def from_saved(cls, saved: dict) -> "LoopState":
-        state = cls(**{name: saved[key] for key, name in cls.SAVED.items()})
+        state = cls(**{name: saved[key] for key, name in cls.SAVED.items() if key in saved})  # older: no segments
         state.window, state.lr_warmup_window = state.window.cpu(), state.lr_warmup_window.cpu()
         state.lr_changes = [tuple(c) for c in state.lr_changes]
         return state
+
+    def seconds(self) -> float:
+        return self.wall_time + self.eval_time
+
+    def begin_segment(self, device: str, threads: int | None, world: int, earlier: dict | None = None) -> None:
+        """A new sitting starts at this iteration. A checkpoint from before segments were kept
+        gets one segment for its earlier sittings, from the summary they left (`earlier`)."""
+        e = earlier or {}
+        if not self.segments and self.iteration > 0:
+            self.segments.append(dict(start=0, end=self.iteration, seconds=self.seconds(), device=e.get("device_name"),
+                                      threads=None, world_size=e.get("world_size"), torch=e.get("torch_version"),
+                                      commit=e.get("git_commit"), began=None, note="sittings before segments"))
+        self.segments.append(dict(start=self.iteration, end=self.iteration, seconds=0.0, device=device, threads=threads,
+                                  world_size=world, torch=str(torch.__version__), commit=git_commit(),
+                                  began=time.strftime("%Y-%m-%dT%H:%M:%S"), base=self.seconds()))
+
+    def close_segment(self) -> None:
+        """The current segment reaches this iteration."""
+        if self.segments:
+            seg = self.segments[-1]
+            seg.update(end=self.iteration, seconds=self.seconds() - seg.get("base", 0.0))
 
 
 class Record:
@@ -293,6 +317,7 @@ class Record:
         return row
 
     def summary(self, state: LoopState, status: str) -> dict:
+        state.close_segment()
         history = state.history
         scored = [r for r in history if not math.isnan(r["val_error"])]
         best = min(scored, key=lambda r: r["val_error"]) if scored else None
@@ -308,6 +333,7 @@ class Record:
             wall_time_s=state.wall_time, warmup_time_s=state.startup_time,
             warmup_iterations=state.startup_iterations, eval_time_s=state.eval_time,
             lr_warmup_ended_at=state.lr_warmup_ended,  # warmup_until_error: the iteration the lr went up
+            segments=[{k: v for k, v in seg.items() if k != "base"} for seg in state.segments],
             # steady state: the steps after each (re)start's start-up iterations
             train_images_per_s=steady_images / steady_s if steady_images > 0 and steady_s > 0 else None,
             updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -316,7 +342,8 @@ class Record:
         if self.enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / "config.json", dataclasses.asdict(self.config))
-            write_json(self.run_dir / "summary.json", self.summary(state, "running"))
+            self.last_summary = self.summary(state, "running")
+            write_json(self.run_dir / "summary.json", self.last_summary)
 
     def checkpoint(self, state: LoopState, model, optimizer, plateau, status: str = "running") -> None:
         if not self.enabled:
@@ -325,7 +352,8 @@ class Record:
                               optimizer=optimizer.state_dict(), plateau=plateau.state_dict() if plateau else None,
                               rng_cpu=torch.get_rng_state()), self.run_dir / "checkpoint.pt")
         write_csv(self.run_dir / "history.csv", state.history, HISTORY_COLUMNS)
-        write_json(self.run_dir / "summary.json", self.summary(state, status))
+        self.last_summary = self.summary(state, status)  # what the checkpoint holds, as a summary
+        write_json(self.run_dir / "summary.json", self.last_summary)
 
     def finish(self, state: LoopState, status: str, model, optimizer, plateau) -> None:
         if not self.enabled:
@@ -339,10 +367,17 @@ class Record:
         write_json(self.run_dir / "summary.json", self.summary(state, status))
 
     def failed(self, state: LoopState, detail: str) -> None:
+        """The run stopped (`detail`: 'interrupted at iteration k', or the error): its summary
+        stays that of its last checkpoint (iterations, history, segments), which is what a
+        resume starts from, so the record never claims steps it does not hold."""
         if self.enabled:
+            done = self.last_summary["iterations_done"]
+            resume = (f"; its checkpoint holds iteration {done:,}, where it resumes" if done
+                      else "; no checkpoint yet: it starts over")
             with contextlib.suppress(OSError):
-                write_json(self.run_dir / "summary.json", dict(self.summary(state, "failed"),
-                                                                    status_detail=detail))
+                write_json(self.run_dir / "summary.json", dict(self.last_summary, status="failed",
+                                                                    status_detail=detail + resume,
+                                                                    updated=time.strftime("%Y-%m-%dT%H:%M:%S")))
 
 
 def lr_trace(changes: list[tuple[int, float]], iterations: int) -> list[dict]:

@@ -151,6 +151,8 @@ def open_record(config: TrainConfig, run_dir: Path, resume: bool, data: Prepared
     state = runs.LoopState(lr_warmup=config.warmup_until_error is not None)
     if resume:
         state = load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, plateau, device)
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    state.begin_segment(device_label(device), threads, world, earlier=runs.read_json(run_dir / "summary.json"))
     facts = {**run_facts(config, run_dir, data, device, numerics, model, world), **facts}
     record = runs.Record(config, run_dir, per_epoch, facts, enabled=rank == 0)
     record.start(state)
