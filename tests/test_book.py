@@ -24,6 +24,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 import yaml
 
 from resnet_cifar import data as D
@@ -367,6 +368,70 @@ def test_headline_without_a_finished_run_says_so(dataset, tmp_path):
     assert facts["head_verdict"].startswith("None of the 2 runs finished")
     fig, table, class_facts = results.class_errors(ch, head.runs)
     assert fig is None and class_facts["res_best"] == "no run with weights (no run finished)"
+
+
+def _paper_record(tmp_path):
+    """A made-up record of the paper's whole schedule, unfinished at 780 of 64,000 iterations,
+    trained in two sittings on two machines."""
+    import dataclasses
+    import pandas as pd
+    from resnet_cifar.config import profile_config
+    from resnet_cifar.runs import RunResult
+    config = dataclasses.asdict(profile_config("paper", name=results.PAPER_RUN, val_size=0))
+    rows = [dict(iteration=390, lr=0.1, train_error=0.6, test_error=0.3),
+            dict(iteration=780, lr=0.1, train_error=0.5, test_error=0.35)]
+    segments = [dict(start=0, end=390, seconds=1800.0, device="CPU A", threads=2, commit="aaaaaaa", began=None),
+                dict(start=390, end=780, seconds=1800.0, device="CPU B", threads=2, commit="bbbbbbb",
+                     began="2030-01-01T10:00:00")]
+    summary = dict(status="unfinished", status_detail="unfinished", iterations_done=780, iterations=64000,
+                   final_test_error=0.35, dataset="jpeg-q75-copy", dataset_label="CIFAR-10 (JPEG q75 copy)",
+                   device="cpu", device_name="CPU B", train_size=50000, test_size=10000, segments=segments)
+    return RunResult(tmp_path / results.PAPER_RUN, config, summary, pd.DataFrame(rows), pd.DataFrame())
+
+
+def test_the_paper_schedule_section_states_what_its_record_holds(dataset, tmp_path):
+    from resnet_cifar import book
+    run = _paper_record(tmp_path)
+    facts = results.paper_facts(run)
+    assert facts["sched_status"] == "780 of 64,000 iterations (1 %), still training"
+    assert (facts["sched_error"], facts["sched_at"], facts["sched_lr"]) == ("35.00", "780", "0.1")
+    assert facts["sched_lowest"] == "30.00 % at iteration 390"
+    assert facts["sched_sittings"] == "2 sitting(s), 1.0 hours of training and evaluation, on CPU A; CPU B"
+    assert facts["sched_data"] == "CIFAR-10 (JPEG q75 copy), 50,000 training and 10,000 test images"
+    ax = results.paper_figure(run).axes[0]
+    assert ax.get_xlim() == (0, 64000)
+    assert sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "-.") == [32000, 48000]
+    assert "paper: 7.51 %" in [t.get_text() for t in ax.get_legend().get_texts()]
+    sittings = results.paper_sittings(run).data
+    assert sittings["iterations"].tolist() == ["0 – 390", "390 – 780"] and sittings["device"].tolist() == ["CPU A",
+                                                                                                         "CPU B"]
+    assert sittings["images/s"].tolist() == pytest.approx([390 * 128 / 1800] * 2)
+    ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
+    head = results.Headline(ch, {"seed 0": _record(tmp_path, "a", "complete", 0.2)})
+    table = head.comparison(run).data
+    row = table.loc["this book, the paper's schedule (all 50k, seed 0)"]
+    assert row["test error %"] == "35.00 (latest)" and row["budget"] == "780 of 64,000 iterations × batch 128"
+    assert row["comparable"] == "NO: not the official data and unfinished (780 of 64,000)"
+    none = results.paper_facts(None)
+    assert none["sched_status"].startswith("no run of the paper's whole schedule is committed")
+    assert results.paper_sittings(None).data.empty
+
+
+def test_the_committed_paper_run_is_the_plans_run(dataset, tmp_path):
+    """The committed record of the paper's schedule (when this data copy has one) loads with the
+    plan's identity: a change to the recipe's defaults would make it another run."""
+    from resnet_cifar import book
+    ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0, records_data="jpeg-q75-copy")
+    run = results.paper_run(ch)
+    if run is None:
+        pytest.skip("no record of the paper's schedule is committed for the JPEG copy")
+    assert run.name == results.PAPER_RUN and run.config["val_size"] == 0 and run.summary["train_size"] == 50000
+    assert run.status in ("unfinished", "complete")
+    assert results.paper_facts(run)["sched_at"] == f"{run.summary['iterations_done']:,}"
+    assert run.history["iteration"].iloc[-1] == run.summary["iterations_done"]
+    if run.status == "unfinished":  # its checkpoint holds exactly what its summary claims
+        saved = torch.load(run.run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+        assert saved["iteration"] == run.summary["iterations_done"] and len(saved["history"]) == len(run.history)
 
 
 def test_published_records_without_weights_render_placeholders(dataset, tmp_path):

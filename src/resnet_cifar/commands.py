@@ -91,8 +91,8 @@ def main(args) -> int:
                           planned)
         unfinished = {n: e for n, e in manifest["runs"].items() if e.get("status") == REC.UNFINISHED}
         print(f"exported {len(manifest['runs']) - len(unfinished)} finished runs of the {planned} of profile "
-              f"{args.profile} to {records / identity / args.profile} (config, summary, history; weights only of "
-              f"{', '.join(REC.KEPT_WEIGHTS.get(args.profile, ())) or 'none'})"
+              f"{args.profile} to {shown_path(records / identity / args.profile)} (config, summary, history; "
+              f"weights only of {', '.join(REC.KEPT_WEIGHTS.get(args.profile, ())) or 'none'})"
               + "".join(f"; {n} unfinished at {e['iterations_done']:,} iterations, with its checkpoint"
                         for n, e in unfinished.items()))
         return 0

@@ -374,7 +374,7 @@ def results_markdown(root: Path, dataset: str, profile: str) -> str:
     head = (f"Profile {profile} ({cfg.iterations:,} iterations of batch {cfg.batch_size}, lr ÷10 at "
             f"{' and '.join(f'{m:,}' for m in cfg.milestones)}) on {dataset}: {done} of {planned} planned runs "
             f"published ({'complete' if done >= (planned or 0) else 'partial: the rest is still training'}"
-            + (f"; {training} published unfinished, with its checkpoint" if training else "") + "), "
+            + (f"; {training} more published unfinished, with its checkpoint, to resume" if training else "") + "), "
             f"exported {manifest.get('exported')}. "
             + ("Not the paper's budget" if profile != "paper" else "The paper's budget")
             + ("" if dataset == "official" else (", not the official data" if profile != "paper"

@@ -176,10 +176,21 @@ class Headline:
         return {"head_best": fmt(min(self.errors) if self.errors else None, ".2f"),
                 "head_checks": "; ".join(parts) + "."}
 
-    def comparison(self):
-        """The paper, a reimplementation and this build's runs (the introduction's table)."""
+    def comparison(self, paper: RunResult | None = None):
+        """The paper, a reimplementation, the run of the paper's whole schedule (`paper`, when
+        committed) and this build's runs (the introduction's table)."""
         ch, comparable = self.chapter, ("NO: " + " and ".join(self.reasons())) if self.reasons() else "yes"
         rows = list(REFERENCES)
+        if paper is not None:
+            s = paper.summary
+            why = ([] if s["dataset"] == "official" else ["not the official data"]) + (
+                [] if paper.complete else [f"unfinished ({s['iterations_done']:,} of {s['iterations']:,})"])
+            rows.append({"result": "this book, the paper's schedule (all 50k, seed 0)",
+                         "test error %": fmt(paper.error(), ".2f") + ("" if paper.complete else " (latest)"),
+                         "data": f"{s['dataset_label']}: {s['train_size']:,} training / {s['test_size']:,} test images",
+                         "budget": f"{s['iterations_done']:,} of {s['iterations']:,} iterations × batch "
+                                   f"{paper.config['batch_size']}",
+                         "comparable": ("NO: " + " and ".join(why)) if why else "yes (one seed)"})
         for label, run in self.runs.items():
             s = run.summary
             error = run.error() if run.complete else None
@@ -210,3 +221,101 @@ class Headline:
         return A.error_curves(self.runs, title=self.chapter.caption("ResNet-32, one curve per seed",
                                                                     *self.runs.values()),
                               reference=(A.PAPER_ERROR["ResNet-32"], f"paper: {A.PAPER_ERROR['ResNet-32']:.2f} %"))
+
+
+# ---------------------------------------------------------------- the paper's whole schedule
+
+PAPER_RUN = "resnet32-all50k-seed0"  # the paper's protocol: all 50k training images, tested on the 10k
+
+
+def paper_run(ch) -> RunResult | None:
+    """The book's headline run: ResNet-32 with the paper's whole schedule on all 50k training
+    images (chapter 7's `resnet32-all50k-seed0` of profile paper), read from the committed
+    records of the data this page's runs were trained on, however far it has trained; None
+    when no such record is committed."""
+    from ..plan import plan
+    from ..records import RECORDS, load_record, project_root
+    folder = project_root() / RECORDS / ch.runs_data / "paper"
+    if not (folder / PAPER_RUN / "summary.json").is_file():
+        return None
+    return load_record(folder, plan("paper", only=[PAPER_RUN])[0].config("paper"), "paper")
+
+
+def paper_caption(text: str, run: RunResult) -> str:
+    s = run.summary
+    devices = ", ".join(sorted({seg["device"] for seg in s.get("segments", []) if seg.get("device")}))
+    return f"{text} — profile paper · {s['dataset_label']} · {devices or s['device_name']}"
+
+
+def paper_facts(run: RunResult | None) -> dict:
+    """The `sched_*` text values: how far the run is, its latest (or final) test error, the
+    lowest along the way, and the sittings and machines that trained it."""
+    if run is None:
+        none = "no run of the paper's whole schedule is committed for this copy of CIFAR-10"
+        return {"sched_status": none, "sched_error": "–", "sched_at": "–", "sched_lowest": "–", "sched_lr": "–",
+                "sched_sittings": "–", "sched_data": "–"}
+    s, h = run.summary, run.history
+    done, total = s["iterations_done"], s["iterations"]
+    status = (f"complete: all {total:,} iterations" if run.complete else
+              f"{done:,} of {total:,} iterations ({100 * done / total:.0f} %), still training")
+    tested = h.dropna(subset=["test_error"])
+    low = tested.loc[tested["test_error"].idxmin()] if len(tested) else None
+    segments = s.get("segments") or []
+    hours = sum(seg["seconds"] for seg in segments) / 3600
+    machines = sorted({seg["device"] for seg in segments if seg.get("device")})
+    return {"sched_status": status, "sched_error": fmt(run.error(), ".2f"),
+            "sched_at": f"{done:,}", "sched_lr": f"{h['lr'].iloc[-1]:g}" if len(h) else "–",
+            "sched_lowest": "–" if low is None else f"{100 * low['test_error']:.2f} % at iteration "
+                                                     f"{int(low['iteration']):,}",
+            "sched_sittings": f"{len(segments)} sitting(s), {hours:.1f} hours of training and evaluation, on "
+                              + "; ".join(machines),
+            "sched_data": f"{s['dataset_label']}, {s['train_size']:,} training and {s['test_size']:,} test images"}
+
+
+def paper_glue(ch) -> RunResult | None:
+    """Glue the headline run's `sched_*` values and its figure (`fig_paper`, `cap_fig_paper`) for
+    the page; returns the run (None when none is committed for this data)."""
+    run = paper_run(ch)
+    fig = paper_figure(run)
+    ch.glue({**paper_facts(run), "fig_paper": fig,
+             "cap_fig_paper": paper_caption("Training (dashed) and test (bold) error over the paper's schedule", run)
+             if run is not None else "No run of the paper's schedule is committed for this copy of CIFAR-10"})
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return run
+
+
+def paper_figure(run: RunResult | None):
+    """Training and test error over the whole schedule: the lr drops marked, the paper's 7.51 %
+    dotted, the iterations still to train left blank (an empty axis when there is no run)."""
+    if run is None:
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(10, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no run of the paper's schedule committed for this data", ha="center", va="center")
+        return A.detached(fig)
+    cfg = TrainConfig(**run.config)
+    fig = A.error_curves({"ResNet-32, all 50k, seed 0": run},
+                         title=paper_caption("ResNet-32 with the paper's schedule", run),
+                         reference=(A.PAPER_ERROR["ResNet-32"], f"paper: {A.PAPER_ERROR['ResNet-32']:.2f} %"))
+    ax = fig.axes[0]
+    for m in cfg.milestones:
+        ax.axvline(m, color="0.5", lw=0.8, ls="-.")
+        ax.annotate("lr ÷10", (m, 0.98), xycoords=("data", "axes fraction"), xytext=(3, 0),
+                    textcoords="offset points", ha="left", va="top", fontsize=8)
+    ax.set_xlim(0, cfg.iterations)
+    ax.set_ylim(0, min(100, 100 * max(run.history[["train_error", "test_error"]].max().max(), 0.5) + 5))
+    return fig
+
+
+def paper_sittings(run: RunResult | None) -> "pd.io.formats.style.Styler":
+    """One row per sitting that trained the run: iterations from-to, machine, threads, hours, commit."""
+    if run is None:
+        return A.styled(pd.DataFrame(), "No run of the paper's schedule is committed for this copy of CIFAR-10")
+    rows = [{"iterations": f"{seg['start']:,} – {seg['end']:,}", "device": seg.get("device") or "–",
+             "threads": seg.get("threads") or "–", "hours": seg["seconds"] / 3600,
+             "images/s": (seg["end"] - seg["start"]) * run.config["batch_size"] / max(seg["seconds"], 1e-9),
+             "commit": seg.get("commit") or "–", "began": (seg.get("began") or "–").replace("T", " ")}
+            for seg in run.summary.get("segments") or []]
+    table = pd.DataFrame(rows, index=pd.RangeIndex(1, len(rows) + 1, name="sitting"))
+    return A.styled(table, paper_caption("The sittings that trained it (images/s: training and evaluation)", run))
