@@ -190,7 +190,8 @@ def test_killed_group_resumes_to_the_uninterrupted_result(base, dataset, tmp_pat
             FU.train_group(configs, dataset=dataset)
     for c in configs:
         run = load_run(Path(c.runs_dir) / c.run_name())
-        assert run.status == "failed" and run.summary["status_detail"] == "interrupted at iteration 5"
+        assert run.status == "failed" and run.summary["iterations_done"] == 4  # its checkpoint's
+        assert run.summary["status_detail"] == "interrupted at iteration 5; its checkpoint holds iteration 4, where it resumes"
         assert not (run.run_dir / ".lock").exists() and not (run.run_dir / "model.pt").exists()
         assert R.decide(c, run.run_dir) == "resume"
     resumed = FU.train_group(configs, dataset=dataset)
