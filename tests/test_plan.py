@@ -109,6 +109,30 @@ def test_the_plan_by_chapter_and_by_name():
         P.plan("smoke", chapters=["08"])
     with pytest.raises(P.PlanError, match="not in the plan of profile smoke: resnet1202"):
         P.plan("smoke", only=["resnet1202"])
+    with pytest.raises(P.PlanError) as e:  # one short line, not the whole plan
+        P.plan("paper", only=["resnet32-seed"])
+    assert str(e.value) == ("not in the plan of profile paper: resnet32-seed (close: resnet32-seed2, resnet32-seed3, "
+                            "resnet32-seed4); `python -m resnet_cifar plan --profile paper` lists its "
+                            f"{len(P.plan('paper'))} runs")
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(adam_lr="abc"), r"parameter adam_lr of chapter 05_optimizers must be a number like its default 0\.001, "
+                          r"got 'abc' \(str\)$"),
+    (dict(adam_lr=-1), r"chapter 05_optimizers's parameter adam_lr=-1 makes run adam-lr-1 impossible: lr must be a "
+                       r"positive number, got -1"),
+    (dict(bn_eps_values="[0.9]"), r"must be a list like its default .*papermill -p passes text: give a list with -y "
+                                  r"'bn_eps_values: \[...\]'"),
+])
+def test_a_bad_chapter_parameter_value_is_named(params, message):
+    """`plan --set` and a papermill parameter that no run can use: the error names the
+    parameter (not a format code or a config field), for the plan and for the chapter alike."""
+    with pytest.raises(E.ExperimentError, match=message):
+        E.sections("05_optimizers", "cpu", **params)
+    with pytest.raises(P.PlanError, match=message):
+        P.plan("cpu", chapters=["05"], params={"05_optimizers": params})
+    with pytest.raises(E.ExperimentError, match="must be an integer like its default 10, got 2.5"):
+        E.sections("04_schedule", "smoke", short_patience=2.5)
 
 
 def fake_record(folder: Path, run: P.PlannedRun, profile: str, **summary) -> Path:

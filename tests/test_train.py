@@ -208,3 +208,10 @@ def test_trainer_batches_are_the_per_iteration_augmentation(dataset, tmp_path):
         index = perm[position * 32:(position + 1) * 32]
         g = torch.Generator().manual_seed((3 * 1_000_003 + it) * 64)
         assert torch.equal(x, D.augment(data.train_x[index], g)) and torch.equal(y, data.train_y[index])
+
+
+def test_a_run_shorter_than_its_milestones_is_told_the_flag_that_moves_them():
+    notice = TrainConfig(iterations=1000).schedule_notice()
+    assert notice.startswith("the learning rate stays 0.1 for all 1,000 iterations: its milestones 32,000, 48,000")
+    assert "(--milestones on the command line)" in notice
+    assert TrainConfig(iterations=1000, milestones=(500, 750)).schedule_notice() is None

@@ -141,8 +141,9 @@ class TrainConfig:
             return None
         if self.milestones and min(self.milestones) >= self.iterations:
             return (f"the learning rate stays {self.lr:g} for all {self.iterations:,} iterations: its milestones "
-                    f"{', '.join(f'{m:,}' for m in self.milestones)} come after the end of the run. Pass milestones= "
-                    f"to drop it, e.g. at 50 % and 75 % of the run as the paper does.")
+                    f"{', '.join(f'{m:,}' for m in self.milestones)} come after the end of the run. Pass milestones "
+                    f"(--milestones on the command line) to drop it, e.g. at 50 % and 75 % of the run as the paper "
+                    f"does.")
         return None
 
 

@@ -18,7 +18,7 @@ import inspect
 import json
 import re
 
-from .config import TrainConfig
+from .config import TrainConfig, profile_config
 
 # Seeds per compared arm and for the headline ResNet-32, by profile: a difference between two
 # arms is only read as one when it is larger than the seeds' spread (compare.py).
@@ -190,6 +190,30 @@ def defaults(chapter: str) -> dict:
     return {k: p.default for k, p in params.items() if k not in ("profile", "seed")}
 
 
+def given(params: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in params.items()) or "(defaults)"
+
+
+def check_type(chapter: str, key: str, value) -> None:
+    """A parameter value of the kind its default is (a number for a number, an integer for an
+    integer, a list of such for a list), or an error naming the parameter."""
+    default = defaults(chapter)[key]
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    like = lambda v, d: (number(v) and (isinstance(d, float) or isinstance(v, int))) if number(d) else (  # noqa: E731
+        isinstance(v, type(d)) if d is not None else True)
+    if isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple)) and (not default or all(like(v, default[0]) for v in value))
+    else:
+        ok = value is None or like(value, default)
+    if not ok:
+        kind = ("an integer like" if isinstance(default, int) else "a number like") if number(default) else (
+            "a list like" if isinstance(default, (list, tuple)) else f"a {type(default).__name__} like")
+        hint = (f" (papermill -p passes text: give a list with -y '{key}: [...]')"
+                if isinstance(default, (list, tuple)) and isinstance(value, str) else "")
+        raise ExperimentError(f"parameter {key} of chapter {chapter} must be {kind} its default {default!r}, got "
+                              f"{value!r} ({type(value).__name__}){hint}")
+
+
 def _stem(name: str) -> str:
     return re.sub(r"-seed\d+$", "", name)
 
@@ -214,8 +238,20 @@ def sections(chapter: str, profile: str, seed: int = 0, **params) -> Sections:
     if unknown:
         raise ExperimentError(f"chapter {chapter} has no parameter {', '.join(unknown)}; its parameters: "
                               f"{', '.join(defaults(chapter)) or 'none but profile and seed'}")
-    ours = CHAPTERS[chapter](profile, seed, **params)
+    for key, value in params.items():
+        check_type(chapter, key, value)
+    try:
+        ours = CHAPTERS[chapter](profile, seed, **params)
+    except (TypeError, ValueError) as e:
+        raise ExperimentError(f"chapter {chapter} cannot use {given(params)}: {e}") from None
     default = flat(CHAPTERS[chapter](profile, seed))
+    for name, overrides in flat(ours).items():  # a value no run can train with: say which parameter gave it
+        if default.get(name) != overrides:
+            try:
+                profile_config(profile, **overrides)
+            except (TypeError, ValueError) as e:
+                raise ExperimentError(f"chapter {chapter}'s parameter {given(params)} makes run {name} "
+                                      f"impossible: {e}") from None
     keep = (lambda name: name not in default or _stem(name) in CPU_ARMS[chapter]) if profile == "cpu" else None
     renamed = {}
     for key, arms in ours.items():

@@ -86,8 +86,12 @@ def plan(profile: str, seed: int = 0, chapters=None, only=None, params: dict | N
     if only:
         unknown = sorted(set(only) - {r.name for r in selected})
         if unknown:
-            raise PlanError(f"not in the plan of profile {profile}: {', '.join(unknown)}; its runs: "
-                            f"{', '.join(r.name for r in selected)}")
+            import difflib
+            names = [r.name for r in selected]
+            close = sorted({m for u in unknown for m in difflib.get_close_matches(u, names, n=3)})
+            raise PlanError(f"not in the plan of profile {profile}: {', '.join(unknown)}"
+                            + (f" (close: {', '.join(close)})" if close else "")
+                            + f"; `python -m resnet_cifar plan --profile {profile}` lists its {len(names)} runs")
         selected = [r for r in selected if r.name in set(only)]
     return selected
 
