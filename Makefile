@@ -38,7 +38,8 @@ data: setup
 
 book: data
 	@profile="$(PROFILE)"; copy=""; \
-	if [ -z "$$profile" ]; then set -- $$($(PY) -m resnet_cifar records --best); profile="$$1"; copy="$$2"; fi; \
+	if [ -z "$$profile" ]; then best=$$($(PY) -m resnet_cifar records --best) || exit 1; \
+	  set -- $$best; profile="$$1"; copy="$$2"; fi; \
 	if [ -n "$(PROFILE)" ] || [ -z "$$profile" ]; then \
 	  profile="$${profile:-smoke}"; \
 	  set -x; $(PY) -m resnet_cifar run --profile "$$profile" --device $(DEVICE) --jobs $(JOBS) --retrain-published && \

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -376,27 +377,86 @@ def test_chapters_read_committed_records_except_for_smoke(tmp_path):
     assert REC.resolve_runs(root, "paper", "official", "book/records")[1] == {}
 
 
+def publish_records(folder: Path, planned: int, names, status: str = "complete") -> None:
+    """Records as `export` writes them: records.json and, per run, config, summary and history."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in [p for p in folder.iterdir() if p.is_dir()]:
+        shutil.rmtree(old)
+    names = list(names)
+    for name in names:
+        (folder / name).mkdir()
+        (folder / name / "config.json").write_text("{}")
+        (folder / name / "summary.json").write_text(json.dumps({"status": status, "iterations_done": 0}))
+        (folder / name / "history.csv").write_text("iteration,test_error\n")
+        if status == "unfinished":
+            (folder / name / "checkpoint.pt").write_bytes(b"")
+    (folder / "records.json").write_text(json.dumps({"planned": planned, "runs": {n: {"status": status}
+                                                                                for n in names}}))
+
+
 def test_best_committed_profile(tmp_path):
     assert REC.best_profile(tmp_path, "official") is None
     for profile, n in (("smoke", 24), ("quick", 24), ("paper", 10)):
-        folder = tmp_path / "book" / "records" / "official" / profile
-        folder.mkdir(parents=True)
-        (folder / "records.json").write_text(json.dumps({"planned": 24, "runs": {str(i): {} for i in range(n)}}))
+        publish_records(tmp_path / "book" / "records" / "official" / profile, 24, map(str, range(n)))
     assert REC.best_profile(tmp_path, "official") == "quick"  # smoke is never read from records
-    (tmp_path / "book/records/official/paper/records.json").write_text(
-        json.dumps({"planned": 24, "runs": {str(i): {} for i in range(24)}}))
+    publish_records(tmp_path / "book/records/official/paper", 24, map(str, range(24)))
     assert REC.best_profile(tmp_path, "official") == "paper"  # a tie: the longer budget
     for profile in ("quick", "paper"):
-        (tmp_path / f"book/records/official/{profile}/records.json").write_text(
-            json.dumps({"planned": 24, "runs": {"a": {}}}))
+        publish_records(tmp_path / f"book/records/official/{profile}", 24, ["a"])
     assert REC.best_profile(tmp_path, "official") is None  # partial records are never the book's
+    publish_records(tmp_path / "book/records/official/paper", 24, map(str, range(24)), status="unfinished")
+    assert REC.best_profile(tmp_path, "official") is None  # nor are runs still training
+
+
+COMMITTED_CPU = ROOT / "book" / "records" / "jpeg-q75-copy" / "cpu"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "records.json").write_text('{"profile": "cpu", "runs": {'), r"records.json is not a valid JSON object"),
+    (lambda f: (f / "resnet20-seed0" / "summary.json").write_text('{"status": "compl'),
+     r"resnet20-seed0/summary.json is not valid JSON"),
+    (lambda f: (f / "resnet20-seed0" / "config.json").unlink(), r"resnet20-seed0/config.json is missing"),
+    (lambda f: (f / "resnet20-seed0" / "history.csv").write_text("iteration,test_error\n200,0.5\n"),
+     r"resnet20-seed0/history.csv ends at iteration 200, its summary at 1,600"),
+    (lambda f: shutil.rmtree(f / "resnet20-seed0"), r"resnet20-seed0/config.json is missing"),
+    (lambda f: shutil.copytree(f / "resnet20-seed0", f / "stray"), r"stray/ is not listed in records.json"),
+])
+def test_damaged_records_fail_loudly_and_say_how_to_restore_them(tmp_path, damage, message):
+    """A records folder whose manifest or any run's files are unreadable or disagree is an error
+    naming the file and what to do, from `records`, `records --best` (`make book`) and every
+    chapter: never a silent fall-back to another profile or to training."""
+    if not (COMMITTED_CPU / "records.json").is_file():
+        pytest.skip("no committed cpu records")
+    folder = tmp_path / "book" / "records" / "jpeg-q75-copy" / "cpu"
+    shutil.copytree(COMMITTED_CPU, folder)
+    assert REC.best_records(tmp_path, "jpeg-q75-copy") == ("cpu", "jpeg-q75-copy")  # intact
+    damage(folder)
+    restore = r"\. Restore them \(`git checkout -- .*cpu`\) or publish them again"
+    for call in (lambda: REC.committed(tmp_path, "jpeg-q75-copy"), lambda: REC.best_records(tmp_path, "official"),
+                 lambda: REC.resolve_runs(tmp_path, "cpu", "jpeg-q75-copy")):
+        with pytest.raises(RunError, match=r"the records .*cpu are damaged: .*" + message + ".*" + restore):
+            call()
+
+
+def test_records_best_fails_the_make_book_line_on_damaged_records(tmp_path):
+    """`make book` reads `records --best`; a damaged records folder stops it with the message."""
+    if real_data_dir() is None or not (COMMITTED_CPU / "records.json").is_file():
+        pytest.skip("needs the data folder and the committed cpu records")
+    (tmp_path / "_toc.yml").write_text("root: intro\n")
+    folder = tmp_path / "book" / "records" / "jpeg-q75-copy" / "cpu"
+    shutil.copytree(COMMITTED_CPU, folder)
+    (folder / "records.json").write_text("{")
+    proc = subprocess.run([sys.executable, "-m", "resnet_cifar", "records", "--best", "--data-dir",
+                           str(real_data_dir())], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "the records book/records/jpeg-q75-copy/cpu are damaged: records.json is not a valid JSON" in proc.stderr
+    makefile = (ROOT / "Makefile").read_text()
+    assert "records --best) || exit 1" in makefile  # the book target stops instead of building smoke
 
 
 def test_make_book_renders_the_datas_own_records_first_else_another_copys(tmp_path):
     def publish(copy, profile, n=24):
-        folder = tmp_path / "book" / "records" / copy / profile
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "records.json").write_text(json.dumps({"planned": 24, "runs": {str(i): {} for i in range(n)}}))
+        publish_records(tmp_path / "book" / "records" / copy / profile, 24, map(str, range(n)))
     assert REC.best_records(tmp_path, "official") is None
     publish("jpeg-q75-copy", "cpu")
     publish("official", "quick", n=3)  # partial: never rendered

@@ -75,7 +75,57 @@ def load_records(folder: str | Path) -> dict[str, dict]:
 
 
 def read_manifest(folder: Path) -> dict | None:
-    return read_json(Path(folder) / MANIFEST)
+    """The records.json of the records in `folder` (None when there is none), checked against
+    the run folders beside it (`damage`): damaged records are an error, never a silent fall-back."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = read_json(path)
+    problems = ([f"{MANIFEST} is not a valid JSON object"] if not isinstance(manifest, dict)
+                else damage(Path(folder), manifest))
+    if problems:
+        shown = shown_path(folder)
+        raise RunError(f"the records {shown} are damaged: {'; '.join(problems[:4])}"
+                       + (f" (and {len(problems) - 4} more)" if len(problems) > 4 else "")
+                       + f". Restore them (`git checkout -- {shown}`) or publish them again "
+                         f"(`python -m resnet_cifar export --profile {Path(folder).name}`).")
+    return manifest
+
+
+def damage(folder: Path, manifest: dict) -> list[str]:
+    """What is wrong with the records in `folder`: a listed run whose config, summary or history
+    (or, unfinished, checkpoint) is missing or unreadable, or whose summary disagrees with
+    records.json; a run folder records.json does not list."""
+    import csv
+    problems, listed = [], manifest.get("runs", {})
+    if not isinstance(listed, dict):
+        return [f"{MANIFEST} has no runs table"]
+    for name, entry in listed.items():
+        run_dir = folder / name
+        config, summary = read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")
+        for file, value in (("config.json", config), ("summary.json", summary)):
+            if not isinstance(value, dict):
+                problems.append(f"{name}/{file} is {'missing' if not (run_dir / file).is_file() else 'not valid JSON'}")
+        try:
+            with open(run_dir / "history.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+            last = int(float(rows[-1]["iteration"])) if rows else 0
+        except (OSError, ValueError, KeyError, TypeError):
+            problems.append(f"{name}/history.csv is missing or unreadable")
+            continue
+        if not isinstance(summary, dict):
+            continue
+        done = summary.get("iterations_done") or 0
+        for key in ("status", "iterations_done"):
+            if isinstance(entry, dict) and key in entry and entry[key] != summary.get(key):
+                problems.append(f"{name}/summary.json says {key} {summary.get(key)!r}, {MANIFEST} {entry[key]!r}")
+        if rows and last != done and summary.get("status") != "diverged":
+            problems.append(f"{name}/history.csv ends at iteration {last:,}, its summary at {done:,}")
+        if summary.get("status") == UNFINISHED and not (run_dir / "checkpoint.pt").is_file():
+            problems.append(f"{name} is unfinished and its checkpoint.pt is missing")
+    extra = sorted(p.parent.name for p in folder.glob("*/summary.json") if p.parent.name not in listed)
+    problems += [f"{name}/ is not listed in {MANIFEST}" for name in extra]
+    return problems
 
 
 def inside(path: Path, folder: Path) -> bool:
