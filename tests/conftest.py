@@ -93,3 +93,33 @@ def tiny(tmp_path, training_data):
     batch 32, runs under tmp_path/runs."""
     return dict(depth=8, subset=256, batch_size=32, iterations=6, eval_every=3, device="cpu",
                 progress="none", runs_dir=str(tmp_path / "runs"), data_dir=str(training_data[0]))
+
+
+# ---------------------------------------------------------------- what the user built is left alone
+
+WATCHED = ("_build", "runs", "data")  # the user's book, runs and data: the tests work in temporary folders
+
+
+def user_files() -> set[str]:
+    """The files under the user's _build/, runs/ and data/ (a training's transient files aside)."""
+    return {str(p.relative_to(ROOT)) for top in WATCHED for p in (ROOT / top).rglob("*")
+            if p.is_file() and not p.name.endswith(".tmp") and p.name != ".lock"}
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # once, in the process that runs (or hands out) the tests
+        session.config.user_files = user_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "user_files", None)
+    if before is None or hasattr(session.config, "workerinput"):
+        return
+    after = user_files()
+    changed = [f"+ {p}" for p in sorted(after - before)] + [f"- {p}" for p in sorted(before - after)]
+    if changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = (f"the tests changed {len(changed)} file(s) of the user's {', '.join(WATCHED)} (they must work in "
+                "temporary folders):\n" + "\n".join(changed[:20]))
+        reporter.write_line(text, red=True) if reporter else print(text)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -4,8 +4,9 @@ every page at a laptop's width: no table wider than the content column, no machi
 no papermill injected-parameters cell, no formula left as raw LaTeX (MathJax is served by
 the book itself: the browser has no network).
 
-The build runs once per session (`scripts/build_book.py --profile smoke`, into _build/),
-with the data of $RESNET_CIFAR_DATA or ./data. Without data or chromium the tests skip,
+The build runs once per session (`scripts/build_book.py --profile smoke`, its runs and pages in
+temporary folders: the user's _build/ and runs/ are left alone), with the data of
+$RESNET_CIFAR_DATA or ./data. Without data or chromium the tests skip,
 except in CI (CI=true), where they fail. `RESNET_CIFAR_BOOK_CHAPTERS="01 02"` builds only
 those chapters (and the root page), for working on a few chapters.
 """
@@ -33,7 +34,7 @@ from resnet_cifar.experiments import CHAPTERS
 from resnet_cifar.records import shown_path
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILD = ROOT / "_build"
+BUILD = ROOT / "_build"  # the book fixture builds into a temporary folder instead
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 WINDOW = (1024, 2400)  # a small laptop: the content column is about 800 px wide
 MACHINE_PATHS = tuple(f"/{folder}/" for folder in ("tmp", "work", "root", "home"))  # a builder's folders
@@ -75,12 +76,15 @@ def run_build(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def book():
-    """Build the book once (smoke profile): the finished process and the pages it built."""
+def book(tmp_path_factory):
+    """Build the book once (smoke profile), runs and pages in temporary folders: the finished
+    process and the pages it built."""
+    global BUILD
     data = data_dir()
     require(data is not None, f"no CIFAR-10 folder at $RESNET_CIFAR_DATA or {ROOT / 'data'} "
                               f"(build one with `python ../shared/data/make_cifar10_batches.py data`)")
-    args = ["--profile", "smoke", "--data-dir", str(data), "--out", str(BUILD)]
+    BUILD, runs = tmp_path_factory.mktemp("book"), tmp_path_factory.mktemp("book-runs")
+    args = ["--profile", "smoke", "--data-dir", str(data), "--out", str(BUILD), "--runs-dir", str(runs)]
     chapters = os.environ.get("RESNET_CIFAR_BOOK_CHAPTERS", "").split()
     if chapters:
         args += ["--chapters", *chapters]
@@ -89,7 +93,7 @@ def book():
     with_runs = [c for c in chapters if any(c in (k, k.split("_")[0]) for k in CHAPTERS)]
     if with_runs or not chapters:
         train = subprocess.run([sys.executable, "-m", "resnet_cifar", "run", "--profile", "smoke", "--device", "cpu",
-                                "--jobs", "2", "--data-dir", str(data), "--status-every", "600",
+                                "--jobs", "2", "--data-dir", str(data), "--status-every", "600", "--runs-dir", str(runs),
                                 *(["--chapters", *with_runs] if chapters else [])],
                                cwd=ROOT, capture_output=True, text=True, timeout=3600)
         assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]

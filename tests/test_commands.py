@@ -144,14 +144,11 @@ def clone(tmp_path_factory):
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
         subprocess.run(git + args, cwd=target, check=True)
-    # This environment as the copy's .venv, and the project's run records as its runs/ (a rebuild
-    # reuses finished runs, so the commands take seconds); git ignores both, as it does the folders
-    # `make setup` creates.
+    # This environment as the copy's .venv (git ignores it, as it does the folders `make setup`
+    # creates); the copy's runs/ starts empty, as in a fresh clone: the commands train what they run.
     (target / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
-    (ROOT / "runs").mkdir(exist_ok=True)
-    (target / "runs").symlink_to(ROOT / "runs", target_is_directory=True)
     with open(target / ".git" / "info" / "exclude", "a") as f:
-        f.write("/.venv\n/runs\n")
+        f.write("/.venv\n")
     return target
 
 
