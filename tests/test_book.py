@@ -615,3 +615,30 @@ def test_the_smoke_appendix_benchmarks_on_the_profiles_thread_and_says_so(datase
         assert "CPU thread" not in appendix.cut_down_text(book.Chapter("cpu", "cpu", dataset, tmp_path, 0))
     finally:
         torch.set_num_threads(before)
+
+
+def test_make_book_renders_the_committed_records_headline():
+    """README's first command (`make book`, which CI runs before the tests) renders the committed
+    records without training: the introduction states the headline ResNet-32's mean over its
+    seeds and how far the paper's schedule has trained, both as the records say."""
+    import statistics
+    from resnet_cifar import records as REC
+    from resnet_cifar.commands import dataset_identity
+    from resnet_cifar.experiments import headline_seeds
+    intro, data = ROOT / "_build" / "html" / "intro.html", data_dir()
+    records = list((ROOT / "book" / "records").glob("*/*/records.json"))
+    fresh = intro.is_file() and all(intro.stat().st_mtime > r.stat().st_mtime for r in records)
+    require(data is not None and (fresh or in_ci()), "no book built by `make book` since the records last changed")
+    best = REC.best_records(ROOT, dataset_identity(str(data)))
+    require(best is not None, "no complete committed records to render")
+    profile, copy = best
+    folder = ROOT / "book" / "records" / copy / profile
+    errors = [json.loads((folder / f"resnet32-seed{s}" / "summary.json").read_text())["final_test_error"]
+              for s in headline_seeds(profile)]
+    page = intro.read_text()
+    assert f"{100 * statistics.mean(errors):.2f}" in page and f"{100 * statistics.stdev(errors):.2f}" in page
+    assert f"profile {profile}" in page or profile in page
+    paper = ROOT / "book" / "records" / copy / "paper" / results.PAPER_RUN / "summary.json"
+    if paper.is_file():
+        done = json.loads(paper.read_text())["iterations_done"]
+        assert f"{done:,} of 64,000 iterations" in page or "complete: all 64,000 iterations" in page

@@ -576,3 +576,52 @@ def test_chapter_runs_wait_for_a_shared_run(dataset, tmp_path):
     config = book.Chapter("smoke", "cpu", dataset, tmp_path, 0).config("resnet32-seed0", depth=32)
     assert config.wait and "wait" not in config.identity()  # how it runs, not what it computes
     assert config.run_name() == "resnet32-seed0" and config.runs_dir == str(tmp_path)
+
+
+def test_stop_at_leaves_a_resumable_prefix_that_ends_as_the_straight_run(tiny, dataset, tmp_path):
+    settings = {**tiny, "name": "r", "iterations": 8, "eval_every": 2}
+    stopped = train(dataset=dataset, stop_at=4, **settings)
+    assert stopped.status == "stopped" and stopped.summary["iterations_done"] == 4
+    assert stopped.summary["status_detail"] == "stopped at iteration 4 (stop_at)"
+    assert stopped.history["iteration"].tolist() == [2, 4] and not (stopped.run_dir / "model.pt").exists()
+    assert torch.load(stopped.run_dir / "checkpoint.pt", weights_only=True)["iteration"] == 4
+    resumed = train(dataset=dataset, **settings)
+    assert resumed.status == "complete" and [s["start"] for s in resumed.summary["segments"]] == [0, 4]
+    straight = train(dataset=dataset, **{**settings, "runs_dir": str(tmp_path / "straight")})
+    _assert_identical_runs(resumed.run_dir, straight.run_dir)
+
+
+def test_records_verify_retrains_a_published_prefix_and_says_what_it_found(dataset, training_data, tmp_path):
+    """`records --verify`: a published run retrained here to an evaluation matches its record bit
+    for bit; a record changed by a little is 'within tolerance' with its largest difference, and
+    changed by more is 'different' (exit 1)."""
+    import pandas as pd
+    from resnet_cifar import commands as C
+    from resnet_cifar import plan as P
+    from resnet_cifar import records as REC
+    run = P.plan("smoke", chapters=["04"])[0]
+    config = run.config("smoke", device="cpu", data_dir=str(training_data[0]), runs_dir=str(tmp_path / "runs"),
+                        progress="none")
+    train(config, dataset=dataset)
+    root, spec = tmp_path / "project", f"smoke/{run.name}"
+    published = root / "book" / "records" / dataset.identity / "smoke"
+    REC.export([run], "smoke", dataset.identity, tmp_path / "runs", published, planned=1)
+    result = C.verify(root, dataset.identity, spec, None, str(training_data[0]))  # to its first evaluation
+    first = int(pd.read_csv(published / run.name / "history.csv")["iteration"].iloc[0])
+    assert result["verdict"] == "bit for bit" and result["iterations"] == first and result["threads"] == THREADS
+    assert {r["quantity"] for r in result["rows"]} == set(C.COMPARED) and all(r["diff"] == 0 for r in result["rows"])
+    assert result["sentence"].startswith(f"Retrained here from its committed config to iteration {first}")
+    assert "matches its record bit for bit" in result["sentence"]
+
+    history = pd.read_csv(published / run.name / "history.csv")
+    for factor, verdict in ((1.001, "within tolerance"), (1.5, "different")):
+        changed = history.copy()
+        changed.loc[0, "train_loss"] *= factor
+        changed.to_csv(published / run.name / "history.csv", index=False)
+        result = C.verify(root, dataset.identity, spec, first, str(training_data[0]))
+        assert result["verdict"] == verdict and result["worst"]["train_loss"] == pytest.approx(1 - 1 / factor, rel=1e-3)
+    assert "DIFFERS from its record beyond the tolerance" in result["sentence"]
+    with pytest.raises(RunError, match=r"no committed record 'smoke/nosuch'.*give PROFILE/RUN"):
+        C.verify(root, dataset.identity, "smoke/nosuch", None, str(training_data[0]))
+    with pytest.raises(RunError, match=f"before the record's first evaluation, at iteration {first}"):
+        C.verify(root, dataset.identity, spec, first - 1, str(training_data[0]))

@@ -2,7 +2,10 @@
 (plan.py), the worker pool (runner.py) and the published records (records.py)."""
 from __future__ import annotations
 
+import json
+import re
 import shlex
+import time
 from pathlib import Path
 
 import torch
@@ -10,13 +13,14 @@ import torch
 from . import data as D
 from . import plan as P
 from . import records as REC
-from .config import PROFILES
+from .config import PROFILES, TrainConfig
 from .data import dataset_label
 from .devices import DeviceError, device_label, pick_device
 from .fused import check_fuse, default_fuse, groups
 from .records import (RECORDS, best_records, committed, export, inside, project_root, read_manifest,
                       results_markdown, shown_path)
 from .runner import hms, run_plan
+from .runs import RunError, git_commit
 
 
 def add_commands(sub) -> None:
@@ -64,6 +68,13 @@ def add_commands(sub) -> None:
                         "else another copy's (nothing if none)")
     p.add_argument("--markdown", metavar="PROFILE", default=None,
                    help="print the results table of PROFILE's committed records in markdown (README's results)")
+    p.add_argument("--verify", metavar="PROFILE/RUN", default=None,
+                   help="retrain a committed run (e.g. cpu/resnet20-seed0) on this CPU up to --iterations and compare "
+                        "each history row with its record: bit for bit, within a stated tolerance, or different "
+                        "(exit 1)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="with --verify: how far to retrain (default: the record's first evaluation)")
+    p.add_argument("--json", default=None, help="with --verify: also write what it found to this JSON file")
 
 
 def dataset_identity(data_dir) -> str:
@@ -77,6 +88,12 @@ def dataset_identity(data_dir) -> str:
 def main(args) -> int:
     identity = dataset_identity(args.data_dir)
     root = project_root()
+    if args.command == "records" and args.verify:
+        result = verify(root, identity, args.verify, args.iterations, args.data_dir)
+        _print_verification(result)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
+        return 1 if result["verdict"] == "different" else 0
     if args.command == "records":
         return _records(root, identity, args.best, args.markdown)
     folder = Path(args.runs_dir) / identity / args.profile
@@ -213,3 +230,110 @@ def _records(root: Path, identity: str, best: bool, markdown: str | None = None)
               + "".join(f"; {name} unfinished at {done:,} iterations (`run --profile {r['profile']} --only {name}` "
                         f"resumes it)" for name, done in r["unfinished"].items()))
     return 0
+
+
+# ---------------------------------------------------------------- records --verify
+
+COMPARED = ("lr", "train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error")
+# "equal within tolerance" on another CPU or torch: training is chaotic, so kernels that round
+# differently drift apart; within these bands a prefix still reproduces the record.
+TOLERANCE = dict(loss=0.05, error=0.02)  # losses: relative; errors: absolute (2 points)
+
+
+def recorded_threads(summary: dict) -> int | None:
+    """The CPU threads a record trained with: its last segment's, else its device label's."""
+    segments = summary.get("segments") or []
+    if segments and segments[-1].get("threads"):
+        return int(segments[-1]["threads"])
+    found = re.search(r"(\d+) of \d+ threads", summary.get("device_name") or "")
+    return int(found.group(1)) if found else None
+
+
+def verify(root: Path, identity: str, spec: str, iterations: int | None, data_dir=None) -> dict:
+    """Retrain the committed run `spec` (profile/run) on this CPU from its config up to
+    `iterations` (default: its first evaluation), with its thread count, and compare every
+    history row it reaches with the record: 'bit for bit', 'within tolerance' or 'different'."""
+    import math
+    import tempfile
+    from .runs import load_run
+    from .train import train
+    profile, _, name = spec.partition("/")
+    folder = root / RECORDS / identity / profile
+    manifest = read_manifest(folder) if profile in PROFILES else None
+    if not name or manifest is None or name not in manifest.get("runs", {}):
+        found = [f"{r['profile']}/…" for r in committed(root, identity)]
+        raise RunError(f"no committed record {spec!r} for {identity}: give PROFILE/RUN, e.g. cpu/resnet20-seed0 "
+                       f"(`python -m resnet_cifar records` lists them; committed: {', '.join(found) or 'none'})")
+    record = load_run(folder / name)
+    first = int(record.history["iteration"].iloc[0]) if len(record.history) else None
+    if first is None:
+        raise RunError(f"the record {spec} has no evaluation to compare with")
+    rows = record.history[record.history["iteration"] <= (iterations or first)]
+    if rows.empty:
+        raise RunError(f"--iterations {iterations} is before the record's first evaluation, at iteration {first:,}: "
+                       f"pass --iterations {first} or more")
+    until = int(rows["iteration"].iloc[-1])
+    threads, before = recorded_threads(record.summary), torch.get_num_threads()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(**{**record.config, "name": name, "runs_dir": tmp, "data_dir": data_dir, "device": "cpu",
+                                "progress": "none", "stop_at": until, "force": True, "wait": False})
+        torch.set_num_threads(threads or before)
+        try:
+            here = load_run(train(config).run_dir)
+            here_device = device_label(torch.device("cpu"))  # with the record's thread count
+        finally:
+            torch.set_num_threads(before)
+        seconds = time.perf_counter() - start
+        mine = here.history.set_index("iteration")
+    table, worst, exact = [], {}, True
+    for _, row in rows.iterrows():
+        it = int(row["iteration"])
+        for column in COMPARED:
+            a, b = float(row[column]), float(mine.loc[it, column]) if it in mine.index else math.nan
+            same = a == b or (math.isnan(a) and math.isnan(b))
+            exact &= same
+            diff = 0.0 if same else abs(a - b)
+            if column != "lr":
+                kind = column.split("_")[1]
+                worst[column] = max(worst.get(column, 0.0), diff / (abs(a) if kind == "loss" and a else 1))
+            table.append(dict(iteration=it, quantity=column, record=a, here=b, diff=diff))
+    within = all(v <= TOLERANCE[k.split("_")[1]] or math.isnan(v) for k, v in worst.items())
+    lr_same = all(t["diff"] == 0 for t in table if t["quantity"] == "lr")
+    causes = []
+    if record.summary.get("device_name") != here_device:
+        causes.append(f"another CPU or thread count (record: {record.summary.get('device_name')}; here: {here_device})")
+    if str(record.summary.get("torch_version")) != str(torch.__version__):
+        causes.append(f"another torch (record: {record.summary.get('torch_version')}; here: {torch.__version__})")
+    verdict = "bit for bit" if exact else "within tolerance" if within and lr_same else "different"
+    result = dict(run=spec, dataset=identity, iterations=until, verdict=verdict, threads=threads,
+                  record_device=record.summary.get("device_name"), here_device=here_device,
+                  record_torch=str(record.summary.get("torch_version")), here_torch=str(torch.__version__),
+                  worst=worst, tolerance=TOLERANCE, causes=causes, seconds=seconds, rows=table,
+                  checked=time.strftime("%Y-%m-%d %H:%M"), commit=git_commit())
+    return dict(result, sentence=verify_sentence(result))
+
+
+def verify_sentence(result: dict) -> str:
+    """What a verification found, in one sentence."""
+    head = (f"Retrained here from its committed config to iteration {result['iterations']:,} "
+            f"({result['threads'] or 'the default number of'} thread(s), {result['seconds']:.0f} s), "
+            f"{result['run']} ({result['dataset']})")
+    worst = ", ".join(f"{k} {v:.2g}" for k, v in result["worst"].items() if v)
+    if result["verdict"] == "bit for bit":
+        return f"{head} matches its record bit for bit: every value of every history row it reaches is equal."
+    why = "; ".join(result["causes"]) or "the same CPU and torch as the record: this should not happen"
+    if result["verdict"] == "within tolerance":
+        return (f"{head} matches its record within the stated tolerance (losses within "
+                f"{100 * result['tolerance']['loss']:g} %, errors within {100 * result['tolerance']['error']:g} "
+                f"points), not bit for bit: largest differences {worst}. Why: {why}.")
+    return (f"{head} DIFFERS from its record beyond the tolerance (largest differences {worst}). "
+            f"Record vs here: {why}.")
+
+
+def _print_verification(result: dict) -> None:
+    print(f"{'iteration':>9}  {'quantity':<11}  {'record':>20}  {'here':>20}  |Δ|")
+    for row in result["rows"]:
+        print(f"{row['iteration']:>9,}  {row['quantity']:<11}  {row['record']:>20.15g}  {row['here']:>20.15g}  "
+              f"{row['diff']:.3g}")
+    print(result["sentence"])

@@ -26,7 +26,7 @@ PROGRESS = ("auto", "bar", "log", "none")
 # Fields that say where/how a run executes, not what it computes: a finished run is
 # reused whatever they are (train on a GPU, rebuild the book on a laptop).
 EXECUTION_FIELDS = ("name", "device", "data_dir", "runs_dir", "resume", "force", "wait", "compile", "compile_mode",
-                    "channels_last", "checkpoint_every", "progress")
+                    "channels_last", "checkpoint_every", "progress", "stop_at")
 
 
 @dataclass
@@ -70,6 +70,7 @@ class TrainConfig:
     # evaluation, checkpoints
     eval_every: int | None = None         # iterations (default: one epoch)
     checkpoint_every: int | None = None   # iterations (default: at every evaluation)
+    stop_at: int | None = None            # stop after this iteration, resumable (a prefix of the run; not fused)
     # execution
     device: str = "auto"                  # auto (cuda, then mps, then cpu) | cpu | cuda[:k] | mps
     dtype: str = "float32"                # float32 (true fp32) | tf32 | float64 | bfloat16 (autocast)
@@ -98,7 +99,7 @@ class TrainConfig:
         if self.arch != "resnet34-imagenet":
             check_depth(self.depth)
         positive = dict(lr=self.lr, batch_size=self.batch_size, iterations=self.iterations, bn_eps=self.bn_eps)
-        positive.update({k: getattr(self, k) for k in ("eval_every", "checkpoint_every", "subset")
+        positive.update({k: getattr(self, k) for k in ("eval_every", "checkpoint_every", "subset", "stop_at")
                          if getattr(self, k) is not None})  # None = the default; 0 is an error
         for key, value in positive.items():
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):

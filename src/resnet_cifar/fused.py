@@ -183,6 +183,8 @@ def train_group(configs: list[TrainConfig], dataset: CIFAR10 | None = None) -> l
         return []
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RunError("fused training runs in one process; under torchrun train each run with train()")
+    if any(c.stop_at for c in configs):
+        raise ValueError("stop_at stops a single run: train it alone with train(), not in a fused group")
     for c in configs[1:]:
         diff = [k for k in GROUP_KEY if getattr(c, k) != getattr(configs[0], k)]
         if diff:

@@ -358,8 +358,9 @@ class Record:
     def finish(self, state: LoopState, status: str, model, optimizer, plateau) -> None:
         if not self.enabled:
             return
-        if status == "complete":
+        if status == "complete" or status.startswith("stopped"):  # stopped (stop_at): resumable from here
             self.checkpoint(state, model, optimizer, plateau, status)
+        if status == "complete":
             save_atomic(model.state_dict(), self.run_dir / "model.pt")
         write_csv(self.run_dir / "history.csv", state.history, HISTORY_COLUMNS)
         write_csv(self.run_dir / "lr_trace.csv", lr_trace(state.lr_changes, state.iteration),

@@ -115,10 +115,10 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
     progress = Progress(config, run_dir.name, state.iteration, rank)
     loop = RunLoop(config, model, optimizer, plateau, data, record, progress, state, batches.per_epoch, rank, world)
     read_every = loss_read_interval(device)
-    it, pending = state.iteration, []
+    it, pending, end = state.iteration, [], min(config.stop_at or config.iterations, config.iterations)
     try:
         started = time.perf_counter()
-        while it < config.iterations:
+        while it < end:
             pending.append(train_step(step_model, optimizer, *batches(it), loop.lr(it), autocast_dtype))
             it += 1
             due = loop.due(it, read_every)
@@ -134,7 +134,7 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool, dataset: CIFAR10, rank
         raise
     finally:
         loop.progress.close()
-    status = "complete" if loop.status == "running" else loop.status
+    status = f"stopped at iteration {it} (stop_at)" if loop.status == "running" else loop.status
     record.finish(state, status, model, optimizer, plateau)
     if world > 1:
         dist.barrier()  # the other ranks read the record rank 0 has just written

@@ -138,3 +138,24 @@ def class_samples(dataset, indices: torch.Tensor, per_class: int, title: str = "
     order = per.T.flatten()  # one row per rank, one column per class
     return A.image_grid(dataset.train_images[order], [dataset.classes[int(dataset.train_labels[i])] for i in order],
                       ncols=len(dataset.classes), title=title)
+
+
+def verification(ch) -> tuple["pd.io.formats.style.Styler", dict]:
+    """The committed check of a published run of this page's data (`records --verify`, saved in
+    book/records/verify-*.json): its rows (record, here, difference) and `ver_*` text values."""
+    import json
+    from ..records import RECORDS, project_root
+    found = [json.loads(p.read_text()) for p in sorted((project_root() / RECORDS).glob("verify-*.json"))]
+    found = [v for v in found if v["dataset"] == ch.runs_data]
+    if not found:
+        return A.styled(pd.DataFrame(), "No committed verification for this data"), {
+            "ver_command": "–", "ver_sentence": f"No committed run of {ch.runs_label} has been verified yet."}
+    v = found[0]
+    table = pd.DataFrame(v["rows"]).rename(columns={"diff": "|Δ|"}).set_index(["iteration", "quantity"])
+    facts = {"ver_command": f".venv/bin/python -m resnet_cifar records --verify {v['run']} --iterations "
+                            f"{v['iterations']}",
+             "ver_sentence": f"{v['sentence'].rstrip('.')} (checked {v['checked']} at commit {v['commit']}, on "
+                             f"{v['here_device']}, torch {v['here_torch']}; the record: {v['record_device']}, torch "
+                             f"{v['record_torch']})."}
+    return A.styled(table, f"records --verify {v['run']}: each value of the record's history rows and the "
+                           f"retrained one — {D.dataset_label(v['dataset'])}", 6), facts
