@@ -625,7 +625,7 @@ def test_make_book_renders_the_committed_records_headline():
     from resnet_cifar import records as REC
     from resnet_cifar.commands import dataset_identity
     from resnet_cifar.experiments import headline_seeds
-    intro, data = ROOT / "_build" / "html" / "intro.html", data_dir()
+    intro, data = ROOT / "_build" / "html" / "book" / "intro.html", data_dir()
     records = list((ROOT / "book" / "records").glob("*/*/records.json"))
     fresh = intro.is_file() and all(intro.stat().st_mtime > r.stat().st_mtime for r in records)
     require(data is not None and (fresh or in_ci()), "no book built by `make book` since the records last changed")
