@@ -31,6 +31,13 @@ def schedule_facts(ch, runs: dict[str, RunResult], long_patience: int, short_pat
         facts[f"sch_{key}_patience"] = f"{patience:,}"
         facts[f"sch_{key}_verdict"] = (plateau_verdict(table.loc[key]) if key in trained
                                        else "was not run at this profile")
+    long, short = (facts[f"sch_{k}_verdict"] for k in ("long", "short"))
+    facts["sch_plateau"] = (
+        f"Neither plateau run (patience {long_patience:,}, patience {short_patience:,}) was trained at this profile"
+        if not trained else
+        f"With patience {long_patience:,} and with patience {short_patience:,} alike, the scheduler {long}"
+        if long == short else
+        f"With patience {long_patience:,} the scheduler {long}; with patience {short_patience:,} it {short}")
     flat = [key for key in trained if table.loc[key, "LR reductions"] == 0]
     facts["sch_flat"] = "" if not flat else (
         f"(A plateau run that never fires is just training at a constant {base.config['lr']:g}"

@@ -51,14 +51,28 @@ def table6(ch, arms: dict[int, list[RunResult]]) -> tuple[object, dict]:
         facts["dep_order"] = (f"at profile {ch.profile} on {ch.runs_label}, from lowest to highest mean test error: "
                               + ", ".join(f"ResNet-{d} ({means[d]:.2f} ± {stds[d]:.2f} %)" if stds[d] is not None
                                           else f"ResNet-{d} ({means[d]:.2f} %, one seed)" for d in order)
-                              + ("; the means fall with every added depth, as in the paper's table" if monotone
-                                 else "; not the paper's ordering (its error falls with every added depth)")
+                              + paper_ordering(sorted(known), monotone)
                               + ". Each added depth, over the seeds: " + "; ".join(steps))
     else:
         facts["dep_order"] = "fewer than two depths have a complete run, so there is no ordering to report"
     table = pd.DataFrame(rows).T.rename_axis("network")
     every = [r for runs in arms.values() for r in runs]
     return A.styled(table, ch.caption("Table 6 again: test error over seeds, and the paper's", *every), 2), facts
+
+
+def paper_ordering(depths: list[int], monotone: bool) -> str:
+    """How this build's ordering of `depths` compares with Table 6's at the same depths (whose
+    error falls from ResNet-20 to ResNet-110 and rises again at ResNet-1202)."""
+    paper = {d: A.PAPER_ERROR.get(f"ResNet-{d}") for d in depths}
+    if None in paper.values():
+        return ""
+    falls = all(paper[a] >= paper[b] for a, b in zip(depths, depths[1:]))
+    table6 = ", ".join(f"ResNet-{d} {paper[d]:.2f} %" for d in depths)
+    if monotone == falls:
+        return (f"; the means fall with every added depth, as Table 6's do at these depths ({table6})" if falls
+                else f"; Table 6 at these depths: {table6}")
+    return (f"; not Table 6's ordering at these depths, where the error falls with every added depth ({table6})"
+            if falls else f"; not Table 6's ordering at these depths ({table6})")
 
 
 def degradation(plain: dict[int, list[RunResult]], residual: dict[int, list[RunResult]]) -> dict:
