@@ -625,3 +625,28 @@ def test_records_verify_retrains_a_published_prefix_and_says_what_it_found(datas
         C.verify(root, dataset.identity, "smoke/nosuch", None, str(training_data[0]))
     with pytest.raises(RunError, match=f"before the record's first evaluation, at iteration {first}"):
         C.verify(root, dataset.identity, spec, first - 1, str(training_data[0]))
+
+
+@pytest.mark.parametrize("schedule, stop", [
+    (dict(milestones=(3, 6)), 5),                                    # resumed between two lr drops (as at 32k)
+    (dict(schedule="plateau", plateau_patience=0, plateau_threshold=0.5), 5),  # after a plateau reduction
+    (dict(warmup_until_error=0.95, warmup_lr=0.02), 53),              # after the ResNet-110 warm-up rule decided
+    (dict(optimizer="adam", lr=1e-3, schedule="constant"), 5),        # Adam's moments
+], ids=["lr-drop", "plateau", "warmup-rule", "adam"])
+def test_resume_is_bit_for_bit_across_the_state_that_matters(tiny, dataset, tmp_path, schedule, stop):
+    """Ctrl-C after a checkpoint, then resume: the run ends bit for bit as the one never stopped,
+    where the resumed state is more than the weights (the lr drop, the plateau scheduler, the
+    warm-up rule, Adam's moments)."""
+    settings = {**tiny, "name": "r", "iterations": 60 if stop > 8 else 8, "eval_every": 2, "checkpoint_every": 2,
+                **schedule}
+    with pytest.MonkeyPatch.context() as mp:
+        _interrupt_at(mp, stop)
+        with pytest.raises(KeyboardInterrupt):
+            train(dataset=dataset, **settings)
+    resumed = train(dataset=dataset, **settings)
+    assert [s["start"] for s in resumed.summary["segments"]] == [0, stop - 1]
+    straight = train(dataset=dataset, **{**settings, "runs_dir": str(tmp_path / "straight")})
+    assert resumed.lr_trace["lr"].nunique() >= (1 if "optimizer" in schedule else 2)  # the lr changed on the way
+    if "warmup_until_error" in schedule:
+        assert straight.summary["lr_warmup_ended_at"] == 50 == resumed.summary["lr_warmup_ended_at"]
+    _assert_identical_runs(resumed.run_dir, straight.run_dir)
