@@ -48,6 +48,9 @@ def test_the_matmul_step_gives_a_plausible_peak_and_sets_the_numerics():
         assert flop == 2 * 256 ** 3
         gflops = M.race({"matmul": step}, flop, cpu, rounds=2, warmup=1, seconds=0.05)["matmul"]["images_per_s"] / 1e9
         assert 0.1 < gflops < 1e5
+        g = torch.Generator().manual_seed(0)  # the step's operands: it computes their product, not just its time
+        a, b = (torch.randn(256, 256, generator=g).double() for _ in range(2))
+        assert torch.allclose(step().double(), a @ b, rtol=1e-4, atol=1e-3)
     assert not torch.backends.cuda.matmul.allow_tf32  # float32 is true fp32
 
 

@@ -28,6 +28,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import missing
 from resnet_cifar import data as D
 from resnet_cifar.chapters import ch06_results as results
 from resnet_cifar.experiments import CHAPTERS
@@ -431,7 +432,7 @@ def test_the_committed_paper_run_is_the_plans_run(dataset, tmp_path):
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0, records_data="jpeg-q75-copy")
     run = results.paper_run(ch)
     if run is None:
-        pytest.skip("no record of the paper's schedule is committed for the JPEG copy")
+        missing("no record of the paper's schedule is committed for the JPEG copy")
     assert run.name == results.PAPER_RUN and run.config["val_size"] == 0 and run.summary["train_size"] == 50000
     assert run.status in ("unfinished", "complete")
     assert results.paper_facts(run)["sched_at"] == f"{run.summary['iterations_done']:,}"

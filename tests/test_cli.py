@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import THREADS, real_data_dir
+from conftest import THREADS, missing, real_data_dir
 from resnet_cifar import cli
 from resnet_cifar.config import TrainConfig
 
@@ -91,7 +91,7 @@ def test_eval_of_a_non_run(capsys, tmp_path):
 def test_train_then_eval(tmp_path, capsys):
     data = real_data_dir()
     if data is None:
-        pytest.skip("the command line reads the full CIFAR-10 folder; none in $RESNET_CIFAR_DATA or ./data")
+        missing("the command line reads the full CIFAR-10 folder; none in $RESNET_CIFAR_DATA or ./data")
     runs = tmp_path / "runs"
     result = _cli("train", "--name", "cli", "--depth", "8", "--subset", "256", "--batch-size", "32",
                   "--iterations", "4", "--eval-every", "2", "--milestones", "2", "3", "--no-flip",

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CLASSES, real_data_dir
+from conftest import CLASSES, missing, real_data_dir
 from resnet_cifar import data as D
 from resnet_cifar.config import TrainConfig
 from resnet_cifar.data import prepare_data
@@ -44,7 +44,7 @@ def test_expected_counts_are_checked(cifar_folder):
 def test_real_copy_when_present():
     root = real_data_dir()
     if root is None:
-        pytest.skip("no CIFAR-10 in $RESNET_CIFAR_DATA or ./data (make data)")
+        missing("no CIFAR-10 in $RESNET_CIFAR_DATA or ./data (make data)")
     ds = D.load_cifar10(root)
     assert (len(ds.train_labels), len(ds.test_labels)) == (50000, 10000)
     assert ds.train_images.shape == (50000, 3, 32, 32)

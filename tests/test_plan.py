@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, real_data_dir
+from conftest import ROOT, missing, real_data_dir
 from resnet_cifar import book
 from resnet_cifar import experiments as E
 from resnet_cifar import plan as P
@@ -147,7 +147,7 @@ def fake_record(folder: Path, run: P.PlannedRun, profile: str, **summary) -> Pat
 
 def test_plan_shows_status_and_time_from_measured_rates(tmp_path, capsys):
     if real_data_dir() is None:
-        pytest.skip("the command line reads the full CIFAR-10 folder")
+        missing("the command line reads the full CIFAR-10 folder")
     from resnet_cifar import cli
     from resnet_cifar.commands import dataset_identity
     data = str(real_data_dir())
@@ -269,7 +269,7 @@ def same_records(a: Path, b: Path) -> None:
 def chapter4(tmp_path_factory):
     """Chapter 4's smoke runs, trained by the runner with two workers: (runs folder, output)."""
     if real_data_dir() is None:
-        pytest.skip("the runner reads the full CIFAR-10 folder; none in $RESNET_CIFAR_DATA or ./data")
+        missing("the runner reads the full CIFAR-10 folder; none in $RESNET_CIFAR_DATA or ./data")
     from resnet_cifar.commands import dataset_identity
     runs = tmp_path_factory.mktemp("chapter4") / "runs"
     proc = cli_run(*run_args(runs, "--chapters", "04", "--jobs", "2"))
@@ -426,7 +426,7 @@ def test_damaged_records_fail_loudly_and_say_how_to_restore_them(tmp_path, damag
     naming the file and what to do, from `records`, `records --best` (`make book`) and every
     chapter: never a silent fall-back to another profile or to training."""
     if not (COMMITTED_CPU / "records.json").is_file():
-        pytest.skip("no committed cpu records")
+        missing("no committed cpu records")
     folder = tmp_path / "book" / "records" / "jpeg-q75-copy" / "cpu"
     shutil.copytree(COMMITTED_CPU, folder)
     assert REC.best_records(tmp_path, "jpeg-q75-copy") == ("cpu", "jpeg-q75-copy")  # intact
@@ -441,7 +441,7 @@ def test_damaged_records_fail_loudly_and_say_how_to_restore_them(tmp_path, damag
 def test_records_best_fails_the_make_book_line_on_damaged_records(tmp_path):
     """`make book` reads `records --best`; a damaged records folder stops it with the message."""
     if real_data_dir() is None or not (COMMITTED_CPU / "records.json").is_file():
-        pytest.skip("needs the data folder and the committed cpu records")
+        missing("needs the data folder and the committed cpu records")
     (tmp_path / "_toc.yml").write_text("root: intro\n")
     folder = tmp_path / "book" / "records" / "jpeg-q75-copy" / "cpu"
     shutil.copytree(COMMITTED_CPU, folder)
@@ -592,11 +592,11 @@ def test_a_page_that_finds_committed_records_trains_its_other_runs_in_runs():
     """`chapter()` with no runs_dir at a profile with committed records: read them, and train
     what other parameter values make in <root>/runs; an explicit runs_dir is the only folder."""
     if real_data_dir() is None:
-        pytest.skip("the chapters read the full CIFAR-10 folder")
+        missing("the chapters read the full CIFAR-10 folder")
     from resnet_cifar.commands import dataset_identity
     identity = dataset_identity(str(real_data_dir()))
     if REC.read_manifest(ROOT / "book" / "records" / identity / "cpu") is None:
-        pytest.skip(f"no committed cpu records of {identity}")
+        missing(f"no committed cpu records of {identity}")
     ch = book.chapter("cpu", "cpu", str(real_data_dir()))
     assert ch.runs_dir == ROOT / "book" / "records" / identity / "cpu" and ch.records is not None
     assert ch.train_dir == ROOT / "runs" / identity / "cpu"
@@ -646,13 +646,13 @@ def test_run_does_not_train_again_what_the_committed_records_hold(tmp_path, caps
     """Published runs (another machine trained them) are skipped by `run` (`--retrain-published`
     trains them again, as `make book PROFILE=...` does): nothing is trained or written."""
     if real_data_dir() is None:
-        pytest.skip("the command line reads the full CIFAR-10 folder")
+        missing("the command line reads the full CIFAR-10 folder")
     from resnet_cifar import cli
     from resnet_cifar.commands import dataset_identity
     identity = dataset_identity(str(real_data_dir()))
     published = ROOT / "book" / "records" / identity / "cpu"
     if not (published / "resnet32-seed0" / "summary.json").is_file():
-        pytest.skip(f"no committed cpu records of {identity}")
+        missing(f"no committed cpu records of {identity}")
     args = ["run", "--profile", "cpu", "--device", "cpu", "--only", "resnet32-seed0", "--data-dir",
             str(real_data_dir()), "--runs-dir", str(tmp_path / "runs")]
     assert cli.main(args) == 0

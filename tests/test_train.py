@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from conftest import missing
 from resnet_cifar import data as D
 from resnet_cifar.models import resnet
 from resnet_cifar import runs as R
@@ -181,7 +182,7 @@ def test_training_lowers_the_loss(tiny, dataset):
     training loss and error fall clearly from the first 25 iterations to the last 25
     (seen on the JPEG copy: loss 2.30 -> 1.72, error 80% -> 64%, val error 70%)."""
     if dataset.identity not in ("jpeg-q75-copy", "official"):
-        pytest.skip("needs real CIFAR-10 images (the synthetic fallback is learnt at once); make data")
+        missing("needs real CIFAR-10 images (the synthetic fallback is learnt at once); make data")
     settings = {**tiny, "subset": 512, "iterations": 100, "eval_every": 25, "crop": False, "flip": False,
                 "lr": 0.05, "milestones": (1000,)}
     run = train(name="learn", dataset=dataset, **settings)
