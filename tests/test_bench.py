@@ -382,3 +382,48 @@ def test_the_number_format_table_flags_the_rate_it_shows_and_its_sentence_leaves
     assert notes[fp32["variant"]] == "1.01×" and notes[cl["variant"]] == "1.50× flagged"
     assert f"{fp32['variant']} {fp32['library']:,.0f}" in facts["opt_dtype_verdict"]
     assert f"{cl['variant']} " not in facts["opt_dtype_verdict"]
+
+
+def test_other_load_counts_other_processes_and_not_this_ones():
+    """OtherLoad: a busy process that is not ours counts (about a core); our own busy child does not."""
+    import subprocess
+    import time
+    if M._busy_seconds() is None:
+        pytest.skip("no /proc on this system: the load is not sampled")
+    busy = "end=$((SECONDS + 3)); while [ $SECONDS -lt $end ]; do :; done"
+    before = M.other_load_now(1.0)
+    child = subprocess.Popen(["bash", "-c", busy])
+    with M.OtherLoad() as own:
+        time.sleep(1.5)
+    child.wait()
+    assert own.cores is not None and own.cores <= before + 0.5  # our child's CPU is ours
+    subprocess.run(["bash", "-c", f"(bash -c '{busy}' &)"], check=True)  # an orphan: another process
+    with M.OtherLoad() as other:
+        time.sleep(1.5)
+    assert other.cores >= 0.5
+
+
+def test_a_record_taken_under_load_says_so_and_states_no_figure(tmp_path):
+    """A benchmark record whose load samples show other processes at work: every table row says
+    'under load', and no sentence of the appendix or chapter 5 states one of its figures."""
+    from types import SimpleNamespace
+    from resnet_cifar.chapters.ch05_optimizers import format_speeds
+    record = json.loads((RECORDS / "bench-cpu.json").read_text())
+    first = record["variants"][0]["variant"]
+    quiet = {**record, "info": {**record["info"], "other_load": dict(before=0.02, during={first: 0.05},
+                                                                     limit=M.LOAD_LIMIT)}}
+    assert S.under_load(quiet) is None and S.summarize(quiet)["say_library"].startswith("With the fp32 step")
+    loaded = {**record, "info": {**record["info"], "other_load": dict(before=0.02, during={first: 1.6},
+                                                                      limit=M.LOAD_LIMIT)}}
+    s = S.summarize(loaded)
+    assert S.under_load(loaded) == 1.6 and s["other_load"] == 1.6
+    for key in ("say_library", "say_model", "say_data", "say_peak", "say_evaluation"):
+        assert s[key].startswith("No figure is stated for") and "other processes used up to 1.6 cores" in s[key], key
+    assert "the whole record is flagged" in s["say_flagged"]
+    table = S.tables(loaded)["variants"]
+    assert table["rounds max / min"].str.endswith(" · under load").all()
+    assert table.set_index("variant").loc[first, "other processes, cores"] == 1.6
+    (tmp_path / "bench-cpu.json").write_text(json.dumps(loaded))
+    _, facts = format_speeds(SimpleNamespace(torch_device=torch.device("cpu")), tmp_path)
+    assert facts["opt_dtype_verdict"].startswith("no figure of the committed benchmark records is stated: each was "
+                                                 "taken under load")

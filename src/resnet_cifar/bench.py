@@ -39,8 +39,8 @@ import torch
 from . import data as D
 from .config import TrainConfig
 from .devices import cpu_features, device_label, native_bf16, pick_device, set_numerics
-from .measure import (conventional_loader, load_average, macs_per_image, matmul_step, measure_concurrent,
-                      profile_steps, race)
+from .measure import (LOAD_LIMIT, OtherLoad, conventional_loader, load_average, macs_per_image, matmul_step,
+                      measure_concurrent, other_load_now, profile_steps, race)
 from .bench_summary import tables
 from .records import BENCH_FORMAT
 from .runs import git_commit
@@ -180,7 +180,9 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
                 train_images=len(ds.train_labels), dataset=ds.label, seconds=seconds, rounds=rounds, warmup=warmup,
                 workers=list(workers), macs_per_image=macs, train_gflop_per_image=6 * macs / 1e9,
                 peak_n=8192 if dev.type == "cuda" else 2048, date=time.strftime("%Y-%m-%d %H:%M"),
-                git_commit=git_commit())
+                git_commit=git_commit(),
+                # other processes' CPU use (cores): a second before, then during each variant's rounds
+                other_load=dict(before=other_load_now(), during={}, limit=LOAD_LIMIT))
     peaks = {}
     record = dict(format=BENCH_FORMAT, info=info, peaks=peaks, variants=[], conventional=[], skipped=[], errors=[],
                   evaluation=None, profile=None, concurrent=None, notes=[])
@@ -204,7 +206,9 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
             steps["matmul"], images["matmul"] = matmul_step(dev, v.dtype)  # the peak, in the same numerics
             if record["evaluation"] is None:
                 steps["evaluation"], images["evaluation"], eval_batch = evaluation_step(s)
-            res = race(steps, images, dev, rounds, warmup, seconds)
+            with OtherLoad() as load:
+                res = race(steps, images, dev, rounds, warmup, seconds)
+            info["other_load"]["during"][v.label] = load.cores
             del steps  # the DataLoaders' worker processes end with their loaders
         except Exception as e:  # a variant this device or PyTorch build cannot run: recorded, not fatal
             record["errors"].append(dict(variant=v.label, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))

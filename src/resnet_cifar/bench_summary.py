@@ -5,7 +5,7 @@ whose rounds disagree (max / min > measure.SPREAD_LIMIT) is flagged and kept out
 from __future__ import annotations
 
 from .config import PAPER_ITERATIONS
-from .measure import SPREAD_LIMIT, spread
+from .measure import LOAD_LIMIT, SPREAD_LIMIT, spread
 
 
 def _spread(rounds) -> float | None:
@@ -40,6 +40,16 @@ def _grouped(labels: list[str]) -> str:
         variant, what = label.split(" ", 1)
         groups.setdefault(variant, []).append(what)
     return "; ".join(f"{v} ({', '.join(w)})" for v, w in groups.items()) or "none"
+
+
+def under_load(record: dict) -> float | None:
+    """The most CPU (in cores) other processes used while the record was measured, when more
+    than its limit (measure.LOAD_LIMIT): then the record is not the machine's own speed. None
+    when below, or for a record that did not sample it."""
+    other = record["info"].get("other_load") or {}
+    seen = [x for x in [other.get("before"), *(other.get("during") or {}).values()] if x is not None]
+    worst = max(seen, default=None)
+    return worst if worst is not None and worst > other.get("limit", LOAD_LIMIT) else None
 
 
 def summarize(record: dict, base: str = "fp32") -> dict:
@@ -111,11 +121,18 @@ def summarize(record: dict, base: str = "fp32") -> dict:
                   eval_library=f"{host.get('variant')} library", fastest_fp32=f"{s['fastest_fp32']} library",
                   fastest=f"{s['fastest']} library", fastest_conventional=f"{s['fastest']} conventional")
 
+    loaded = under_load(record)
+    s["other_load"] = loaded
+
     def say(names, text, what):
-        """`text()` if every figure in `names` was measured and its rounds agree; else why not."""
+        """`text()` if every figure in `names` was measured and its rounds agree, on a machine no
+        other process loaded; else why not."""
         missing = [n for n in names if figures[n][0] is None]
         if missing:
             return f"This record has no figure for {what}."
+        if loaded:
+            return (f"No figure is stated for {what}: other processes used up to {loaded:.1f} cores while this record "
+                    "was measured, so its figures are not this machine's own speed; the tables mark it.")
         bad = [f"{labels[n]} {_spread(figures[n][1]):.2f}×" for n in names if is_flagged(figures[n][1])]
         if bad:
             return (f"No figure is stated for {what}: the rounds of {', '.join(bad)} (max / min) differ by more than "
@@ -126,7 +143,9 @@ def summarize(record: dict, base: str = "fp32") -> dict:
     s["say_flagged"] = (
         f"The rounds of {s['flagged']} differed by more than {SPREAD_LIMIT:.2f}× (max / min): those figures are "
         f"flagged in the tables and left out of the sentences." if flagged else
-        f"Every figure's rounds agreed within {SPREAD_LIMIT:.2f}× (max / min).")
+        f"Every figure's rounds agreed within {SPREAD_LIMIT:.2f}× (max / min).") + (
+        f" Other processes used up to {loaded:.1f} cores while it was measured (more than {LOAD_LIMIT:g}): the whole "
+        "record is flagged, and no sentence states its figures." if loaded else "")
     s["say_rounds"] = (f"Each figure is the median of {n} rounds, timed in turns with the other figures of its "
                        f"variant, and ratios are stated only between figures of the same rounds. {s['say_flagged']}")
     s["say_library"] = say(("library", "conventional"), lambda: (
@@ -167,7 +186,8 @@ def summarize(record: dict, base: str = "fp32") -> dict:
             "the fastest fp32 variant"),
         say(("fastest",), lambda: (f"Its fastest variant in any numerics, {s['fastest']}, "
                                    f"{s['schedule_fastest_min']:,.0f} min."), "the fastest variant")])
-    s["say_concurrent"] = (
+    s["say_concurrent"] = "No figure is stated for several runs at once: the record was taken under load." if (
+        loaded and conc) else (
         f"{conc['runs']} runs at once, {conc['threads_per_run']} thread(s) each, trained at {conc['total']:,.0f} "
         f"images/s in all against {conc['single']:,.0f} for one run alone on {conc['threads_single']} thread(s): "
         f"{conc['speedup']:.2f}× (one window each, no rounds)." if conc else
@@ -191,6 +211,9 @@ def tables(record: dict) -> dict:
     prof = [{"op": r["name"], "kind": r["kind"], "calls": r["calls"], "ms / step": r["ms_per_step"],
              "share %": r["share"]}
             for r in (record.get("profile") or {}).get("rows", [])]
-    variants = [{**{new: r.get(old) for old, new in names.items()}, "rounds max / min": rounds_note(r.get("rounds"))}
-                for r in record["variants"]]
+    during = (record["info"].get("other_load") or {}).get("during") or {}
+    loaded = " · under load" if under_load(record) else ""
+    variants = [{**{new: r.get(old) for old, new in names.items()},
+                 "rounds max / min": rounds_note(r.get("rounds")) + loaded,
+                 "other processes, cores": during.get(r["variant"])} for r in record["variants"]]
     return dict(variants=pd.DataFrame(variants), conventional=pd.DataFrame(conv), profile=pd.DataFrame(prof))

@@ -121,6 +121,55 @@ def conventional_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: 
         generator=torch.Generator().manual_seed(seed))
 
 
+LOAD_LIMIT = 0.25  # cores: other processes using more while a benchmark runs make its record "under load"
+
+
+def _busy_seconds() -> tuple[float, float] | None:
+    """(CPU seconds the whole machine spent busy, of which this process and its descendants)
+    since boot, from /proc (None where there is none)."""
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        total = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+        busy = sum(total) - total[3] - total[4]  # all but idle and iowait
+        procs = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    text = open(f"/proc/{name}/stat").read()
+                    fields = text[text.rindex(")") + 2:].split()
+                    procs[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    except (OSError, ValueError, AttributeError):
+        return None
+    ours, grew = {os.getpid()}, True
+    while grew:
+        new = {pid for pid, (ppid, _) in procs.items() if ppid in ours} - ours
+        ours, grew = ours | new, bool(new)
+    return busy / tick, sum(procs[pid][1] for pid in ours if pid in procs) / tick
+
+
+class OtherLoad:
+    """`with OtherLoad() as load: ...`, then `load.cores`: the CPU that other processes used over
+    the block, in cores (machine busy time minus this process tree's, per second; None without
+    /proc). A benchmark is its machine's speed only when this stays near zero."""
+    cores: float | None = None
+
+    def __enter__(self) -> "OtherLoad":
+        self.start, self.wall = _busy_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end, wall = _busy_seconds(), time.perf_counter() - self.wall
+        if self.start and end and wall > 0:
+            self.cores = max(0.0, ((end[0] - self.start[0]) - (end[1] - self.start[1])) / wall)
+
+
+def other_load_now(seconds: float = 1.0) -> float | None:
+    """Other processes' CPU use over `seconds` of this process waiting (in cores)."""
+    with OtherLoad() as load:
+        time.sleep(seconds)
+    return load.cores
+
+
 def load_average() -> float | None:
     """The 1-minute load average (how busy the machine was), where the system reports one."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None

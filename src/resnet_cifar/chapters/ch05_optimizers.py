@@ -11,7 +11,7 @@ import torch
 
 from .. import analysis as A
 from ..analysis import fmt
-from ..bench_summary import is_flagged, rounds_note
+from ..bench_summary import is_flagged, rounds_note, under_load
 from ..compare import comparison
 from ..config import TrainConfig
 from ..data import prepare_data
@@ -111,15 +111,20 @@ def format_speeds(ch, records_dir: Path | None = None) -> tuple["pd.io.formats.s
         info = rec["info"]
         variants = [v for v in rec["variants"] if "compile" not in v["variant"] and v.get("library")]
         rounds = {v["variant"]: (v.get("rounds") or {}).get("library") for v in variants}
+        loaded = " · under load" if under_load(rec) else ""
         for v in variants:  # the one figure shown: the library rate, with its own rounds' spread
             rows[(info["device_name"], v["variant"])] = {
-                "dtype": v["dtype"], "images/s": v["library"], "rounds max / min": rounds_note(rounds[v["variant"]]),
+                "dtype": v["dtype"], "images/s": v["library"],
+                "rounds max / min": rounds_note(rounds[v["variant"]]) + loaded,
                 "record": f"{name}.json, {info['date']}, batch {info['batch_size']}"}
-        parts = [f"{v['variant']} {v['library']:,.0f}" for v in variants if not is_flagged(rounds[v["variant"]])]
+        parts = [f"{v['variant']} {v['library']:,.0f}" for v in variants
+                 if not is_flagged(rounds[v["variant"]]) and not loaded]
         if parts:
             sentences.append(f"on {info['device_name']} ({name}.json, {info['date']}), images/s: " + ", ".join(parts))
-    facts = {"opt_dtype_verdict": "; ".join(sentences) or "no benchmark record is committed, so this build has "
-                                                           "no measured speed per number format",
+    none = ("no benchmark record is committed, so this build has no measured speed per number format" if not records
+            else "no figure of the committed benchmark records is stated: each was taken under load or its rounds "
+                 "disagree (the table marks them)")
+    facts = {"opt_dtype_verdict": "; ".join(sentences) or none,
              "opt_log_speed": f"{45000 / 10.32:,.0f}",  # the log: 45k training images in 10.3 s per epoch
              "opt_native_bf16": "has" if native_bf16(ch.torch_device) else "has no"}
     table = pd.DataFrame(rows).T.rename_axis(["device", "variant"]) if rows else pd.DataFrame()
