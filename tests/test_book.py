@@ -678,3 +678,17 @@ def test_two_plateau_runs_that_never_fired_read_as_one_sentence(dataset, tmp_pat
     facts = ch04_schedule.schedule_facts(ch, runs, 1000, 10)
     assert facts["sch_plateau"] == ("With patience 1,000 the scheduler never reduced the learning rate; with "
                                     "patience 10 it reduced it 1 time(s), first at iteration 2")
+
+
+def test_a_setting_whose_seeds_split_between_training_and_chance_says_so(tmp_path):
+    import math
+    import pandas as pd
+    from resnet_cifar.chapters import ch05_optimizers
+    trained, stuck = _record(tmp_path, "a", "complete", 0.265), _record(tmp_path, "b", "complete", 0.9)
+    trained.config["seed"], stuck.config["seed"] = 0, 1
+    stuck.history = pd.DataFrame(dict(iteration=[200, 400], train_loss=[2.312, math.log(10)], test_error=[0.9, 0.9]))
+    facts = ch05_optimizers.chance_runs({"eps 0.9": [trained, stuck], "eps 0.1": [trained]})
+    assert facts["eps_chance"] == ("With eps 0.9, seed 1 (90.0 %) never left chance (training loss ln 10 = 2.303 at "
+                                   "every evaluation) while seed 0 (26.5 %) trained. A mean over seeds that split like "
+                                   "this describes neither of them.")
+    assert ch05_optimizers.chance_runs({"eps 0.1": [trained]})["eps_chance"] == "No seed of these settings stayed at chance."

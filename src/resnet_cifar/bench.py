@@ -39,7 +39,7 @@ import torch
 from . import data as D
 from .config import TrainConfig
 from .devices import cpu_features, device_label, native_bf16, pick_device, set_numerics
-from .measure import (LOAD_LIMIT, OtherLoad, conventional_loader, load_average, macs_per_image, matmul_step,
+from .measure import (LOAD_LIMIT, conventional_loader, load_average, macs_per_image, matmul_step,
                       measure_concurrent, other_load_now, profile_steps, race)
 from .bench_summary import tables
 from .records import BENCH_FORMAT
@@ -206,9 +206,8 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
             steps["matmul"], images["matmul"] = matmul_step(dev, v.dtype)  # the peak, in the same numerics
             if record["evaluation"] is None:
                 steps["evaluation"], images["evaluation"], eval_batch = evaluation_step(s)
-            with OtherLoad() as load:
-                res = race(steps, images, dev, rounds, warmup, seconds)
-            info["other_load"]["during"][v.label] = load.cores
+            res = race(steps, images, dev, rounds, warmup, seconds)
+            info["other_load"]["during"][v.label] = res["library"]["other_cores"]
             del steps  # the DataLoaders' worker processes end with their loaders
         except Exception as e:  # a variant this device or PyTorch build cannot run: recorded, not fatal
             record["errors"].append(dict(variant=v.label, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))

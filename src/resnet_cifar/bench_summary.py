@@ -154,7 +154,9 @@ def summarize(record: dict, base: str = "fp32") -> dict:
         f"ratio of {s['ratio']:.2f}×."), f"the {base} library and conventional pipeline")
     s["say_model"] = say(("model", "conventional"), lambda: (
         f"The step alone, with no data work, ran at {s['model']:,.0f} images/s, {s['ceiling']:.2f}× the conventional "
-        f"pipeline: the most any data pipeline could gain with this step on this device."),
+        + ("pipeline: the most any data pipeline could gain with this step on this device." if s["ceiling"] >= 1 else
+           "pipeline: no faster than the whole conventional pipeline in these rounds, so a faster data pipeline has "
+           "nothing to gain here.")),
         f"the {base} step alone")
     s["say_data"] = say(("data", "library"), lambda: (
         f"It took {s['data_ms']:.1f} ms per batch, timed on its own: {s['data_share']:.1f} % of the library's "

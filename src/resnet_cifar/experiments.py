@@ -88,7 +88,7 @@ def model(profile: str = "smoke", seed: int = 0, fig6_depths=(20, 32), log_patie
     plateau = dict(schedule="plateau", plateau_patience=log_patience, plateau_threshold=plateau_threshold)
     seeds, r34 = arm_seeds(profile, seed), "resnet34-imagenet"
     return {
-        "imagenet": {"ResNet-32 (paper)": baseline(profile, seed),
+        "imagenet": {"ResNet-32 (the paper's model)": baseline(profile, seed),
                      "ResNet-34 (ImageNet), paper schedule": model_runs(seeds, r34, arch=r34),
                      "ResNet-34 (ImageNet), log's plateau": model_runs(seeds, f"{r34}-plateau", arch=r34, **plateau),
                      "ResNet-34 (ImageNet), log's plateau, no crop":

@@ -44,7 +44,7 @@ def race(steps: dict, images, device: torch.device, rounds: int, warmup: int, se
     takes its window in turn, so that whatever else slows the machine slows them alike and
     their ratios hold. `images`: what one call processes, one number or {name: number}.
     {name: {images_per_s (the median of the rounds), rates (each round's), spread (max / min),
-    warmup_s}}."""
+    warmup_s, other_cores (other processes' CPU use during the rounds, `OtherLoad`)}}."""
     per_call = images if isinstance(images, dict) else dict.fromkeys(steps, images)
     out = {}
     for name, fn in steps.items():
@@ -56,16 +56,17 @@ def race(steps: dict, images, device: torch.device, rounds: int, warmup: int, se
         sync(device)
         out[name] = dict(warmup_s=time.perf_counter() - t0, rates=[],
                          n=max(1, round(seconds / max(time.perf_counter() - t1, 1e-6))))
-    for _ in range(rounds):
-        for name, fn in steps.items():
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(out[name]["n"]):
-                fn()
-            sync(device)
-            out[name]["rates"].append(per_call[name] * out[name]["n"] / (time.perf_counter() - t0))
+    with OtherLoad() as load:  # the timed rounds only: compilation's short-lived workers are no other load
+        for _ in range(rounds):
+            for name, fn in steps.items():
+                sync(device)
+                t0 = time.perf_counter()
+                for _ in range(out[name]["n"]):
+                    fn()
+                sync(device)
+                out[name]["rates"].append(per_call[name] * out[name]["n"] / (time.perf_counter() - t0))
     return {name: dict(images_per_s=statistics.median(r["rates"]), rates=r["rates"], spread=spread(r["rates"]),
-                       warmup_s=r["warmup_s"]) for name, r in out.items()}
+                       warmup_s=r["warmup_s"], other_cores=load.cores) for name, r in out.items()}
 
 
 def matmul_step(device: torch.device, numerics: str = "float32", n: int | None = None):

@@ -34,7 +34,7 @@ def model_facts(model: torch.nn.Module) -> dict:
 def imagenet_runs(ch, arms: dict[str, list[RunResult]]) -> tuple["pd.io.formats.style.Styler", dict]:
     """The log's ResNet-34 against ResNet-32 over seeds (table), each change's verdict
     (`r34_architecture`, `r34_schedule`, `r34_augmentation`) and the runs this profile leaves out."""
-    table, facts = comparison(ch, arms, "ResNet-32 (paper)", "The log's ResNet-34", "r34")
+    table, facts = comparison(ch, arms, "ResNet-32 (the paper's model)", "The log's ResNet-34", "r34")
     names = list(arms)
     for key, (a, b) in {"r34_architecture": (1, 0), "r34_schedule": (2, 1), "r34_augmentation": (3, 2)}.items():
         facts[key] = (f"{names[a]} against {names[b]}: " + verdict(values(arms[names[a]]), values(arms[names[b]]),

@@ -16,7 +16,7 @@ from ..compare import comparison
 from ..config import TrainConfig
 from ..data import prepare_data
 from ..devices import native_bf16
-from ..models import build_model
+from ..models import build_model, multiply_adds
 from ..records import RECORDS, load_records, project_root
 from ..runs import RunResult
 
@@ -126,6 +126,28 @@ def format_speeds(ch, records_dir: Path | None = None) -> tuple["pd.io.formats.s
                  "disagree (the table marks them)")
     facts = {"opt_dtype_verdict": "; ".join(sentences) or none,
              "opt_log_speed": f"{45000 / 10.32:,.0f}",  # the log: 45k training images in 10.3 s per epoch
+             # ... with its ImageNet ResNet-34 on 32x32 images: a training step is about 3 passes of 2 FLOP per
+             # multiply-add (forward, and backward for inputs and weights)
+             "opt_log_macs": f"{multiply_adds('resnet34-imagenet') / 1e6:.0f}M",
+             "opt_log_tflops": f"{6 * multiply_adds('resnet34-imagenet') * 45000 / 10.32 / 1e12:.1f}",
              "opt_native_bf16": "has" if native_bf16(ch.torch_device) else "has no"}
     table = pd.DataFrame(rows).T.rename_axis(["device", "variant"]) if rows else pd.DataFrame()
     return A.styled(table, "Number formats: training speed from the benchmark's records (appendix)", 2), facts
+
+
+def chance_runs(arms: dict[str, list[RunResult]]) -> dict:
+    """The seeds that never left chance (training loss within 0.02 of ln 10 at every evaluation)
+    beside the seeds of the same setting that trained (`eps_chance`): a split that a mean over
+    the seeds hides."""
+    ln10, parts = math.log(10), []
+    for label, runs in arms.items():
+        stuck = [r for r in runs if len(r.history) and (r.history["train_loss"] - ln10).abs().max() < 0.02]
+        if not stuck:
+            continue
+        trained = [r for r in runs if r not in stuck]
+        seeds = lambda rs: ", ".join(f"seed {r.config['seed']} ({fmt(r.error())} %)" for r in rs)  # noqa: E731
+        parts.append(f"with {label}, {seeds(stuck)} never left chance (training loss ln 10 = {ln10:.3f} at every "
+                     "evaluation)" + (f" while {seeds(trained)} trained" if trained else ""))
+    text = ("; ".join(parts)[:1].upper() + "; ".join(parts)[1:] + ". A mean over seeds that split like this "
+            "describes neither of them." if parts else "No seed of these settings stayed at chance.")
+    return {"eps_chance": text}
