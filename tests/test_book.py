@@ -692,3 +692,21 @@ def test_a_setting_whose_seeds_split_between_training_and_chance_says_so(tmp_pat
                                    "every evaluation) while seed 0 (26.5 %) trained. A mean over seeds that split like "
                                    "this describes neither of them.")
     assert ch05_optimizers.chance_runs({"eps 0.1": [trained]})["eps_chance"] == "No seed of these settings stayed at chance."
+
+
+def test_fig6_compares_plain_and_residual_at_the_same_depth(tmp_path):
+    """At a short budget a deeper net also trains more slowly; the same depth with and without
+    shortcuts is the comparison the budget does not blur, and the page states it."""
+    from resnet_cifar.chapters import ch07_depth
+
+    def run(name, train_error):
+        r = _record(tmp_path, name, "complete", 0.5)
+        r.history["train_error"] = train_error
+        return r
+    plain = {20: [run("p20", 0.33), run("p20b", 0.33)], 56: [run("p56", 0.74), run("p56b", 0.76)]}
+    residual = {20: [run("r20", 0.29), run("r20b", 0.31)], 56: [run("r56", 0.50), run("r56b", 0.52)]}
+    facts = ch07_depth.degradation(plain, residual)
+    assert facts["dep_same_depth"].startswith("At the same depth, 56 layers, the plain net ends at 75.0 % training "
+                                              "error and the ResNet at 51.0 % (mean of 2 and 2 seed(s)): ")
+    assert ch07_depth.degradation({20: plain[20]}, {56: residual[56]})["dep_same_depth"] == (
+        "No depth was trained both plain and residual at this profile.")

@@ -77,7 +77,8 @@ def paper_ordering(depths: list[int], monotone: bool) -> str:
 
 def degradation(plain: dict[int, list[RunResult]], residual: dict[int, list[RunResult]]) -> dict:
     """Does the deepest plain net end with a higher training error than the shallowest? And the
-    residual nets? (`dep_degradation`, `dep_residual`): the paper's Fig. 6 in two sentences."""
+    residual nets? And at the deepest depth both have, plain against residual (`dep_degradation`,
+    `dep_residual`, `dep_same_depth`): the paper's Fig. 6 in three sentences."""
     def sentence(arms: dict[int, list[RunResult]], name: str) -> str:
         lo, hi = min(arms), max(arms)
         a = [x for x in map(final_train_error, arms[lo]) if x is not None]
@@ -89,7 +90,19 @@ def degradation(plain: dict[int, list[RunResult]], residual: dict[int, list[RunR
         return (f"{name}-{hi} ends with a {higher} final training error than {name}-{lo} "
                 f"({mb:.1f} % against {ma:.1f} %, mean of {len(b)} and {len(a)} seed(s)): "
                 + verdict(b, a, f"{name}-{lo}") + ".")
-    return {"dep_degradation": sentence(plain, "plain"), "dep_residual": sentence(residual, "ResNet")}
+    both = sorted(set(plain) & set(residual))
+    if both:  # the comparison a short budget does not blur: the same depth with and without shortcuts
+        d = both[-1]
+        p_err = [x for x in map(final_train_error, plain[d]) if x is not None]
+        r_err = [x for x in map(final_train_error, residual[d]) if x is not None]
+        same = (f"At the same depth, {d} layers, the plain net ends at {mean_std(p_err)[0]:.1f} % training error and "
+                f"the ResNet at {mean_std(r_err)[0]:.1f} % (mean of {len(p_err)} and {len(r_err)} seed(s)): "
+                + verdict(p_err, r_err, f"ResNet-{d}") + "." if p_err and r_err else
+                f"plain-{d} or ResNet-{d} has no complete run, so this build cannot compare them.")
+    else:
+        same = "No depth was trained both plain and residual at this profile."
+    return {"dep_degradation": sentence(plain, "plain"), "dep_residual": sentence(residual, "ResNet"),
+            "dep_same_depth": same}
 
 
 def fig6(ch, plain: dict[int, list[RunResult]], residual: dict[int, list[RunResult]]):
