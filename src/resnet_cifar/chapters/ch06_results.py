@@ -323,3 +323,9 @@ def paper_sittings(run: RunResult | None) -> "pd.io.formats.style.Styler":
             for seg in run.summary.get("segments") or []]
     table = pd.DataFrame(rows, index=pd.RangeIndex(1, len(rows) + 1, name="sitting"))
     return A.styled(table, paper_caption("The sittings that trained it (images/s: training and evaluation)", run))
+
+
+def rule_facts(ch) -> dict:
+    """How many seeds this profile trains per compared arm and for the headline (`rule_*`)."""
+    from ..experiments import HEADLINE_SEEDS, SEEDS_PER_ARM
+    return {"rule_arm_seeds": str(SEEDS_PER_ARM[ch.profile]), "rule_head_seeds": str(HEADLINE_SEEDS[ch.profile])}
