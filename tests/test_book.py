@@ -710,3 +710,24 @@ def test_fig6_compares_plain_and_residual_at_the_same_depth(tmp_path):
                                               "error and the ResNet at 51.0 % (mean of 2 and 2 seed(s)): ")
     assert ch07_depth.degradation({20: plain[20]}, {56: residual[56]})["dep_same_depth"] == (
         "No depth was trained both plain and residual at this profile.")
+
+
+def test_the_logs_questions_are_answered_from_runs_or_say_there_are_none(dataset, tmp_path, monkeypatch):
+    """The introduction's answers table: a question whose arms were trained gets their means and
+    the computed verdict; one whose arm this profile does not train says so."""
+    from resnet_cifar import book
+    ch = book.Chapter("cpu", "cpu", dataset, tmp_path, 0)
+    good = [_record(tmp_path, f"g{s}", "complete", e) for s, e in ((0, 0.30), (1, 0.31))]
+    base = [_record(tmp_path, f"b{s}", "complete", e) for s, e in ((0, 0.38), (1, 0.40))]
+    arms = {"05_optimizers": {"adam_constant": {"Adam, constant lr 0.001": good},
+                              "optimizers": {"SGD, momentum 0.9 (paper)": base}}}
+    monkeypatch.setattr(book.Chapter, "experiments", lambda self, chapter: arms.get(chapter, {}))
+    table = results.answers(ch).data
+    adam = table.loc["Adam at a constant lr or the paper's SGD?"]
+    assert adam["answer at this profile"] == ("Adam, constant lr 0.001 30.5 % against SGD, momentum 0.9 (paper) 39.0 % "
+                                              "test error")
+    assert adam["evidence"] == f"2 and 2 seed(s), 20 iterations, {ch.runs_label}"
+    assert adam["verdict"].startswith("lower error than SGD, momentum 0.9 (paper) by 8.50 points, beyond the seeds'")
+    relu = table.loc["Why does a ReLU after the last FC stop learning?"]
+    assert relu["answer at this profile"] == "ReLU after the last FC: not trained (or not finished) at profile cpu"
+    assert relu["verdict"] == "no runs here; chapter 05 answers otherwise" and len(table) == len(results.QUESTIONS)

@@ -329,3 +329,52 @@ def rule_facts(ch) -> dict:
     """How many seeds this profile trains per compared arm and for the headline (`rule_*`)."""
     from ..experiments import HEADLINE_SEEDS, SEEDS_PER_ARM
     return {"rule_arm_seeds": str(SEEDS_PER_ARM[ch.profile]), "rule_head_seeds": str(HEADLINE_SEEDS[ch.profile])}
+
+
+# The log's questions, each with the arm that answers it and its reference: (question, chapter,
+# (section, arm label), (section, reference label)).
+QUESTIONS = [
+    ("Why did the log's runs stall at 65–74 % accuracy?", "02_model",
+     ("imagenet", "ResNet-34 (ImageNet), log's plateau"), ("imagenet", "ResNet-32 (the paper's model)")),
+    ("Does testing without the per-pixel mean break the model?", "03_augmentation",
+     ("normalization", "test without mean subtraction"), ("normalization", "per-pixel mean (paper)")),
+    ("Plateau scheduler or the paper's step schedule?", "04_schedule",
+     ("schedules", "plateau, patience 1000"), ("schedules", "multistep (paper)")),
+    ("Adam at a constant lr or the paper's SGD?", "05_optimizers",
+     ("adam_constant", "Adam, constant lr 0.001"), ("optimizers", "SGD, momentum 0.9 (paper)")),
+    ("Why does a ReLU after the last FC stop learning?", "05_optimizers",
+     ("final_relu", "ReLU after the last FC"), ("final_relu", "no final ReLU (paper)")),
+    ("Does BatchNorm's eps matter (eps 0.9, the positional trap)?", "05_optimizers",
+     ("batchnorm", "eps 0.9"), ("batchnorm", "eps 1e-5, momentum 0.1 (default)")),
+    ("Does a deeper ResNet do better (Table 6)?", "07_depth", ("table6", 56), ("table6", 20)),
+    ("Do shortcuts cure the deep plain net (Fig. 6)?", "07_depth", ("table6", 56), ("plain", 56)),
+]
+
+
+def answers(ch) -> "pd.io.formats.style.Styler":
+    """One row per question of the log: the book's answer at this page's profile (the arms' mean
+    test errors), its evidence (seeds, iterations, data) and how strong it is (the computed
+    verdict, `compare.verdict`); an arm the profile does not train is said to be so."""
+    from ..compare import values, verdict
+    rows, sections = [], {}
+    for question, chapter, (sec, label), (ref_sec, ref_label) in QUESTIONS:
+        sections.setdefault(chapter, ch.experiments(chapter))
+        arm = sections[chapter].get(sec, {}).get(label)
+        ref = sections[chapter].get(ref_sec, {}).get(ref_label)
+        name = lambda s, x: f"plain-{x}" if s == "plain" else f"ResNet-{x}" if isinstance(x, int) else x  # noqa: E731
+        a, r = values(arm or []), values(ref or [])
+        if not a or not r:
+            missing = name(sec, label) if not a else name(ref_sec, ref_label)
+            rows.append({"question (the log)": question, "chapter": chapter[:2],
+                         "answer at this profile": f"{missing}: not trained (or not finished) at profile {ch.profile}",
+                         "evidence": "–", "verdict": f"no runs here; chapter {chapter[:2]} answers otherwise"})
+            continue
+        budget = (arm[0].summary.get("iterations_done") or 0)
+        rows.append({"question (the log)": question, "chapter": chapter[:2],
+                     "answer at this profile": f"{name(sec, label)} {mean_std(a)[0]:.1f} % against "
+                                               f"{name(ref_sec, ref_label)} {mean_std(r)[0]:.1f} % test error",
+                     "evidence": f"{len(a)} and {len(r)} seed(s), {budget:,} iterations, {ch.runs_label}",
+                     "verdict": verdict(a, r, name(ref_sec, ref_label))})
+    table = pd.DataFrame(rows).set_index("question (the log)")
+    runs = [r for arms in sections.values() for sec in arms.values() for rs in sec.values() for r in rs]
+    return A.styled(table, ch.caption("The log's questions, answered from this build's runs", *runs))
