@@ -359,6 +359,9 @@ def test_headline_leaves_out_runs_that_did_not_finish(dataset, tmp_path):
     assert facts["head_checks"].endswith("; difference from the paper's 7.51 %: not tested, since other data and "
                                          "another budget explain a difference by themselves.")
     assert "ResNet-110" not in facts["head_checks"]  # no spread borrowed from another model
+    assert facts["head_fit"] == ("Their final training error, on the augmented batches, is 80.0 % against 20.0 % "
+                                 "test error (means over 1 seed(s)): the runs still underfit, so at this budget the "
+                                 "iterations, not the recipe, limit them.")
     comparison = head.comparison().to_html()
     assert "– (diverged)" in comparison and "20.00" in comparison and "7.51" in comparison
     seeds = head.seeds_table().to_html()

@@ -154,7 +154,21 @@ class Headline:
                 "head_n": str(len(self.errors)), "head_runs": str(len(runs)),
                 "head_iterations": f"{budget.iterations:,}", "head_batch": str(budget.batch_size),
                 "head_verdict": verdict,
-                "head_context": " ".join(context) or "both hold here, so this is a like-for-like comparison."}
+                "head_context": " ".join(context) or "both hold here, so this is a like-for-like comparison.",
+                "head_fit": self.fit()}
+
+    def fit(self) -> str:
+        """Final training error (on the augmented batches) against test error, means over the
+        complete seeds: whether the runs still underfit, so that the budget limits them."""
+        pairs = [(100 * r.history["train_error"].iloc[-1], r.error()) for r in self.runs.values()
+                 if r.complete and len(r.history) and r.error() is not None]
+        if not pairs:
+            return "No run finished, so there is no training error to compare with."
+        train, test = (statistics.mean(x) for x in zip(*pairs))
+        return (f"Their final training error, on the augmented batches, is {train:.1f} % against {test:.1f} % test "
+                f"error (means over {len(pairs)} seed(s)): "
+                + ("the runs still underfit, so at this budget the iterations, not the recipe, limit them."
+                   if train > test - 5 else "they fit the training images better than they generalize."))
 
     def checks(self) -> dict:
         """`head_best` and `head_checks`: same data? same budget? and the difference from the
