@@ -734,3 +734,22 @@ def test_the_logs_questions_are_answered_from_runs_or_say_there_are_none(dataset
     relu = table.loc["Why does a ReLU after the last FC stop learning?"]
     assert relu["answer at this profile"] == "ReLU after the last FC: not trained (or not finished) at profile cpu"
     assert relu["verdict"] == "no runs here; chapter 05 answers otherwise" and len(table) == len(results.QUESTIONS)
+
+
+def test_a_notebook_opened_as_committed_shows_the_books_records():
+    """Every parameters cell says profile = "auto": opened and run as it is (JupyterLab), a
+    chapter reads what `make book` renders, the most complete committed records, not smoke."""
+    from resnet_cifar import book
+    from resnet_cifar import records as REC
+    data = data_dir()
+    require(data is not None, "no CIFAR-10 folder")
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        params = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+        assert params.source.startswith('profile = "auto"'), path.name
+    ch = book.chapter("auto", "cpu", str(data))
+    best = REC.best_records(ROOT, ch.dataset.identity)
+    if best is None:
+        assert ch.profile == "smoke" and ch.records is None
+    else:
+        assert (ch.profile, ch.runs_data) == best and ch.records is not None
+        assert ch.runs_dir == ROOT / "book" / "records" / best[1] / best[0]

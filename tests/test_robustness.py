@@ -471,7 +471,7 @@ def test_bad_config_fails_before_anything_is_written(tiny, dataset, change, mess
 def test_bad_profile_name():
     with pytest.raises(ValueError, match=r"profile must be one of \('smoke', 'cpu', 'quick', 'paper'\), got 'fast'"):
         profile_config("fast")
-    with pytest.raises(ValueError, match=r"parameter profile must be one of \('smoke', 'cpu', 'quick', 'paper'\)"):
+    with pytest.raises(ValueError, match=r"parameter profile must be one of \('auto', 'smoke', 'cpu', 'quick', 'paper'\)"):
         book.chapter(profile="fast")
 
 

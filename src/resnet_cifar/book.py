@@ -23,8 +23,8 @@ from .devices import device_label, pick_device
 from . import experiments as E
 from .plan import accounting, match_chapters, plan
 from .plan import table as plan_table
-from .records import (RECORDS, PublishedRun, load_record, partial_records, project_root, published, resolve_runs,
-                      restore, shown_path, source_text)
+from .records import (RECORDS, PublishedRun, best_records, load_record, partial_records, project_root, published,
+                      resolve_runs, restore, shown_path, source_text)
 from .runs import RunResult, state
 from .analysis import fmt
 from .train import train
@@ -330,14 +330,16 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
     figure style) and load the data. data_dir follows `data.resolve_data_dir` (argument >
     $RESNET_CIFAR_DATA > data); relative paths are taken from the project root (the folder
     with _toc.yml). `records_data` reads the published records of that copy of CIFAR-10
-    (e.g. jpeg-q75-copy) whatever the data folder holds; default: the data folder's copy."""
+    (e.g. jpeg-q75-copy) whatever the data folder holds; default: the data folder's copy.
+    profile "auto" (the parameters cell's default) is what `make book` renders: the most complete
+    committed records, this data's own first, else another copy's; with none, smoke."""
     checks = dict(profile=(profile, str), device=(device, str), seed=(seed, int))
     for key, (value, kind) in checks.items():
         if not isinstance(value, kind) or isinstance(value, bool):
             raise TypeError(f"parameter {key} must be {kind.__name__}, got {value!r} ({type(value).__name__}); "
                             f"e.g. papermill ... -p {key} {'smoke' if kind is str else 0}")
-    if profile not in PROFILES:
-        raise ValueError(f"parameter profile must be one of {tuple(PROFILES)}, got {profile!r}")
+    if profile not in PROFILES and profile != "auto":
+        raise ValueError(f"parameter profile must be one of {('auto', *PROFILES)}, got {profile!r}")
     if seed < 0:
         raise ValueError(f"parameter seed must be >= 0, got {seed}")
     for key, value in dict(data_dir=data_dir, runs_dir=runs_dir).items():
@@ -350,6 +352,10 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
     quiet()
     root = project_root()
     dataset = D.load_cifar10(data_folder(data_dir, root))
+    if profile == "auto":  # opened as it is, a notebook shows the page the published book shows
+        profile, found = best_records(root, dataset.identity) or ("smoke", None)
+        if found != dataset.identity and runs_dir is None and records_data is None:
+            records_data = found
     if records_data not in (None, dataset.identity):
         if runs_dir is not None:
             raise ValueError(f"parameters records_data and runs_dir name two sources of runs (the committed records "
