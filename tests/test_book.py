@@ -229,7 +229,7 @@ def test_bad_parameter_fails_with_a_clear_message(tmp_path):
     out = tmp_path / "out"
     proc = run_build("--chapters", "01_setup", "--profile", "nonsense", "--no-html", "--out", str(out),
                      timeout=600)
-    message = "parameter profile must be one of ('smoke', 'cpu', 'quick', 'paper'), got 'nonsense'"
+    message = "parameter profile must be one of ('auto', 'smoke', 'cpu', 'quick', 'paper'), got 'nonsense'"
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"chapter book/01_setup.ipynb failed: ValueError: {message}" in proc.stderr
     nb = nbformat.read(out / "stage" / "book" / "01_setup.ipynb", as_version=4)
