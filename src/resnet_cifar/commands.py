@@ -20,7 +20,7 @@ from .fused import check_fuse, default_fuse, groups
 from .records import (RECORDS, best_records, committed, export, inside, project_root, read_manifest,
                       results_markdown, shown_path)
 from .runner import hms, run_plan
-from .runs import RunError, git_commit
+from .runs import RunError, git_commit, load_run
 
 
 def add_commands(sub) -> None:
@@ -255,7 +255,6 @@ def verify(root: Path, identity: str, spec: str, iterations: int | None, data_di
     history row it reaches with the record: 'bit for bit', 'within tolerance' or 'different'."""
     import math
     import tempfile
-    from .runs import load_run
     from .train import train
     profile, _, name = spec.partition("/")
     folder = root / RECORDS / identity / profile
@@ -280,7 +279,7 @@ def verify(root: Path, identity: str, spec: str, iterations: int | None, data_di
                                 "progress": "none", "stop_at": until, "force": True, "wait": False})
         torch.set_num_threads(threads or before)
         try:
-            here = load_run(train(config).run_dir)
+            here = train(config)
             here_device = device_label(torch.device("cpu"))  # with the record's thread count
         finally:
             torch.set_num_threads(before)
