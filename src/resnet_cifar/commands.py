@@ -118,18 +118,19 @@ def main(args) -> int:
                          f"and published with `export`")
     runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
     # trained before, perhaps on another machine: `run` does not train published runs again, and `plan` says so
-    published = root / RECORDS / identity / args.profile
-    if args.profile == "smoke" or getattr(args, "retrain_published", False) or read_manifest(published) is None:
-        published = None
+    committed_here = root / RECORDS / identity / args.profile
+    has_records = read_manifest(committed_here) is not None  # read (and checked) once
+    published = None if args.profile == "smoke" or getattr(args, "retrain_published", False) or not has_records \
+        else committed_here
     if args.command == "run" and published is not None:
         done = {r.name for r in runs if P.status(r, args.profile, folder, published).get("published")}
         if done:
             print(f"{len(done)} run(s) of the plan are published in {shown_path(published)} and not trained again: "
                   f"{', '.join(sorted(done))}")
             runs = [r for r in runs if r.name not in done]
-    if args.command == "run" and read_manifest(root / RECORDS / identity / args.profile) is not None:
+    if args.command == "run" and has_records:
         for r in runs:  # published unfinished, perhaps by another machine: resumed from its checkpoint
-            source = root / RECORDS / identity / args.profile / r.name
+            source = committed_here / r.name
             if REC.restore(source, folder / r.name, r.config(args.profile)):
                 print(f"{r.name}: resumes from the checkpoint published in {shown_path(source)} "
                       f"(iteration {REC.read_json(folder / r.name / 'summary.json')['iterations_done']:,})")
