@@ -11,11 +11,11 @@ notebooks executed there by papermill). The source notebooks stay output-free. P
 runs each notebook with the source book/ folder as working directory, so relative paths
 (data/, runs/) resolve from the project root exactly as in `jupyter lab book/`.
 
-Order: the toc's chapters (01..07, appendix), then the root page (intro) last, because it
-reads chapter 6's finished runs from disk. A failing chapter does not stop the others; the
-failed notebook (with papermill's error cell) is kept in the stage, the script names it and
-exits 1 without building HTML. The HTML build treats Sphinx warnings as errors (-W) and
-writes its log to <out>/build.log. HTML lands in <out>/html.
+Order: the toc's notebooks (01..07, appendix; the manual, markdown, is only copied), then the
+root page (intro) last, because it reads chapter 6's finished runs from disk. A failing
+chapter does not stop the others; the failed notebook (with papermill's error cell) is kept
+in the stage, the script names it and exits 1 without building HTML. The HTML build treats
+Sphinx warnings as errors (-W) and writes its log to <out>/build.log. HTML lands in <out>/html.
 
 Publishing: papermill's injected-parameters cell (which holds the builder's own paths) is
 tagged `remove-cell` in the staged notebook, so no page shows it (each chapter shows the
@@ -44,11 +44,13 @@ MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output", "ui", "a11y", "adaptors"
 
 
 def toc_files(root: Path = ROOT) -> tuple[str, list[str]]:
-    """(root page, [chapter pages]) from _toc.yml, as 'book/xx.ipynb' paths."""
+    """(root page, [chapter pages]) from _toc.yml, as 'book/xx.ipynb' paths: the pages to
+    execute (a markdown page, such as the manual, is only copied)."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     chapters = []
     for entry in toc.get("chapters", []) + [e for part in toc.get("parts", []) for e in part.get("chapters", [])]:
-        chapters.append(entry["file"])
+        if not (root / f"{entry['file'].removesuffix('.md')}.md").is_file():
+            chapters.append(entry["file"])
     as_ipynb = lambda f: f if f.endswith(".ipynb") else f + ".ipynb"  # noqa: E731
     return as_ipynb(toc["root"]), [as_ipynb(c) for c in chapters]
 
@@ -220,7 +222,8 @@ def main(argv=None) -> int:
     if args.chapters:  # the stage's toc lists only what was executed
         toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
         keep = {p.removesuffix(".ipynb") for p in pages}
-        toc["chapters"] = [c for c in toc.get("chapters", []) if c["file"].removesuffix(".ipynb") in keep]
+        toc["chapters"] = [c for c in toc.get("chapters", []) if c["file"].removesuffix(".ipynb") in keep
+                           or (ROOT / f"{c['file']}.md").is_file()]  # markdown pages need no execution
         (stage / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
 
     failures, timings, started = [], {}, time.perf_counter()

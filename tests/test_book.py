@@ -103,8 +103,9 @@ def book(tmp_path_factory):
     stage = BUILD / "stage"
     toc = yaml.safe_load((stage / "_toc.yml").read_text()) if (stage / "_toc.yml").is_file() else {}
     pages = [toc["root"]] + [c["file"] for c in toc.get("chapters", [])] if toc else []
-    return dict(proc=proc, stage=stage, pages=[p.removesuffix(".ipynb") for p in pages],
-                html=BUILD / "html", log=BUILD / "build.log")
+    pages = [p.removesuffix(".ipynb") for p in pages]
+    return dict(proc=proc, stage=stage, pages=pages, html=BUILD / "html", log=BUILD / "build.log",
+                notebooks=[p for p in pages if (stage / f"{p}.ipynb").is_file()])
 
 
 def test_build_succeeds_with_every_toc_page(book):
@@ -115,12 +116,13 @@ def test_build_succeeds_with_every_toc_page(book):
     if os.environ.get("RESNET_CIFAR_BOOK_CHAPTERS"):
         expected = build_book.select(os.environ["RESNET_CIFAR_BOOK_CHAPTERS"].split(), root_page, chapters)
         expected += [] if root_page in expected else [root_page]  # the build adds the root page
-    assert sorted(book["pages"]) == sorted(p.removesuffix(".ipynb") for p in expected)
+    assert sorted(book["notebooks"]) == sorted(p.removesuffix(".ipynb") for p in expected)
+    assert "book/manual" in book["pages"]  # the manual (markdown) is published with every build
 
 
 def test_every_chapter_executed_without_errors(book):
-    assert book["pages"], "the build staged no pages"
-    for page in book["pages"]:
+    assert book["notebooks"], "the build staged no pages"
+    for page in book["notebooks"]:
         nb = nbformat.read(book["stage"] / f"{page}.ipynb", as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
         errors = [o for c in code for o in c.get("outputs", []) if o.output_type == "error"]
@@ -257,6 +259,27 @@ return Array.from(article.querySelectorAll('table')).map(t => {
           scrollWidth: t.scrollWidth, column: article.clientWidth, scrolls: scrolls};
 });
 """
+# Code that does not fit the content column (it scrolls sideways: cut off as the page is read),
+# in cells and in the pages' code blocks alike, and table headers wrapped onto a second line.
+CODE_JS = """
+const article = document.querySelector('article.bd-article') || document.querySelector('main');
+return Array.from(article.querySelectorAll('pre')).filter(p => !p.closest('.cell_output'))
+  .filter(p => p.scrollWidth > p.clientWidth + 1)
+  .map(p => p.innerText.split('\\n').reduce((a, b) => b.length > a.length ? b : a, '').slice(0, 90));
+"""
+HEADERS_JS = """
+const article = document.querySelector('article.bd-article') || document.querySelector('main');
+return Array.from(article.querySelectorAll('thead th')).filter(th => {
+  const tops = [], walk = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+  for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+    if (!node.textContent.trim()) continue;
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    for (const r of range.getClientRects()) if (r.width > 0) tops.push(r.top);
+  }
+  return tops.some(t => Math.abs(t - tops[0]) > 2);
+}).map(th => th.innerText.replace(/\\s+/g, ' '));
+"""
 MATHJAX_JS = """
 const done = arguments[arguments.length - 1];
 if (!window.MathJax) { done('none'); return; }
@@ -282,6 +305,8 @@ def page_problems(driver, url: str) -> list[str]:
         "return document.querySelectorAll('.tag_injected-parameters').length + Array.from("
         "document.querySelectorAll('.cell_input pre')).filter(p => p.innerText.trim().startsWith('# Parameters')).length")
     problems += [f"{injected} papermill injected-parameters cell(s) shown"] if injected else []
+    problems += [f"code cut off (wider than the column): {line!r}" for line in driver.execute_script(CODE_JS)]
+    problems += [f"table header wraps: {th!r}" for th in driver.execute_script(HEADERS_JS)]
     problems += [f"raw LaTeX {s!r} in the text (MathJax: {mathjax}): ...{text[text.index(s) - 60:text.index(s) + 60]}..."
                  for s in RAW_LATEX if s in text]
     return problems
@@ -293,6 +318,24 @@ def test_every_page_fits_and_publishes_no_path_parameters_cell_or_raw_latex(brow
     problems = {page: page_problems(driver, f"{base}/{page}.html") for page in book["pages"]}
     problems = {page: p for page, p in problems.items() if p}
     assert not problems, "\n".join(f"{page}: {p}" for page, ps in problems.items() for p in ps)
+
+
+CODE_COLUMNS = 78  # what a code cell shows of a line on a 1280-px page
+
+
+def test_no_code_line_is_wider_than_a_page_shows():
+    """The pages' code as a reader sees it (code cells, parameters cells included, and the code
+    blocks of the text and the manual): the browser test finds lines that do not fit the column;
+    this finds them in the source, before a build."""
+    import re
+    code = []
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        for c in nbformat.read(path, as_version=4).cells:
+            blocks = [c.source] if c.cell_type == "code" else re.findall(r"```[a-z]*\n(.*?)```", c.source, re.S)
+            code += [(path.name, block) for block in blocks]
+    code += [("manual.md", b) for b in re.findall(r"```[a-z]*\n(.*?)```", (ROOT / "book" / "manual.md").read_text(), re.S)]
+    wide = [f"{where}: {line}" for where, block in code for line in block.splitlines() if len(line) > CODE_COLUMNS]
+    assert len(code) > 100 and wide == [], "\n".join(wide)
 
 
 def test_mathjax_is_served_by_the_book_and_typesets(browser, book):
@@ -326,7 +369,7 @@ def test_published_files_carry_no_machine_path(book):
 
 def test_build_reports_every_notebooks_time(book):
     timings = json.loads((BUILD / "timings.json").read_text())
-    assert set(timings) == {f"{p}.ipynb" for p in book["pages"]} | {"all notebooks"}
+    assert set(timings) == {f"{p}.ipynb" for p in book["notebooks"]} | {"all notebooks"}
     assert all(t > 0 for t in timings.values())
     assert "notebook times (s): " in book["proc"].stdout
 
@@ -433,7 +476,7 @@ def test_the_committed_paper_run_is_the_plans_run(dataset, tmp_path):
     plan's identity: a change to the recipe's defaults would make it another run."""
     from resnet_cifar import book
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0, records_data="jpeg-q75-copy")
-    run = results.paper_run(ch)
+    run = results.paper_run(ch.runs_data)
     if run is None:
         missing("no record of the paper's schedule is committed for the JPEG copy")
     assert run.name == results.PAPER_RUN and run.config["val_size"] == 0 and run.summary["train_size"] == 50000
@@ -531,7 +574,7 @@ def test_a_build_renders_another_copys_records_and_says_whose_data_is_whose(tmp_
     values, page = glued(out), out.read_text()
     assert values["head_data"] == "CIFAR-10 (JPEG q75 copy)"
     assert values["head_checks"].startswith("same data: no (CIFAR-10 (JPEG q75 copy))")
-    assert "profile cpu · CIFAR-10 (JPEG q75 copy) · committed records of" in values["head_source"]
+    assert "profile cpu · CIFAR-10 (JPEG q75 copy) · published records · AMD EPYC" in values["head_source"]
     here = "(computed here on CIFAR-10 (unverified copy); the runs were trained on CIFAR-10 (JPEG q75 copy))"
     assert values["res_check"].startswith(f"is measured {here}, so it is no check of the ") and \
         values["res_check"].endswith(" % the run recorded on its own data")

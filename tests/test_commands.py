@@ -1,8 +1,8 @@
-"""Every command that README.md and the book's pages print works as printed, from a fresh
-clone after `make book` (or `make setup data`): the programs exist (.venv/bin/..., make
+"""Every command that README.md, the manual (book/manual.md) and the book's pages print works
+as printed, from a fresh clone after `make book` (or `make setup data`): the programs exist (.venv/bin/..., make
 targets, scripts), their options are accepted, and the papermill commands, run in their
 smoke form (profile smoke, device cpu, one chapter per loop) in a copy of the working tree,
-execute and write only files git ignores (README's rerun of chapter 4 with one of its own
+execute and write only files git ignores (the manual's rerun of chapter 4 with one of its own
 parameters finds the new run on the page).
 """
 from __future__ import annotations
@@ -19,19 +19,20 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import ROOT, real_data_dir
+from conftest import ROOT, missing, real_data_dir
 
 VENV_BIN = Path(sys.executable).parent
 SHELL_WORDS = {"for", "do", "done", "done;", "wait", "then", "fi"}
-# Programs of another machine that README names as such (its cluster section), not of this checkout.
+# Programs of another machine that the manual names as such (its cluster section), not of this checkout.
 CLUSTER_PROGRAMS = {"sbatch": "SLURM's job submission, on a cluster's login node"}
 # The appendix belongs to the benchmark; its commands are checked by its own tests.
 PAGES = sorted(p for p in (ROOT / "book").glob("*.ipynb") if p.stem != "appendix_performance")
+TEXTS = [ROOT / "README.md", *sorted((ROOT / "book").glob("*.md"))]  # README and the manual page
 
 
 def bash_blocks() -> list[tuple[str, str]]:
-    """(where, text) of every ```bash block of README.md and of the book's markdown cells."""
-    sources = [("README.md", (ROOT / "README.md").read_text())]
+    """(where, text) of every ```bash block of README.md, the manual page and the book's markdown cells."""
+    sources = [(p.name, p.read_text()) for p in TEXTS]
     for page in PAGES:
         nb = nbformat.read(page, as_version=4)
         sources += [(page.name, c.source) for c in nb.cells if c.cell_type == "markdown"]
@@ -83,7 +84,10 @@ MAKE = [(where, c) for where, c in ALL if program(c) == "make"]
 
 @pytest.mark.parametrize("where, command", MAKE)
 def test_make_command_names_a_target(where, command):
-    proc = subprocess.run(shlex.split(command) + ["-n"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    words = shlex.split(command)
+    assignments = dict(w.split("=", 1) for w in words[:words.index("make")])  # BUDGET=540 make ...
+    proc = subprocess.run(words[words.index("make"):] + ["-n"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **assignments})
     assert proc.returncode == 0, f"{where}: {command}: {proc.stderr}"
 
 
@@ -125,12 +129,13 @@ def smoke_form(block: str) -> str | None:
     block without papermill."""
     if "papermill" not in block:
         return None
-    lines = [line for line in block.splitlines() if not line.strip().startswith("make ")]
+    joined = re.sub(r"\\\n\s*", " ", block)  # continuation lines, as bash reads them
+    lines = [line for line in joined.splitlines() if not line.strip().startswith("make ")]
     text = "\n".join(lines)
     text = re.sub(r"-p profile \w+", "-p profile smoke", text)
     # a command without -p profile runs at "auto" (the committed records' profile): in CI, smoke
     text = "\n".join(line + " -p profile smoke" if "papermill" in line and "-p profile" not in line
-                      and not line.rstrip().endswith("\\") else line for line in text.splitlines())
+                      else line for line in text.splitlines())
     text = re.sub(r"-p device \S+", "-p device cpu", text)
     return re.sub(r"for k in [0-9 ]+;", "for k in 0;", text)
 
@@ -179,7 +184,7 @@ def test_papermill_commands_run_as_printed_in_their_smoke_form(clone):
         assert not errors, f"{path.name}: {errors[0]['ename']}: {errors[0]['evalue']}"
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
     assert status == "", f"the commands left files git does not ignore:\n{status}"
-    # README's rerun of chapter 4 with one of its own parameters (-p short_patience 5) trained the
+    # The manual's rerun of chapter 4 with one of its own parameters (-p short_patience 5) trained the
     # arm that value makes, and its page shows the run and says it is outside the default plan.
     page = (clone / "_build" / "chapters" / "04_schedule.ipynb").read_text()
     assert "plateau, patience 5" in page and "plateau-patience5" in page
@@ -191,9 +196,34 @@ def test_papermill_commands_run_as_printed_in_their_smoke_form(clone):
 
 def test_inline_commands_name_the_environment_program():
     """`python -m ...` in running text fails after `make book` just as in a code block."""
-    texts = [("README.md", (ROOT / "README.md").read_text())]
+    texts = [(p.name, p.read_text()) for p in TEXTS]
     texts += [(p.name, c.source) for p in PAGES for c in nbformat.read(p, as_version=4).cells
               if c.cell_type == "markdown"]
     bare = [(where, span) for where, text in texts for span in re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text)
             if re.match(r"(python|papermill|jupyter|torchrun|pip)\s", span)]
     assert not bare, bare
+
+
+def test_readmes_published_model_loads_and_evaluates_to_its_record():
+    """README's `eval` command and its Python lines, as printed: the published weights give back
+    the test error the record states."""
+    text = (ROOT / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert code, "README shows no Python lines to load a published model"
+    scope: dict = {}
+    exec(compile(code[0], "README.md", "exec"), scope)  # noqa: S102 (the README's own lines)
+    model = scope["model"]
+    assert not model.training and sum(p.numel() for p in model.parameters()) == 464_154
+    command = next(c for where, c in ALL if " eval " in c and where == "README.md")
+    run_dir = shlex.split(command)[shlex.split(command).index("eval") + 1]
+    data = real_data_dir()
+    if data is None:
+        missing("README's eval command reads the CIFAR-10 folder")
+    from resnet_cifar.commands import dataset_identity
+    if f"records/{dataset_identity(data)}/" not in run_dir:
+        missing(f"README's model was trained on another copy of CIFAR-10 than {data}")
+    proc = subprocess.run([sys.executable, *shlex.split(command)[1:], "--data-dir", str(data)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((ROOT / run_dir / "summary.json").read_text())
+    assert json.loads(proc.stdout)["test"]["error"] == pytest.approx(summary["final_test_error"], abs=1e-4)

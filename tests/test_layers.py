@@ -94,9 +94,9 @@ def defined_names(module: str) -> set[str]:
 
 
 def doc_texts() -> list[tuple[str, str]]:
-    """(where, text): README.md, the library's source (its docstrings, comments and captions), and
+    """(where, text): README.md, the manual page, the library's source (its docstrings, comments and captions), and
     the markdown cells of the book's pages."""
-    texts = [("README.md", (ROOT / "README.md").read_text())]
+    texts = [(p.name, p.read_text()) for p in (ROOT / "README.md", MANUAL)]
     texts += [(p.relative_to(ROOT).as_posix(), p.read_text()) for p in sorted(PACKAGE.rglob("*.py"))]
     for page in sorted((ROOT / "book").glob("*.ipynb")):
         cells = json.loads(page.read_text())["cells"]
@@ -130,14 +130,14 @@ def test_the_docs_name_each_function_where_it_is_defined():
     assert wrong_references(doc_texts()) == []
 
 
-# ---------------------------------------------------------------- README's map and layer order
+# ---------------------------------------------------------------- the manual's library map and layer order
 
-README = (ROOT / "README.md").read_text()
+MANUAL = ROOT / "book" / "manual.md"  # the book's page "Using and extending this book"
 MAX_LINES = 450  # fewer, larger modules: a cap against sprawl, not a shape to fill
 
 
 def readme_layers(text: str) -> list[list[list[str]]]:
-    """README's "Imports run one way: ..." sentence as chains (joined by ", and ") of layers
+    """The manual's "Imports run one way: ..." sentence as chains (joined by ", and ") of layers
     (joined by →) of modules (joined by commas); its parentheses are asides, not layers."""
     sentence = text.split("Imports run one way:", 1)[1].split(". ", 1)[0]
     sentence = re.sub(r"\([^)]*\)", "", " ".join(sentence.split()))
@@ -163,19 +163,20 @@ def test_the_layer_check_finds_an_import_against_the_order():
     assert upward_imports(text, {"e": {"a", "c"}, "g": {"f"}, "b": {"a"}}) == []
 
 
-def test_imports_follow_the_order_readme_writes():
+def test_imports_follow_the_order_the_manual_writes():
     graph = imports()
-    written = {m for chain in readme_layers(README) for layer in chain for m in layer}
+    text = MANUAL.read_text()
+    written = {m for chain in readme_layers(text) for layer in chain for m in layer}
     assert {"models", "config", "runs", "train", "plan", "cli", "book"} <= written
-    assert written <= set(graph), f"README's order names no such module: {sorted(written - set(graph))}"
-    assert upward_imports(README, graph) == []
+    assert written <= set(graph), f"the manual's order names no such module: {sorted(written - set(graph))}"
+    assert upward_imports(text, graph) == []
 
 
-def test_readmes_map_names_every_module_and_no_file_is_over_the_line_cap():
-    block = README.split("## The library", 1)[1].split("```", 2)[1]
+def test_the_manuals_map_names_every_module_and_no_file_is_over_the_line_cap():
+    block = MANUAL.read_text().split("## The library", 1)[1].split("```", 2)[1]
     mapped = set(re.findall(r"^  (\w+\.py|\w+/)", block, flags=re.M))
     files = {p.name for p in PACKAGE.glob("*.py") if not p.stem.startswith("__")} | {"chapters/"}
-    assert mapped == files, f"README's map lacks {sorted(files - mapped)}, names {sorted(mapped - files)}"
+    assert mapped == files, f"the manual's map lacks {sorted(files - mapped)}, names {sorted(mapped - files)}"
     long = {p.relative_to(PACKAGE).as_posix(): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"files over {MAX_LINES} lines: {long}"

@@ -62,19 +62,48 @@ def test_the_plan_has_each_run_once_and_shares_the_baseline(seed, profile):
         assert r.config(profile).iterations == P.profile_config(profile).iterations
 
 
-def test_the_cpu_plan_keeps_its_runs():
-    """The cpu profile's runs are trained over several sessions: their names and settings stay."""
+def test_the_committed_runs_keep_their_identity_in_the_plan():
+    """Runs are trained over several sessions and machines and published: every committed run is
+    still in its profile's plan, under its name, with the config it was trained with."""
+    published = [p for p in (ROOT / "book" / "records").glob("*/*/*/config.json")]
+    assert published, "no committed records"
+    for path in published:
+        profile, name = path.parent.parent.name, path.parent.name
+        planned = P.plan(profile, only=[name])[0].config(profile)
+        identity, committed = planned.identity(), json.loads(path.read_text())
+        assert planned.run_name() == name and len(set(identity) & set(committed)) > 30
+        assert {k: v for k, v in identity.items() if k in committed} == {
+            k: committed[k] for k in identity if k in committed}, path
+
+
+def test_the_plan_is_every_chapters_declared_runs_at_each_profile():
+    """The plan's size comes from the declarations: each chapter's arms (the cpu profile's
+    marked `experiments.cpu`), each run once however many chapters share it."""
+    for profile in ("smoke", "cpu", "quick", "paper"):
+        declared = {n for c in E.CHAPTERS for n in E.flat(E.sections(c, profile))}
+        assert sorted(r.name for r in P.plan(profile)) == sorted(declared)
+        everything = {n for c in E.CHAPTERS for n in E.flat(E.CHAPTERS[c](profile, 0))}
+        left = {n for c in E.CHAPTERS for n in E.left_out(c, profile)} - declared
+        assert declared | left == everything and (profile == "cpu") == bool(left)
     runs = {r.name: r.overrides for r in P.plan("cpu")}
-    assert sorted(runs) == sorted(
-        [f"resnet32-seed{s}" for s in range(3)] + [f"{m}{d}-seed{s}" for m in ("resnet", "plain") for d in (20, 56)
-                                                   for s in (0, 1)]
-        + [f"{a}{x}" for a in ("final-relu", "adam-constant-lr0.1", "adam-constant-lr0.001", "bn-eps0.9")
-           for x in ("", "-seed1")])
     assert runs["adam-constant-lr0.1-seed1"] == dict(optimizer="adam", schedule="constant", seed=1)  # lr 0.1: the default
     assert runs["plain56-seed1"] == dict(arch="plain", depth=56, seed=1)
     config = P.plan("cpu", only=["bn-eps0.9"])[0].config("cpu")
     assert (config.iterations, config.milestones, config.eval_every, config.bn_eps) == (1600, (800, 1200), 200, 0.9)
-    assert len(P.plan("quick")) == 116 and len(P.plan("smoke")) == 39
+
+
+def test_one_edit_adds_an_arm_at_every_profile(monkeypatch):
+    """A chapter's arm is declared in its function alone: marked `cpu` it joins the cpu plan too."""
+    original = E.CHAPTERS["04_schedule"]
+
+    def schedule(profile="smoke", seed=0, **params):
+        sections = original(profile, seed, **params)
+        sections["schedules"]["step, warm"] = E.cpu(E.seeded(profile, seed, "warm-step", warmup_until_error=0.8))
+        return sections
+    before = {p: len(P.plan(p)) for p in ("smoke", "cpu")}
+    monkeypatch.setitem(E.CHAPTERS, "04_schedule", schedule)
+    assert {p: len(P.plan(p)) for p in ("smoke", "cpu")} == {"smoke": before["smoke"] + 1, "cpu": before["cpu"] + 2}
+    assert "warm-step-seed1" in [r.name for r in P.plan("cpu", chapters=["04"])]
 
 
 def test_plan_set_shows_what_a_rerun_with_other_values_trains():
@@ -541,9 +570,9 @@ def test_export_then_chapters_render_from_records_without_training(chapter4, tmp
     with pytest.raises(RunError, match="is a published record, and records hold no weights"):
         run.load_model()
     date, commit = manifest["exported"].split(" ")[0], run.summary["git_commit"]
-    source = ch.source(run)
-    assert f"committed records of {date}" in source and source.endswith(f"cpu ({run.summary['device_name']})")
-    assert (f", commit {commit}" in source) == bool(commit)
+    source, runs_row = ch.source(run), ch.parameters().data.loc["runs", "value"]
+    assert source.endswith(f"· published records · {run.summary['device_name'].split(' (')[0]}"), source
+    assert f"committed records of {date}" in runs_row and (f", commit {commit}" in runs_row) == bool(commit)
     with pytest.raises(RunError, match=r"'aug-none' is not in the records .* does not train. Train it with "
                                        r"`python -m resnet_cifar run --profile smoke` .* `python -m resnet_cifar export"):
         ch.train("aug-none", dict(crop=False, flip=False, seed=0))
@@ -580,9 +609,8 @@ def test_a_rerun_with_other_values_reads_the_records_and_trains_only_its_new_run
     assert list(table.index) == ["resnet32-seed0", "plateau-patience1000", "plateau-patience5", "cosine"]
     assert (table["state"] == "finished").all()
     assert table["status"].str.endswith("(published)").tolist() == [True, True, False, True]
-    assert "committed records of" in ch.source(new, *runs.values()) and "+ runs trained here" in ch.source(
-        new, *runs.values())
-    assert "runs trained here" not in ch.source(*runs.values()) and "committed records" not in ch.source(new)
+    assert "published records + runs trained here" in ch.source(new, *runs.values())
+    assert "runs trained here" not in ch.source(*runs.values()) and "published records" not in ch.source(new)
     assert ch.parameters().data.loc["runs", "value"].endswith("(runs outside the default plan: …/smoke)")
     with pytest.raises(RunError, match="'aug-none' is not in the records"):
         ch.train("aug-none", dict(crop=False, flip=False, seed=0))
@@ -627,19 +655,33 @@ def test_a_chapter_builds_from_exported_records(chapter4, tmp_path):
     assert not list(records.rglob("model.pt")) and not list(records.rglob("checkpoint.pt"))
 
 
-def test_readme_results_are_the_committed_records():
-    """README's results table is `records --markdown PROFILE` of the committed records, not typed."""
-    import re
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"<!-- results (\w+) -->\n(.*?)\n<!-- end results -->", text, re.S)
-    assert blocks, "README has no generated results block"
-    for profile, block in blocks:
-        datasets = sorted(p.name for p in (ROOT / "book" / "records").iterdir()
-                          if (p / profile / "records.json").is_file())
-        assert datasets, f"README shows results of profile {profile}, but no records of it are committed"
-        assert block.strip() in {REC.results_markdown(ROOT, d, profile).strip() for d in datasets}, (
-            f"README's {profile} results differ from the records: run "
-            f"`python -m resnet_cifar records --markdown {profile}` and paste its output")
+def _readme_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "scripts" / "readme_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_results_are_the_committed_records(tmp_path):
+    """README's headline sentence, figure and results table are generated from the committed
+    records (`scripts/readme_results.py`), not typed; the check sees a stale block or figure."""
+    readme = _readme_script()
+    assert readme.problems() == [], "run `.venv/bin/python scripts/readme_results.py` and commit"
+    text = readme.README.read_text()
+    blocks = dict((m[2], m[3]) for m in readme.BLOCK.finditer(text))
+    assert set(blocks) == {"headline", "paper"}
+    copy = readme.headline_copy()
+    run = readme.C.paper_run(copy)
+    assert f"{run.summary['iterations_done']:,} of 64,000 iterations" in blocks["headline"] or run.complete
+    assert f"**{100 * run.summary['final_test_error']:.2f} %**" in blocks["headline"]
+    assert f"| {readme.C.PAPER_RUN} | {run.status} | {run.summary['iterations_done']:,} |" in blocks["paper"]
+    # a typed-over number and a figure of other records are both caught
+    stale = text.replace(f"**{100 * run.summary['final_test_error']:.2f} %**", "**7.51 %**")
+    assert readme.rendered(stale, copy) == text
+    figure = tmp_path / "figure.png"
+    readme.draw(None, figure)
+    assert readme.drawn_from(figure) == "none" != readme.stamp(run) == readme.drawn_from(ROOT / readme.FIGURE)
 
 
 def test_run_does_not_train_again_what_the_committed_records_hold(tmp_path, capsys):

@@ -197,17 +197,17 @@ class Chapter:
 
     # -- labels
     def source(self, *runs: RunResult) -> str:
-        """'profile smoke · CIFAR-10 (JPEG q75 copy) · cpu (...)': where a figure came from
-        (with no runs: the device this chapter would train on, marked 'no training')."""
+        """'profile cpu · CIFAR-10 (JPEG q75 copy) · published records · AMD EPYC CPU': where a
+        figure came from, in one line (the records' date and commits are in the page's parameters
+        table, each run's machine in its run table); with no runs, the device this chapter would
+        train on, marked 'no training'."""
         runs = tuple(r for r in runs if r is not None)  # an arm the profile does not train
-        devices = sorted({f"{r.summary['device']} ({r.summary['device_name']})" for r in runs})
+        where = ", ".join(sorted({r.summary["device_name"].split(" (")[0] for r in runs}))
         if not runs:  # a data-only figure: name the device this chapter would train on
-            devices = [f"{self.torch_device} ({device_label(self.torch_device)}), no training"]
-        where = ", ".join(devices)
+            where = f"{device_label(self.torch_device).split(' (')[0]}, no training"
         read = tuple(r for r in runs if isinstance(r, PublishedRun))
-        if read:  # published records: say which, and whether runs trained here join them (the devices stay last)
-            also = " + runs trained here" if len(read) < len(runs) else ""
-            where = f"{source_text(self.records, read)}{also} · {where}"
+        if read:  # published records: say so, and whether runs trained here join them
+            where = f"published records{' + runs trained here' if len(read) < len(runs) else ''} · {where}"
         data = self.runs_label if runs else self.dataset.label + (
             f", this machine's data (the runs': {self.runs_label})" if self.here() else "")
         return f"profile {self.profile} · {data} · {where}"
@@ -216,35 +216,29 @@ class Chapter:
         return f"{text} — {self.source(*runs)}"
 
     def caveats(self) -> list[str]:
-        """What a reader must know before reading this chapter's numbers (HTML fragments):
-        the smoke budget, and data that is not the official CIFAR-10."""
+        """What a reader must know before reading this chapter's numbers (HTML sentences): the
+        smoke or cpu budget, and data that is not the official CIFAR-10."""
         budget, notes = self.config("budget"), []
         if self.profile == "smoke":
-            notes.append(f"Profile <b>smoke</b>: every run in this chapter is {budget.iterations} iterations of batch "
-                         f"{budget.batch_size} on {budget.subset}-image subsets, so every error below is noise from "
-                         "seconds of training. It shows that the code runs end to end; it does not rank the methods "
-                         "and it is <b>not</b> a result of the paper. Rebuild with profile <code>quick</code> or "
-                         "<code>paper</code> on a GPU for numbers that mean something.")
+            notes.append(f"Profile <b>smoke</b>: every run is {budget.iterations} iterations on {budget.subset}-image "
+                         "subsets, so every number below is noise; it shows that the code runs, not a result.")
         if self.profile == "cpu":
-            notes.append(f"Profile <b>cpu</b>: every run is {budget.iterations:,} iterations of batch "
-                         f"{budget.batch_size} on the full data, 1/{PAPER_ITERATIONS / budget.iterations:g} of the "
-                         f"paper's {PAPER_ITERATIONS:,} (lr ÷10 at {budget.milestones[0]:,} and "
-                         f"{budget.milestones[1]:,}), a budget sized for a 2-core CPU: its errors lie far above the "
-                         "paper's. This profile trains only the comparisons its budget resolves "
-                         "(<code>experiments.CPU_ARMS</code>); an arm it leaves out shows as \u2013 or \"not trained "
-                         "at this profile\" (profile <code>quick</code> trains them on a GPU).")
+            notes.append(f"Profile <b>cpu</b>: every run is {budget.iterations:,} iterations, 1/"
+                         f"{PAPER_ITERATIONS / budget.iterations:g} of the paper's {PAPER_ITERATIONS:,}, so errors "
+                         "lie far above the paper's; arms this budget cannot resolve are not trained at this profile "
+                         "(shown as \u2013).")
         if self.runs_data != "official":
-            notes.append(f"Data: <b>{self.runs_label}</b>, not the official CIFAR-10. Error rates on it are "
-                         "not comparable with the paper's.")
+            notes.append(f"The data is <b>{self.runs_label}</b>, not the official CIFAR-10: its error rates are not "
+                         "comparable with the paper's.")
         if self.runs_data != self.dataset.identity:
-            notes.append(f"This build reads the published records of <b>{self.runs_label}</b>; this machine's data "
-                         f"folder holds <b>{self.dataset.label}</b>. What a page computes on the data (its images, "
-                         "a published model evaluated again) uses this machine's copy and says so.")
+            notes.append(f"This machine's data folder holds {self.dataset.label}: what the page computes on the data "
+                         "uses it and says so.")
         return notes
 
-    def caveats_box(self) -> "HTML":
-        """`caveats()` as warning boxes: the last expression of a notebook cell shows them."""
-        return admonitions(self.caveats(), "warning", "Read the numbers with care")
+    def caveats_box(self) -> "HTML | str":
+        """`caveats()` as one warning box (empty when there is nothing to say)."""
+        notes = self.caveats()
+        return admonitions([" ".join(notes)], "warning", "Read the numbers with care") if notes else ""
 
     def noise(self) -> str:
         """' (with the smoke budget, noise)' on the smoke profile, else '': for sentences that
@@ -257,6 +251,8 @@ class Chapter:
         rows = {"profile": self.profile, "device": f"{self.device} → {self.torch_device}",
                 "data": f"{self.dataset.label}, {shown_path(self.dataset.root)}",
                 "runs": shown_path(self.runs_dir), "seed": self.seed}
+        if self.records:
+            rows["runs"] += f" ({source_text(self.records)})"
         if self.train_dir:
             rows["runs"] += f" (runs outside the default plan: {shown_path(self.train_dir)})"
         if self.records_data:
@@ -270,7 +266,7 @@ class Chapter:
         warning boxes: the cell after `chapter(...)` shows it. Glues `noise` and `here` (see
         `noise()`, `here()`)."""
         self.glue({"noise": self.noise(), "here": self.here()})
-        return HTML(self.parameters(**knobs).to_html() + self.caveats_box())
+        return HTML(self.parameters(**knobs).to_html() + str(self.caveats_box()))
 
     # -- tables and figures of runs
     def table(self, runs: dict[str, RunResult], title: str, columns=A.RUN_COLUMNS, precision: int = 1):

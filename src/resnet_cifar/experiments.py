@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import re
 
 from .config import TrainConfig, profile_config
 
@@ -26,21 +25,19 @@ SEEDS_PER_ARM = {"smoke": 1, "cpu": 2, "quick": 3, "paper": 3}
 HEADLINE_SEEDS = {"smoke": 2, "cpu": 3, "quick": 5, "paper": 5}
 WARMUP_110 = 0.8  # ResNet-110 (Sec. 4.2): lr 0.01 until the training error is below 80 %
 
-# The cpu profile trains only these arms of each chapter's default parameters (each over its
-# seeds): the comparisons a 1,600-iteration budget resolves within hours of a 2-core CPU. Arms
-# that other parameter values add are trained too. Names without their -seed<k>.
-CPU_ARMS = {
-    "02_model": ("resnet32", "plain20", "resnet20"),
-    "03_augmentation": ("resnet32",),
-    "04_schedule": ("resnet32",),
-    "05_optimizers": ("resnet32", "final-relu", "adam-constant-lr0.1", "adam-constant-lr0.001", "bn-eps0.9"),
-    "06_results": ("resnet32",),
-    "07_depth": ("resnet32", "resnet20", "resnet56", "plain20", "plain56"),
-    "intro": ("resnet32",),
-}
-
 Arm = dict[str, dict]          # run name -> config overrides (seed included)
 Sections = dict[str, dict[str, Arm]]
+
+
+class CpuArm(dict):
+    """An arm that the cpu profile trains too (see `cpu`)."""
+
+
+def cpu(arm: Arm) -> Arm:
+    """Mark `arm` as one the cpu profile trains: the comparisons a 1,600-iteration budget resolves
+    within hours of a 2-core CPU. At the cpu profile a chapter's other default arms are left out
+    (its page says which); arms that other parameter values add are always trained."""
+    return CpuArm(arm)
 
 
 def arm_seeds(profile: str, seed: int = 0) -> tuple[int, ...]:
@@ -70,7 +67,7 @@ def model_runs(seeds, model: str, **overrides) -> Arm:
 
 def baseline(profile: str, seed: int) -> Arm:
     """The paper's ResNet-32 over the arm seeds: the reference of every comparison."""
-    return model_runs(arm_seeds(profile, seed), "resnet32")
+    return cpu(model_runs(arm_seeds(profile, seed), "resnet32"))
 
 
 def first(arm: Arm) -> Arm:
@@ -87,6 +84,7 @@ def model(profile: str = "smoke", seed: int = 0, fig6_depths=(20, 32), log_patie
     against ResNet-32, option A against B shortcuts, and Fig. 6's plain vs residual nets."""
     plateau = dict(schedule="plateau", plateau_patience=log_patience, plateau_threshold=plateau_threshold)
     seeds, r34 = arm_seeds(profile, seed), "resnet34-imagenet"
+    trained = lambda arm, depths, d: cpu(arm) if d in depths else arm  # noqa: E731
     return {
         "imagenet": {"ResNet-32 (the paper's model)": baseline(profile, seed),
                      "ResNet-34 (ImageNet), paper schedule": model_runs(seeds, r34, arch=r34),
@@ -96,8 +94,10 @@ def model(profile: str = "smoke", seed: int = 0, fig6_depths=(20, 32), log_patie
         "shortcuts": {"ResNet-32, option A": baseline(profile, seed),
                       "ResNet-32, option B": model_runs(seeds, "resnet32-optionB", shortcut="B"),
                       "ResNet-32, option B without BN": model_runs(seeds, "resnet32-optionB-nobn", shortcut="B-no-bn")},
-        "plain": {f"plain-{d}": model_runs([seed], f"plain{d}", arch="plain", depth=d) for d in fig6_depths},
-        "residual": {f"ResNet-{d}": model_runs([seed], f"resnet{d}", depth=d) for d in fig6_depths},
+        "plain": {f"plain-{d}": trained(model_runs([seed], f"plain{d}", arch="plain", depth=d), (20,), d)
+                  for d in fig6_depths},
+        "residual": {f"ResNet-{d}": trained(model_runs([seed], f"resnet{d}", depth=d), (20, 32), d)
+                     for d in fig6_depths},
     }
 
 
@@ -137,6 +137,7 @@ def optimizers(profile: str = "smoke", seed: int = 0, adam_lr: float = 1e-3, ada
     """Chapter 5: SGD against Adam-family optimizers, Adam at a constant learning rate (the
     log's), a ReLU after the last FC layer, and BatchNorm's eps and momentum."""
     arm = lambda name, **o: seeded(profile, seed, name, **o)  # noqa: E731
+    trained = lambda a, yes: cpu(a) if yes else a  # noqa: E731
     base, lr, wd = baseline(profile, seed), f"{adam_lr:g}", f"{adamw_weight_decay:g}"
     return {
         "optimizers": {"SGD, momentum 0.9 (paper)": base, "SGD + Nesterov": arm("sgd-nesterov", nesterov=True),
@@ -145,11 +146,13 @@ def optimizers(profile: str = "smoke", seed: int = 0, adam_lr: float = 1e-3, ada
                        f"AdamW, lr {lr}, wd {wd}": arm(f"adamw-lr{lr}-wd{wd}", optimizer="adamw", lr=adam_lr,
                                                        weight_decay=adamw_weight_decay),
                        f"NAdam, lr {lr}": arm(f"nadam-lr{lr}", optimizer="nadam", lr=adam_lr)},
-        "adam_constant": {f"Adam, constant lr {x:g}": arm(f"adam-constant-lr{x:g}", optimizer="adam", lr=x,
-                                                           schedule="constant") for x in adam_constant_lrs},
-        "final_relu": {"no final ReLU (paper)": base, "ReLU after the last FC": arm("final-relu", final_relu=True)},
+        "adam_constant": {f"Adam, constant lr {x:g}": trained(arm(f"adam-constant-lr{x:g}", optimizer="adam", lr=x,
+                                                                  schedule="constant"), x in (1e-3, 0.1))
+                          for x in adam_constant_lrs},
+        "final_relu": {"no final ReLU (paper)": base,
+                       "ReLU after the last FC": cpu(arm("final-relu", final_relu=True))},
         "batchnorm": {"eps 1e-5, momentum 0.1 (default)": base,
-                      **{f"eps {e:g}": arm(f"bn-eps{e:g}", bn_eps=e) for e in bn_eps_values},
+                      **{f"eps {e:g}": trained(arm(f"bn-eps{e:g}", bn_eps=e), e == 0.9) for e in bn_eps_values},
                       **{f"momentum {m:g}": arm(f"bn-momentum{m:g}", bn_momentum=m) for m in bn_momenta}},
     }
 
@@ -157,7 +160,7 @@ def optimizers(profile: str = "smoke", seed: int = 0, adam_lr: float = 1e-3, ada
 def results(profile: str = "smoke", seed: int = 0, seeds=None) -> Sections:
     """Chapter 6 and the introduction: the headline ResNet-32, one arm per seed (`seeds`;
     default HEADLINE_SEEDS of the profile)."""
-    return {"headline": {f"seed {s}": model_runs([s], "resnet32") for s in (seeds or headline_seeds(profile))}}
+    return {"headline": {f"seed {s}": cpu(model_runs([s], "resnet32")) for s in (seeds or headline_seeds(profile))}}
 
 
 def depth(profile: str = "smoke", seed: int = 0, table6_depths=(20, 32, 44, 56, 110),
@@ -166,9 +169,11 @@ def depth(profile: str = "smoke", seed: int = 0, table6_depths=(20, 32, 44, 56, 
     ResNet-32 trained on all 50k training images."""
     seeds = arm_seeds(profile, seed)
     warm = lambda d: {"warmup_until_error": WARMUP_110} if d == 110 else {}  # noqa: E731
+    trained = lambda arm, depths, d: cpu(arm) if d in depths else arm  # noqa: E731
     return {
-        "table6": {d: model_runs(seeds, f"resnet{d}", depth=d, **warm(d)) for d in table6_depths},
-        "plain": {d: model_runs(seeds, f"plain{d}", arch="plain", depth=d) for d in plain_depths},
+        "table6": {d: trained(model_runs(seeds, f"resnet{d}", depth=d, **warm(d)), (20, 32, 56), d)
+                   for d in table6_depths},
+        "plain": {d: trained(model_runs(seeds, f"plain{d}", arch="plain", depth=d), (20, 56), d) for d in plain_depths},
         "all50k": {"45k/5k split": baseline(profile, seed),
                    "all 50k": model_runs(seeds, "resnet32-all50k", val_size=0)},
     }
@@ -214,10 +219,6 @@ def check_type(chapter: str, key: str, value) -> None:
                               f"{value!r} ({type(value).__name__}){hint}")
 
 
-def _stem(name: str) -> str:
-    return re.sub(r"-seed\d+$", "", name)
-
-
 def flat(sections: Sections) -> Arm:
     return {name: o for arms in sections.values() for arm in arms.values() for name, o in arm.items()}
 
@@ -231,7 +232,7 @@ def sections(chapter: str, profile: str, seed: int = 0, **params) -> Sections:
 
     A run name that the default parameters give other settings gets a suffix of its settings'
     hash (`plateau-patience10-seed0` stays the default's run; other values make another folder).
-    On the cpu profile the default arms outside CPU_ARMS are left out."""
+    On the cpu profile the default arms not marked `cpu` are left out."""
     if chapter not in CHAPTERS:
         raise ExperimentError(f"chapter {chapter!r} has no experiments; chapters: {', '.join(CHAPTERS)}")
     unknown = sorted(set(params) - set(defaults(chapter)))
@@ -252,13 +253,13 @@ def sections(chapter: str, profile: str, seed: int = 0, **params) -> Sections:
             except (TypeError, ValueError) as e:
                 raise ExperimentError(f"chapter {chapter}'s parameter {given(params)} makes run {name} "
                                       f"impossible: {e}") from None
-    keep = (lambda name: name not in default or _stem(name) in CPU_ARMS[chapter]) if profile == "cpu" else None
     renamed = {}
     for key, arms in ours.items():
         renamed[key] = {}
         for label, arm in arms.items():
+            trained = profile != "cpu" or isinstance(arm, CpuArm)
             arm = {(n if default.get(n, o) == o else f"{n}-{_suffix(o)}"): o for n, o in arm.items()}
-            arm = {n: o for n, o in arm.items() if keep is None or keep(n)}
+            arm = {n: o for n, o in arm.items() if trained or n not in default}
             if arm:
                 renamed[key][label] = arm
     return renamed
@@ -272,6 +273,6 @@ def declared(profile: str, seed: int = 0, params: dict[str, dict] | None = None)
 
 
 def left_out(chapter: str, profile: str, seed: int = 0) -> list[str]:
-    """The runs of the chapter's default arms that `profile` does not train (cpu: CPU_ARMS)."""
+    """The runs of the chapter's default arms that `profile` does not train (cpu: those not `cpu`)."""
     kept = flat(sections(chapter, profile, seed))
     return [name for name in flat(CHAPTERS[chapter](profile, seed)) if name not in kept]

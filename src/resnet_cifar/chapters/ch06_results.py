@@ -246,14 +246,14 @@ class Headline:
 PAPER_RUN = "resnet32-all50k-seed0"  # the paper's protocol: all 50k training images, tested on the 10k
 
 
-def paper_run(ch) -> RunResult | None:
+def paper_run(dataset: str) -> RunResult | None:
     """The book's headline run: ResNet-32 with the paper's whole schedule on all 50k training
     images (chapter 7's `resnet32-all50k-seed0` of profile paper), read from the committed
-    records of the data this page's runs were trained on, however far it has trained; None
-    when no such record is committed."""
+    records of `dataset` (the copy of CIFAR-10 the page's runs were trained on), however far
+    it has trained; None when no such record is committed."""
     from ..plan import plan
     from ..records import RECORDS, load_record, project_root
-    folder = project_root() / RECORDS / ch.runs_data / "paper"
+    folder = project_root() / RECORDS / dataset / "paper"
     if not (folder / PAPER_RUN / "summary.json").is_file():
         return None
     return load_record(folder, plan("paper", only=[PAPER_RUN])[0].config("paper"), "paper")
@@ -261,8 +261,8 @@ def paper_run(ch) -> RunResult | None:
 
 def paper_caption(text: str, run: RunResult) -> str:
     s = run.summary
-    devices = ", ".join(sorted({seg["device"] for seg in s.get("segments", []) if seg.get("device")}))
-    return f"{text} — profile paper · {s['dataset_label']} · {devices or s['device_name']}"
+    devices = {seg["device"].split(" (")[0] for seg in s.get("segments", []) if seg.get("device")}
+    return f"{text} — profile paper · {s['dataset_label']} · {', '.join(sorted(devices)) or s['device_name']}"
 
 
 def paper_facts(run: RunResult | None) -> dict:
@@ -293,7 +293,7 @@ def paper_facts(run: RunResult | None) -> dict:
 def paper_glue(ch) -> RunResult | None:
     """Glue the headline run's `sched_*` values and its figure (`fig_paper`, `cap_fig_paper`) for
     the page; returns the run (None when none is committed for this data)."""
-    run = paper_run(ch)
+    run = paper_run(ch.runs_data)
     fig = paper_figure(run)
     ch.glue({**paper_facts(run), "fig_paper": fig,
              "cap_fig_paper": paper_caption("Training (dashed) and test (bold) error over the paper's schedule", run)
