@@ -488,6 +488,22 @@ def test_the_committed_paper_run_is_the_plans_run(dataset, tmp_path):
         assert saved["iteration"] == run.summary["iterations_done"] and len(saved["history"]) == len(run.history)
 
 
+def test_table6_shows_the_paper_schedule_runs_beside_the_papers_rows(dataset, tmp_path):
+    """Chapter 7's Table 6 shows each depth's run of the paper's whole schedule from the committed
+    records (how far it has trained while unfinished), '–' where none is committed."""
+    from resnet_cifar import book
+    from resnet_cifar.chapters import ch07_depth
+    ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0, records_data="jpeg-q75-copy")
+    run = results.paper_run(ch.runs_data)
+    if run is None:
+        missing("no record of the paper's schedule is committed for the JPEG copy")
+    shown = ch07_depth.paper_schedule(ch, 32)
+    s = run.summary
+    assert shown == f"{100 * s['final_test_error']:.2f}" + (
+        "" if run.complete else f" ({s['iterations_done']:,} of 64,000 its)")
+    assert ch07_depth.paper_schedule(ch, 1202) == "–"
+
+
 def test_published_records_without_weights_render_placeholders(dataset, tmp_path):
     """Published records hold no model.pt: the figures and numbers that need the weights say
     so instead of failing the chapter."""
@@ -738,6 +754,22 @@ def test_a_setting_whose_seeds_split_between_training_and_chance_says_so(tmp_pat
                                    "every evaluation) while seed 0 (26.5 %) trained. A mean over seeds that split like "
                                    "this describes neither of them.")
     assert ch05_optimizers.chance_runs({"eps 0.1": [trained]})["eps_chance"] == "No seed of these settings stayed at chance."
+
+
+def test_adam_at_a_constant_lr_is_read_against_the_papers_sgd(dataset, tmp_path):
+    """Chapter 5 compares the log's Adam (constant 1e-3) with the paper's SGD runs over seeds and
+    says what that ranking at a short budget does and does not tell."""
+    from resnet_cifar import book
+    from resnet_cifar.chapters import ch05_optimizers
+    ch = book.Chapter("cpu", "cpu", dataset, tmp_path, 0)
+    adam = [_record(tmp_path, f"a{i}", "complete", e) for i, e in enumerate((0.3129, 0.2898))]
+    sgd = [_record(tmp_path, f"s{i}", "complete", e) for i, e in enumerate((0.3692, 0.4062))]
+    _, facts = ch05_optimizers.adam_constant(ch, {"Adam, constant lr 0.001": adam}, [1e-3], sgd)
+    assert facts["adamc_vs_sgd"] == (
+        "Adam, constant lr 0.001 ends at 30.14 % over 2 seed(s) and the paper's SGD recipe at 38.77 % over 2 "
+        "seed(s): lower error than the paper's SGD by 8.63 points, beyond the seeds' spread of 4.25 (n = 2 and 2)")
+    _, none = ch05_optimizers.adam_constant(ch, {"Adam, constant lr 0.001": adam}, [1e-3], [])
+    assert none["adamc_vs_sgd"].endswith("the paper's SGD recipe at no complete run: no complete run to compare")
 
 
 def test_fig6_compares_plain_and_residual_at_the_same_depth(tmp_path):

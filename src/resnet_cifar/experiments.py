@@ -87,7 +87,7 @@ def model(profile: str = "smoke", seed: int = 0, fig6_depths=(20, 32), log_patie
     trained = lambda arm, depths, d: cpu(arm) if d in depths else arm  # noqa: E731
     return {
         "imagenet": {"ResNet-32 (the paper's model)": baseline(profile, seed),
-                     "ResNet-34 (ImageNet), paper schedule": model_runs(seeds, r34, arch=r34),
+                     "ResNet-34 (ImageNet), paper schedule": cpu(model_runs(seeds, r34, arch=r34)),
                      "ResNet-34 (ImageNet), log's plateau": model_runs(seeds, f"{r34}-plateau", arch=r34, **plateau),
                      "ResNet-34 (ImageNet), log's plateau, no crop":
                          model_runs(seeds, f"{r34}-plateau-nocrop", arch=r34, crop=False, **plateau)},

@@ -12,7 +12,7 @@ import torch
 from .. import analysis as A
 from ..analysis import fmt
 from ..bench_summary import is_flagged, rounds_note, under_load
-from ..compare import comparison
+from ..compare import comparison, mean_std, values, verdict
 from ..config import TrainConfig
 from ..data import prepare_data
 from ..devices import native_bf16
@@ -56,11 +56,17 @@ def adam_facts(ch, runs: dict[str, RunResult], adam_lr: float, high_lr: float,
                  **ch.errors({"opt_adam_high_err": high, "opt_adam_low_err": low, "opt_sgd_err": sgd})}
 
 
-def adam_constant(ch, arms: dict[str, list[RunResult]], lrs) -> tuple["pd.io.formats.style.Styler", dict]:
+def adam_constant(ch, arms: dict[str, list[RunResult]], lrs,
+                  sgd: list[RunResult] = ()) -> tuple["pd.io.formats.style.Styler", dict]:
     """Adam at each constant learning rate over seeds, against lr 1e-3 (the default) when
-    it is among `lrs`, else the first."""
+    it is among `lrs`, else the first; and that arm against the paper's SGD runs `sgd`
+    (`adamc_vs_sgd`)."""
     reference = f"Adam, constant lr {1e-3:g}" if 1e-3 in lrs else next(iter(arms))
     table, facts = comparison(ch, arms, reference, "Adam at a constant learning rate", "adamc")
+    adam, paper = values(arms[reference]), values(list(sgd))
+    said = lambda xs: f"{mean_std(xs)[0]:.2f} % over {len(xs)} seed(s)" if xs else "no complete run"  # noqa: E731
+    facts["adamc_vs_sgd"] = (f"{reference} ends at {said(adam)} and the paper's SGD recipe at {said(paper)}: "
+                             + verdict(adam, paper, "the paper's SGD"))
     return table, {**facts, "opt_constant_lrs": ", ".join(f"{x:g}" for x in lrs)}
 
 

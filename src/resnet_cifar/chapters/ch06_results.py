@@ -140,11 +140,8 @@ class Headline:
         elif ch.profile != "paper":
             context.append(f"the {ch.profile} profile trains for {budget.iterations:,} iterations instead of 64k.")
         if ch.runs_data == "jpeg-q75-copy":
-            context.append("The data is the JPEG q75 copy: JPEG compression at quality 75 blurs and blocks 32×32 "
-                           "images. Its notes report that a ResNet-32 trained on the real CIFAR-10 (92.8 % test "
-                           "accuracy) scores 82.6 % on this copy's test split: that measures a model trained on "
-                           "the real data and tested on the copy; how far a model trained and tested on the copy "
-                           "lands from the paper has not been measured here.")
+            context.append("The data is the JPEG q75 copy, which blurs and blocks 32×32 images; chapter 1 says "
+                           "what the copy costs, as far as the book can tell.")
         elif ch.runs_data != "official":
             context.append(f"The data ({ch.runs_label}) is not verified to be the official CIFAR-10.")
         return {**self.checks(), "head_profile": ch.profile, "head_data": ch.runs_label,
@@ -246,17 +243,17 @@ class Headline:
 PAPER_RUN = "resnet32-all50k-seed0"  # the paper's protocol: all 50k training images, tested on the 10k
 
 
-def paper_run(dataset: str) -> RunResult | None:
+def paper_run(dataset: str, name: str = PAPER_RUN) -> RunResult | None:
     """The book's headline run: ResNet-32 with the paper's whole schedule on all 50k training
-    images (chapter 7's `resnet32-all50k-seed0` of profile paper), read from the committed
-    records of `dataset` (the copy of CIFAR-10 the page's runs were trained on), however far
-    it has trained; None when no such record is committed."""
+    images (chapter 7's `resnet32-all50k-seed0` of profile paper; `name`: another run of that
+    profile), read from the committed records of `dataset` (the copy of CIFAR-10 the page's
+    runs were trained on), however far it has trained; None when none is committed."""
     from ..plan import plan
     from ..records import RECORDS, load_record, project_root
     folder = project_root() / RECORDS / dataset / "paper"
-    if not (folder / PAPER_RUN / "summary.json").is_file():
+    if not (folder / name / "summary.json").is_file():
         return None
-    return load_record(folder, plan("paper", only=[PAPER_RUN])[0].config("paper"), "paper")
+    return load_record(folder, plan("paper", only=[name])[0].config("paper"), "paper")
 
 
 def paper_caption(text: str, run: RunResult) -> str:
@@ -348,8 +345,8 @@ def rule_facts(ch) -> dict:
 # The log's questions, each with the arm that answers it and its reference: (question, chapter,
 # (section, arm label), (section, reference label)).
 QUESTIONS = [
-    ("Why did the log's runs stall at 65–74 % accuracy?", "02_model",
-     ("imagenet", "ResNet-34 (ImageNet), log's plateau"), ("imagenet", "ResNet-32 (the paper's model)")),
+    ("Why did the log's runs stall at 65–74 % accuracy? Its model?", "02_model",
+     ("imagenet", "ResNet-34 (ImageNet), paper schedule"), ("imagenet", "ResNet-32 (the paper's model)")),
     ("Does testing without the per-pixel mean break the model?", "03_augmentation",
      ("normalization", "test without mean subtraction"), ("normalization", "per-pixel mean (paper)")),
     ("Plateau scheduler or the paper's step schedule?", "04_schedule",

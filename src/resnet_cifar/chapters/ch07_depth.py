@@ -23,6 +23,18 @@ def final_train_error(run: RunResult) -> float | None:
     return 100 * float(h["train_error"].iloc[-1])
 
 
+def paper_schedule(ch, depth: int) -> str:
+    """ResNet-`depth` trained with the paper's whole schedule on all 50k images (profile paper,
+    seed 0), from the committed records of the page's data: its test error, and how far it has
+    trained while unfinished; '–' when none is committed."""
+    from .ch06_results import paper_run
+    run = paper_run(ch.runs_data, f"resnet{depth}-all50k-seed0")
+    if run is None or run.error() is None:
+        return "–"
+    s = run.summary
+    return f"{run.error():.2f}" + ("" if run.complete else f" ({s['iterations_done']:,} of {s['iterations']:,} its)")
+
+
 def table6(ch, arms: dict[int, list[RunResult]]) -> tuple[object, dict]:
     """ResNet-d test error over seeds (n, mean ± std, best, each seed) beside the paper's Table 6
     (styled table), and the `dep_*` text values."""
@@ -37,6 +49,7 @@ def table6(ch, arms: dict[int, list[RunResult]]) -> tuple[object, dict]:
                                    r.error() is not None else r.summary.get("status", "–")) for r in runs),
             "paper %": paper,
             "paper mean ± std": f"{PAPER_110_MEAN} ± {PAPER_110_STD}" if d == 110 else "–",
+            "paper's schedule here %": paper_schedule(ch, d),
             "warm-up": (f"lr {r.config['warmup_lr']:g} until training error "
                         f"< {100 * r.config['warmup_until_error']:.0f} %"
                         if (r := runs[0]).config.get("warmup_until_error") else "none")}
