@@ -74,16 +74,14 @@ def test_chapters_state_no_typed_results(path):
     assert found == [], f"{path.name} states results in typed text (glue them from the records):\n" + "\n".join(found)
 
 
-def test_chapter_code_cells_are_short_calls_that_fit_the_page():
+def test_chapter_code_cells_are_short_calls():
     """Notebooks hold narrative and short calls: every code cell but the parameters is at most
-    6 lines, and no code line is over 88 characters (the page would scroll it sideways)."""
+    10 lines (a long computation belongs in the chapter's module, where tests reach it). How
+    wide a line may be is tests/test_book.py's check, the page's own measure."""
     problems = []
     for path in sorted((ROOT / "book").glob("*.ipynb")):
         for i, cell in enumerate(json.loads(path.read_text())["cells"]):
-            if cell["cell_type"] != "code":
-                continue
             lines = "".join(cell["source"]).split("\n")
-            if len(lines) > 6 and "parameters" not in cell["metadata"].get("tags", []):
+            if cell["cell_type"] == "code" and len(lines) > 10 and "parameters" not in cell["metadata"].get("tags", []):
                 problems.append(f"{path.name} cell {i}: {len(lines)} lines")
-            problems += [f"{path.name} cell {i}: {len(line)} characters" for line in lines if len(line) > 88]
     assert not problems, "\n".join(problems)
