@@ -311,6 +311,10 @@ def page_problems(driver, url: str) -> list[str]:
     problems += [f"{injected} papermill injected-parameters cell(s) shown"] if injected else []
     problems += [f"code cut off (wider than the column): {line!r}" for line in driver.execute_script(CODE_JS)]
     problems += [f"a table header breaks the word {word!r}" for word in driver.execute_script(HEADERS_JS)]
+    bold = driver.execute_script(  # glued values are bold only where the text marks them so
+        "return Array.from(document.querySelectorAll('span.pasted-text')).filter(s => !s.closest('strong, b, th')"
+        " && parseInt(getComputedStyle(s).fontWeight) >= 600).map(s => s.innerText.slice(0, 40))")
+    problems += [f"{len(bold)} glued value(s) set in bold by the theme, e.g. {bold[0]!r}"] if bold else []
     problems += [f"raw LaTeX {s!r} in the text (MathJax: {mathjax}): ...{text[text.index(s) - 60:text.index(s) + 60]}..."
                  for s in RAW_LATEX if s in text]
     return problems
@@ -454,7 +458,7 @@ def test_the_paper_schedule_section_states_what_its_record_holds(dataset, tmp_pa
     assert facts["sched_status"] == "780 of 64,000 iterations (1 %), still training"
     assert (facts["sched_error"], facts["sched_at"], facts["sched_lr"]) == ("35.00", "780", "0.1")
     assert facts["sched_lowest"] == "30.00 % at iteration 390"
-    assert facts["sched_sittings"] == "2 sitting(s), 1.0 hours of training and evaluation, on CPU A; CPU B"
+    assert facts["sched_sittings"] == "2 sittings, 1.0 hours of training and evaluation, on CPU A; CPU B"
     assert facts["sched_data"] == "CIFAR-10 (JPEG q75 copy), 50,000 training and 10,000 test images"
     ax = results.paper_figure(run).axes[0]
     assert ax.get_xlim() == (0, 64000)

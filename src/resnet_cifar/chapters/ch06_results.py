@@ -278,12 +278,12 @@ def paper_facts(run: RunResult | None) -> dict:
     segments = s.get("segments") or []
     hours = sum(seg["seconds"] for seg in segments) / 3600
     machines = sorted({seg["device"] for seg in segments if seg.get("device")})
+    sittings = f"{len(segments)} sitting{'' if len(segments) == 1 else 's'}"
     return {"sched_status": status, "sched_error": fmt(run.error(), ".2f"),
             "sched_at": f"{done:,}", "sched_lr": f"{h['lr'].iloc[-1]:g}" if len(h) else "–",
             "sched_lowest": "–" if low is None else f"{100 * low['test_error']:.2f} % at iteration "
                                                      f"{int(low['iteration']):,}",
-            "sched_sittings": f"{len(segments)} sitting(s), {hours:.1f} hours of training and evaluation, on "
-                              + "; ".join(machines),
+            "sched_sittings": f"{sittings}, {hours:.1f} hours of training and evaluation, on " + "; ".join(machines),
             "sched_data": f"{s['dataset_label']}, {s['train_size']:,} training and {s['test_size']:,} test images"}
 
 
