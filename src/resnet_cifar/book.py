@@ -19,7 +19,7 @@ import torch
 from . import analysis as A
 from . import data as D
 from .config import PAPER_ITERATIONS, PROFILE_THREADS, PROFILES, TrainConfig, profile_config
-from .devices import device_label, pick_device
+from .devices import device_label, machine, pick_device
 from . import experiments as E
 from .plan import accounting, match_chapters, plan
 from .plan import table as plan_table
@@ -202,9 +202,9 @@ class Chapter:
         table, each run's machine in its run table); with no runs, the device this chapter would
         train on, marked 'no training'."""
         runs = tuple(r for r in runs if r is not None)  # an arm the profile does not train
-        where = ", ".join(sorted({r.summary["device_name"].split(" (")[0] for r in runs}))
+        where = ", ".join(sorted({machine(r.summary["device_name"]) for r in runs}))
         if not runs:  # a data-only figure: name the device this chapter would train on
-            where = f"{device_label(self.torch_device).split(' (')[0]}, no training"
+            where = f"{machine(device_label(self.torch_device))}, no training"
         read = tuple(r for r in runs if isinstance(r, PublishedRun))
         if read:  # published records: say so, and whether runs trained here join them
             where = f"published records{' + runs trained here' if len(read) < len(runs) else ''} · {where}"

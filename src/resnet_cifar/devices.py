@@ -84,6 +84,11 @@ def device_label(device: torch.device | str) -> str:
     return device.type
 
 
+def machine(label: str) -> str:
+    """The machine of a `device_label`, for one-line captions: 'AMD EPYC CPU', 'NVIDIA H200'."""
+    return label.split(" (")[0]
+
+
 def set_numerics(dtype: str, device: torch.device) -> dict:
     """Set TF32 explicitly (on for dtype 'tf32' only; PyTorch's cuDNN default would be on)
     and cuDNN autotuning, and return the settings for the run's record."""

@@ -12,6 +12,7 @@ from ..analysis import fmt
 from ..compare import mean_std
 from ..config import PAPER_BATCH, PAPER_ITERATIONS, TrainConfig
 from ..data import prepare_data
+from ..devices import machine
 from ..runs import RunResult
 from ..train import evaluate
 
@@ -258,7 +259,7 @@ def paper_run(dataset: str, name: str = PAPER_RUN) -> RunResult | None:
 
 def paper_caption(text: str, run: RunResult) -> str:
     s = run.summary
-    devices = {seg["device"].split(" (")[0] for seg in s.get("segments", []) if seg.get("device")}
+    devices = {machine(seg["device"]) for seg in s.get("segments", []) if seg.get("device")}
     return f"{text} — profile paper · {s['dataset_label']} · {', '.join(sorted(devices)) or s['device_name']}"
 
 
