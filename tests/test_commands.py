@@ -1,6 +1,6 @@
 """Every command that README.md, the manual (book/manual.md) and the book's pages print works
-as printed, from a fresh clone after `make book` (or `make setup data`): the programs exist (.venv/bin/..., make
-targets, scripts), their options are accepted, and the papermill commands, run in their
+as printed, from a fresh clone after `make book` (or `make setup data`): the programs exist
+(.venv/bin/..., make targets, scripts), their options are accepted, and the papermill commands, run in their
 smoke form (profile smoke, device cpu, one chapter per loop) in a copy of the working tree,
 execute and write only files git ignores (the manual's rerun of chapter 4 with one of its own
 parameters finds the new run on the page).
