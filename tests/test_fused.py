@@ -84,21 +84,20 @@ def test_groups_split_by_architecture_and_size(base):
 # ---------------------------------------------------------------- the same runs
 
 def test_same_initial_weights_and_batches(base, dataset, tmp_path, monkeypatch):
+    """The one step function trains both: solo steps see (batch, ...), fused steps (runs, batch, ...)."""
     configs = [dataclasses.replace(base, seed=s, iterations=2, val_size=0, runs_dir=str(tmp_path / "g"))
                for s in (0, 1)]
     seen = {"solo": [], "fused": []}
-    real_step, real_fused = T.train_step, FU.FusedStep.__call__
+    real_step = T.train_step
 
-    def solo_step(model, optimizer, x, y, *args):
-        seen["solo"].append(({k: v.clone() for k, v in model.state_dict().items()}, x.clone(), y.clone()))
-        return real_step(model, optimizer, x, y, *args)
-
-    def fused_step(self, models, optimizers, xs, ys, lrs):
-        seen["fused"].append([({k: v.clone() for k, v in m.state_dict().items()}, xs[i].clone(), ys[i].clone())
-                              for i, m in enumerate(models)])
-        return real_fused(self, models, optimizers, xs, ys, lrs)
-    monkeypatch.setattr(T, "train_step", solo_step)
-    monkeypatch.setattr(FU.FusedStep, "__call__", fused_step)
+    def step(model, optimizers, x, y, *args):
+        if y.dim() == 2:
+            seen["fused"].append([({k: v.clone() for k, v in m.state_dict().items()}, x[i].clone(), y[i].clone())
+                                  for i, m in enumerate(model.args[0])])  # the models the step calls as one
+        else:
+            seen["solo"].append(({k: v.clone() for k, v in model.state_dict().items()}, x.clone(), y.clone()))
+        return real_step(model, optimizers, x, y, *args)
+    monkeypatch.setattr(T, "train_step", step)
     FU.train_group(configs, dataset=dataset)
     for c in configs:
         train(dataclasses.replace(c, runs_dir=str(tmp_path / "solo")), dataset=dataset)
@@ -168,24 +167,24 @@ def test_records_are_solo_records_and_reused_both_ways(base, dataset, tmp_path, 
     assert train(configs[1], dataset=dataset).summary == group[1].summary
     monkeypatch.undo()
     solo = train(dataclasses.replace(configs[0], seed=7), dataset=dataset)
-    monkeypatch.setattr(FU, "fit_group", lambda *a, **k: pytest.fail("a finished solo run was retrained"))
+    monkeypatch.setattr(T, "fit", lambda *a, **k: pytest.fail("a finished solo run was retrained"))
     assert FU.train_group([dataclasses.replace(configs[0], seed=7)], dataset=dataset)[0].summary == solo.summary
 
 
 def test_killed_group_resumes_to_the_uninterrupted_result(base, dataset, tmp_path, monkeypatch):
     settings = dict(iterations=8, eval_every=4, checkpoint_every=2)
     configs = [dataclasses.replace(base, seed=s, runs_dir=str(tmp_path / "killed"), **settings) for s in (0, 1)]
-    real, calls = FU.FusedStep.__call__, []
+    real, calls = T.train_step, []
 
-    def step(self, *args):
+    def step(*args):
         if len(calls) == 5:
             raise KeyboardInterrupt
         for c in configs:  # each run's lock is held while the group trains it
             assert R.lock_owner(Path(c.runs_dir) / c.run_name()) == os.getpid()
         calls.append(1)
-        return real(self, *args)
+        return real(*args)
     with monkeypatch.context() as mp:
-        mp.setattr(FU.FusedStep, "__call__", step)
+        mp.setattr(T, "train_step", step)
         with pytest.raises(KeyboardInterrupt):
             FU.train_group(configs, dataset=dataset)
     for c in configs:

@@ -1,4 +1,4 @@
-"""`TrainConfig`: every knob of a run, its checks, its identity, and the learning-rate schedule.
+"""`TrainConfig`: every knob of a run, its checks and identity; the learning-rate schedule; the profiles.
 
 The defaults are the paper's CIFAR-10 recipe (Sec. 4.2): "We use a weight decay of 0.0001
 and momentum of 0.9 ... mini-batch size of 128 ... We start with a learning rate of 0.1,
@@ -136,11 +136,9 @@ class TrainConfig:
         return f"{model}-{digest}"
 
     def schedule_notice(self) -> str | None:
-        """A sentence when a multistep schedule never drops within `iterations` (e.g. a short
-        run left with the paper's 32k/48k milestones), else None."""
-        if self.schedule != "multistep" or self.schedule_unit != "iteration":
-            return None
-        if self.milestones and min(self.milestones) >= self.iterations:
+        """A sentence when a multistep schedule never drops within `iterations`, else None."""
+        never = bool(self.milestones) and min(self.milestones) >= self.iterations
+        if self.schedule == "multistep" and self.schedule_unit == "iteration" and never:
             return (f"the learning rate stays {self.lr:g} for all {self.iterations:,} iterations: its milestones "
                     f"{', '.join(f'{m:,}' for m in self.milestones)} come after the end of the run. Pass milestones "
                     f"(--milestones on the command line) to drop it, e.g. at 50 % and 75 % of the run as the paper "
@@ -149,8 +147,7 @@ class TrainConfig:
 
 
 def lr_at(config: TrainConfig, iteration: int, iterations_per_epoch: int = 1) -> float:
-    """The scheduled learning rate at `iteration` (0-based) for the multistep, cosine and
-    constant schedules; a plateau schedule starts at config.lr and its scheduler lowers it."""
+    """The learning rate at `iteration` (0-based); a plateau schedule starts at config.lr, its scheduler lowers it."""
     unit = iterations_per_epoch if config.schedule_unit == "epoch" else 1
     if iteration < config.warmup * unit:
         return config.warmup_lr
@@ -161,27 +158,19 @@ def lr_at(config: TrainConfig, iteration: int, iterations_per_epoch: int = 1) ->
     return config.lr
 
 
-# The paper's CIFAR budget (Sec. 4.2): the recipe's defaults, named for the sentences that quote it.
+# The paper's CIFAR budget (Sec. 4.2), named for the sentences that quote it.
 PAPER_ITERATIONS, PAPER_BATCH = TrainConfig.iterations, TrainConfig.batch_size
 
-
-# ---------------------------------------------------------------- profiles: the book's budgets
-# Profiles set budgets over the recipe; a chapter's own parameters and the plan's arms override them.
-#     smoke  CPU (one thread), 100-image subsets (10 per class), 10 iterations: seconds per run (what CI builds)
-#     cpu    full data, 1/40 of the paper's schedule (1.6k iterations): hours for its plan on a 2-core CPU
-#     quick  full data, 1/10 of the paper's schedule (6.4k iterations): minutes on a GPU
-#     paper  the paper's recipe: 64k iterations, ÷10 at 32k and 48k
-# The milestones scale with the iterations (at 50 % and 75 %), as in the paper.
+# The book's budgets over the recipe (a chapter's parameters and the plan's arms override them); the
+# milestones scale with the iterations, at 50 % and 75 % as in the paper.
 PROFILES = {
-    "smoke": dict(iterations=10, batch_size=32, subset=100, eval_every=5),
-    # evaluations every 200 iterations: 8 points per curve, a sixth of a run's time on a CPU
-    "cpu": dict(iterations=1600, eval_every=200),
-    "quick": dict(iterations=6400),
+    "smoke": dict(iterations=10, batch_size=32, subset=100, eval_every=5),  # 10 images a class: seconds (CI)
+    "cpu": dict(iterations=1600, eval_every=200),  # 1/40 of the paper: hours for its plan on a 2-core CPU
+    "quick": dict(iterations=6400),  # 1/10 of the paper: minutes on a GPU
     "paper": dict(),
 }
-# CPU threads a profile's runs train with (None: PyTorch's default, every core). Smoke runs are
-# batch-32 steps that gain little from a second thread and lose many times over when the CPU is
-# shared: on a busy 2-core machine a ResNet-32 run of 20 batch-32 steps took 6 s on one thread, 40-50 s on two.
+# CPU threads a profile's runs train with (default: every core). Batch-32 steps gain little from a second
+# thread and lose much on a shared CPU (a 20-step ResNet-32 run: 6 s on one thread, 40-50 s on two).
 PROFILE_THREADS = {"smoke": 1}
 
 
@@ -189,8 +178,7 @@ def profile_config(profile: str, **overrides) -> TrainConfig:
     """A TrainConfig for `profile`, milestones scaled to its iterations, then `overrides`."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {tuple(PROFILES)}, got {profile!r}")
-    # channels_last changes how the step runs, not what it computes (it is not part of a run's
-    # identity): the benchmark appendix measures it faster on CPUs, as it is on GPUs.
+    # channels_last is an execution setting (not in the identity), measured faster on CPUs and GPUs.
     settings = {"channels_last": True, **PROFILES[profile], **overrides}
     iterations = settings.get("iterations", TrainConfig.iterations)
     settings.setdefault("milestones", (iterations // 2, iterations * 3 // 4))

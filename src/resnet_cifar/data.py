@@ -1,13 +1,10 @@
-"""CIFAR-10 as uint8 tensors, the paper's split, normalization and augmentation.
+"""CIFAR-10 as uint8 tensors, the paper's split, per-pixel mean and augmentation (Sec. 4.2):
 
-Paper, Sec. 4.2: "We use a weight decay ... 45k/5k train/val split ... We follow the
-simple data augmentation in [24] for training: 4 pixels are padded on each side, and a
-32x32 crop is randomly sampled from the padded image or its horizontal flip. For
-testing, we only evaluate the single view of the original 32x32 image." and Sec. 3.4 /
-[21]: "the per-pixel mean subtracted".
+    "We follow the simple data augmentation in [24] for training: 4 pixels are padded on each
+    side, and a 32x32 crop is randomly sampled from the padded image or its horizontal flip.
+    For testing, we only evaluate the single view of the original 32x32 image."
 
-The whole dataset is 180 MB of uint8, so it is held as tensors (on the GPU when there
-is one) and augmented a batch at a time: no DataLoader, no per-image PIL work.
+The whole dataset (180 MB) is held as tensors on the training device and augmented a batch at a time.
 """
 from __future__ import annotations
 
@@ -25,15 +22,10 @@ FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
-# MD5 sums of the official python-version files (the same table torchvision checks).
-OFFICIAL_MD5 = {
-    "data_batch_1": "c99cafc152244af753f735de768cd75f",
-    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-    "data_batch_4": "634d18415352ddfa80567beed471001a",
-    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-    "test_batch": "40351d587109b95175f43aff81a1287e",
-}
+OFFICIAL_MD5 = {  # the python-version files, as torchvision checks them
+    "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e"}
 NORMALIZATIONS = ("per-pixel-mean", "per-channel", "none")
 
 
@@ -43,12 +35,8 @@ class DataError(ValueError):
 
 @dataclass
 class CIFAR10:
-    """All 60,000 images as uint8 tensors (N, 3, 32, 32) and int64 labels.
-
-    `identity` says which copy this is: "official" (every file matches the official
-    MD5), "jpeg-q75-copy" (the JPEG re-encoding built from ../shared/data) or
-    "unverified-copy" (anything else in the official layout). `label` is the text
-    every figure carries."""
+    """All 60,000 images, uint8 (N, 3, 32, 32), and int64 labels. `identity`: "official" (every MD5
+    matches), "jpeg-q75-copy" (the JPEG re-encoding) or "unverified-copy"."""
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
@@ -63,24 +51,14 @@ class CIFAR10:
 
 
 def dataset_label(identity: str) -> str:
-    return {
-        "official": "CIFAR-10 (official, MD5 verified)",
-        "jpeg-q75-copy": "CIFAR-10 (JPEG q75 copy)",
-    }.get(identity, "CIFAR-10 (unverified copy)")
+    """The text every figure carries."""
+    return {"official": "CIFAR-10 (official, MD5 verified)",
+            "jpeg-q75-copy": "CIFAR-10 (JPEG q75 copy)"}.get(identity, "CIFAR-10 (unverified copy)")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """Explicit argument > $RESNET_CIFAR_DATA > ./data."""
     return Path(data_dir or os.environ.get("RESNET_CIFAR_DATA") or "data")
-
-
-def _missing_message(root: Path) -> str:
-    return (
-        f"CIFAR-10 not found: expected {root / FOLDER}/ with {', '.join(TRAIN_FILES)}, {TEST_FILE}, "
-        f"{META_FILE}. Download it with `python -m resnet_cifar download --data-dir {root}` "
-        f"(load_cifar10(download_if_missing=True) in Python), unpack cifar-10-python.tar.gz there yourself, or point "
-        f"RESNET_CIFAR_DATA / --data-dir at the folder that holds {FOLDER}/."
-    )
 
 
 def download(data_dir=None) -> Path:
@@ -99,11 +77,14 @@ def download(data_dir=None) -> Path:
     return root
 
 
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in pickle.load(f, encoding="bytes").items()}
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+        d = _unpickle(path)
         data, labels = np.asarray(d["data"]), np.asarray(d["labels"])
     except Exception as e:
         raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}: {e}); "
@@ -120,47 +101,33 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _identity(folder: Path) -> str:
-    if all(_md5(folder / name) == md5 for name, md5 in OFFICIAL_MD5.items()):
+    if all(hashlib.md5((folder / name).read_bytes()).hexdigest() == md5 for name, md5 in OFFICIAL_MD5.items()):
         return "official"
-    with open(folder / TEST_FILE, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
-    batch_label = d.get("batch_label", d.get(b"batch_label", b""))
+    batch_label = _unpickle(folder / TEST_FILE).get("batch_label", b"")
     batch_label = batch_label.decode() if isinstance(batch_label, bytes) else str(batch_label)
     return "jpeg-q75-copy" if "JPEG q75 copy" in batch_label else "unverified-copy"
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_cifar10(data_dir=None, download_if_missing: bool = False, expect_counts=(50000, 10000)) -> CIFAR10:
-    """Read the official python layout (`<data_dir>/cifar-10-batches-py/`) into tensors.
-
-    Validates shapes, dtype, label range and counts; raises DataError with what to do."""
+    """Read `<data_dir>/cifar-10-batches-py/` into tensors, checked; DataError says what to do."""
     root = resolve_data_dir(data_dir)
     folder = root / FOLDER
-    names = TRAIN_FILES + [TEST_FILE, META_FILE]
-    if not all((folder / n).is_file() for n in names):
-        if download_if_missing:
-            download(root)
-        else:
-            raise DataError(_missing_message(root))
+    if not all((folder / n).is_file() for n in TRAIN_FILES + [TEST_FILE, META_FILE]):
+        if not download_if_missing:
+            raise DataError(
+                f"CIFAR-10 not found: expected {folder}/ with {', '.join(TRAIN_FILES)}, {TEST_FILE}, {META_FILE}. "
+                f"Download it with `python -m resnet_cifar download --data-dir {root}` (load_cifar10("
+                f"download_if_missing=True) in Python), unpack cifar-10-python.tar.gz there yourself, or point "
+                f"RESNET_CIFAR_DATA / --data-dir at the folder that holds {FOLDER}/.")
+        download(root)
     train = [_read_batch(folder / n) for n in TRAIN_FILES]
     test_x, test_y = _read_batch(folder / TEST_FILE)
-    train_x = np.concatenate([x for x, _ in train])
-    train_y = np.concatenate([y for _, y in train])
+    train_x, train_y = np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])
     if expect_counts and (len(train_x), len(test_x)) != tuple(expect_counts):
         raise DataError(f"{folder}: expected {expect_counts[0]} training and {expect_counts[1]} test images, "
                         f"found {len(train_x)} and {len(test_x)}; the folder is incomplete, rebuild it.")
     try:
-        with open(folder / META_FILE, "rb") as f:
-            meta = pickle.load(f, encoding="bytes")
-        classes = [c.decode() if isinstance(c, bytes) else str(c)
-                   for c in meta.get("label_names", meta.get(b"label_names"))]
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _unpickle(folder / META_FILE)["label_names"]]
     except Exception as e:
         raise DataError(f"{folder / META_FILE} is not readable ({e}); rebuild the data folder.") from e
     if len(classes) != 10:
@@ -170,7 +137,7 @@ def load_cifar10(data_dir=None, download_if_missing: bool = False, expect_counts
 
 
 def train_val_split(num_train: int = 50000, val_size: int = 5000, seed: int = 0):
-    """The paper's 45k/5k split: a fixed, seeded permutation of the training indices."""
+    """The paper's 45k/5k split: (train, val) indices from a seeded permutation, each sorted."""
     if not 0 <= val_size < num_train:
         raise ValueError(f"val_size must be in [0, {num_train}), got {val_size}")
     perm = torch.randperm(num_train, generator=torch.Generator().manual_seed(seed))
@@ -178,7 +145,7 @@ def train_val_split(num_train: int = 50000, val_size: int = 5000, seed: int = 0)
 
 
 def balanced_subset(labels: torch.Tensor, n: int | None, num_classes: int = 10) -> torch.Tensor:
-    """Indices of the first n examples, n/num_classes from each class, in their order."""
+    """Indices of the first n/num_classes examples of each class, in their order (all for None)."""
     if n is None or n >= len(labels):
         return torch.arange(len(labels))
     if n < num_classes:
@@ -189,9 +156,8 @@ def balanced_subset(labels: torch.Tensor, n: int | None, num_classes: int = 10) 
 
 @dataclass
 class Normalizer:
-    """x -> (x/255 - mean) / std. Per-pixel mean (the paper: a 3x32x32 mean image over
-    the training split, std 1), per-channel mean/std (what most reference code does),
-    or none (just /255)."""
+    """x -> (x/255 - mean) / std: the per-pixel mean (the paper: a 3x32x32 mean image of the training
+    split, std 1), per-channel mean and std (most reference code) or none."""
     mean: torch.Tensor
     std: torch.Tensor
     kind: str
@@ -214,10 +180,8 @@ class Normalizer:
 
 def augment_draws(n: int, generator: torch.Generator, pad: int = 4, crop: bool = True,
                   flip: bool = True) -> torch.Tensor:
-    """The random choices of `augment` for n images, drawn from `generator` (on the CPU,
-    so every device sees the same batches and a run can resume mid-epoch): an (n, 3) int64
-    tensor of (row offset, column offset, mirrored) into the `pad`-padded image; offset
-    `pad` everywhere when there is no crop (the original 32x32 view)."""
+    """The random choices for n images, (n, 3) of (row offset, column offset, mirrored), drawn on the CPU so
+    that every device sees the same batches; offset `pad` without crop (the original view)."""
     dy = dx = torch.full((n,), pad)
     if crop and pad > 0:
         dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
@@ -227,11 +191,8 @@ def augment_draws(n: int, generator: torch.Generator, pad: int = 4, crop: bool =
 
 
 def apply_augment(x: torch.Tensor, draws: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """Zero-pad the batch x by `pad` pixels, take each image's window at its drawn offset
-    and mirror it where drawn, on x's device (`draws` must be there too, so a GPU step
-    copies nothing from the host). The windows are one gather of whole windows from an
-    unfolded view of the padded batch (two index tensors, not one per pixel dimension),
-    the mirrors a `torch.where` over a flipped copy."""
+    """Pad-crop-flip of a batch on its device: zero-pad by `pad`, take each image's drawn window (one gather
+    from an unfolded view of the padded batch) and mirror it where drawn."""
     n, c, h, w = x.shape
     dy, dx, mirror = draws.unbind(1)
     padded = F.pad(x, (pad, pad, pad, pad)) if pad > 0 else x
@@ -242,21 +203,16 @@ def apply_augment(x: torch.Tensor, draws: torch.Tensor, pad: int = 4) -> torch.T
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, crop: bool = True,
             flip: bool = True) -> torch.Tensor:
-    """Random `pad`-pixel zero-pad + 32x32 crop and horizontal flip, for a whole batch at
-    once on x's device; the draws come from `generator` (see `augment_draws`). Zero
-    padding happens after the mean is subtracted (as in fb.resnet.torch), so the border
-    is the mean image."""
+    """Random pad-crop-flip of a (normalized) batch: the padding is zeros after mean subtraction, as in
+    fb.resnet.torch, so the border is the mean image."""
     if not flip and not (crop and pad > 0):
         return x
-    draws = augment_draws(len(x), generator, pad, crop, flip).to(x.device)
-    return apply_augment(x, draws, pad)
+    return apply_augment(x, augment_draws(len(x), generator, pad, crop, flip).to(x.device), pad)
 
-
-# ---------------------------------------------------------------- the data a run trains on
 
 @dataclass
 class PreparedData:
-    """Normalized float32 tensors for the three splits, on the training device."""
+    """Normalized float32 tensors of the three splits, on the training device."""
     train_x: torch.Tensor
     train_y: torch.Tensor
     val_x: torch.Tensor
@@ -268,8 +224,7 @@ class PreparedData:
 
 
 def prepare_data(config, device: torch.device, dataset: CIFAR10 | None = None) -> PreparedData:
-    """Load CIFAR-10 (`config`: a TrainConfig), split 45k/5k, take the subset, fit the
-    normalizer on the training split and move everything to `device`, normalized."""
+    """The splits of a TrainConfig (45k/5k, its subset), normalized by the training split's mean, on `device`."""
     ds = dataset or load_cifar10(config.data_dir)
     train_idx, val_idx = train_val_split(len(ds.train_labels), config.val_size, config.split_seed)
     train_idx = train_idx[balanced_subset(ds.train_labels[train_idx], config.subset)]
@@ -287,13 +242,9 @@ def prepare_data(config, device: torch.device, dataset: CIFAR10 | None = None) -
 
 
 class TrainBatches:
-    """`batches(it)`: iteration `it`'s training batch (this process's share of it), augmented
-    on the device, in the step's dtype and memory format.
-
-    The image order is seeded by (seed, epoch) and each iteration's augmentation by (seed,
-    iteration, rank) alone, so a resumed run sees exactly the batches it would have seen. An
-    epoch's order and draws are made at once on the CPU and copied to the device in one go:
-    a GPU step then needs nothing from the host."""
+    """`batches(it)`: iteration `it`'s training batch (this process's share), augmented, in the step's dtype and
+    memory format. The order is seeded by (seed, epoch), the augmentation by (seed, iteration, rank): a resumed
+    run sees the batches it would have seen. An epoch's draws go to the device in one copy."""
 
     def __init__(self, data: PreparedData, config, rank: int = 0, world: int = 1,
                  dtype: torch.dtype = torch.float32):
@@ -307,21 +258,18 @@ class TrainBatches:
         self.epoch = None
 
     def __call__(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.config
+        cfg, device = self.config, self.x.device
         epoch, position = divmod(it, self.per_epoch)
         if epoch != self.epoch:
-            self._draw_epoch(epoch)
+            g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            self.order = torch.randperm(len(self.y), generator=g).to(device)
+            seeds = [(cfg.seed * 1_000_003 + i) * 64 + self.rank for i in range(epoch * self.per_epoch,
+                                                                                 (epoch + 1) * self.per_epoch)]
+            draws = [augment_draws(self.share, torch.Generator().manual_seed(s), cfg.pad, cfg.crop, cfg.flip)
+                     for s in seeds]
+            self.draws, self.epoch = torch.stack(draws).to(device), epoch
         index = self.order[position * cfg.batch_size:(position + 1) * cfg.batch_size].chunk(self.world)[self.rank]
         x = apply_augment(self.x[index], self.draws[position], cfg.pad)
         # dtype and memory format in one copy (none at all for an fp32 NCHW step)
         x = x.to(self.dtype, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         return x, self.y[index]
-
-    def _draw_epoch(self, epoch: int) -> None:
-        cfg, device = self.config, self.x.device
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        self.order = torch.randperm(len(self.y), generator=g).to(device)
-        iterations = range(epoch * self.per_epoch, (epoch + 1) * self.per_epoch)
-        draws = [augment_draws(self.share, torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 64 + self.rank),
-                               cfg.pad, cfg.crop, cfg.flip) for it in iterations]
-        self.draws, self.epoch = torch.stack(draws).to(device), epoch

@@ -3,55 +3,41 @@
     python -m resnet_cifar run --fuse 16      # the plan, up to 16 runs per group
     fused.train_group([config_seed0, config_seed1, ...])
 
-Mechanism: `torch.func.vmap` over `torch.func.functional_call` of the architecture. Every run keeps
-its own ordinary model and optimizer (built by `train.build_training`, so its initial weights are
-bit for bit those of the run alone, and its checkpoint and model.pt are a solo run's); each step
-stacks the runs' weights and calls the architecture once under vmap, which turns every convolution
-into one grouped convolution over N x C channels and every BatchNorm into one over N x C channels:
-a few large kernels instead of N small ones. The stack is differentiable, so the backward pass
-leaves each run's gradient on its own weights and each run's optimizer steps them with its own lr,
-momentum and weight decay. Stacking (rather than `stack_module_state` once) is what keeps the
-runs' weights the leaves of their own optimizers; it copies the weights once per step, small next
-to the activations.
-
-BatchNorm: the shared module runs with momentum 1, so its running buffers receive the batch
-statistics, and each run blends them into its own buffers with its own bn_momentum. bn_eps is one
-number per BatchNorm call, so it is part of the group key. Each run draws its batches from its own
-`data.TrainBatches` (bit for bit the batches it draws alone), is evaluated alone with
-`train.evaluation`, and writes its own run folder through `runs.Record`; a run's wall time is its
-share of the group's (the group's time / the runs stepping). compile and channels_last (execution
-settings) are not applied to the fused step.
+Every run keeps its own model, optimizer, batches and run folder, built as when it trains alone (its
+initial weights, batches, checkpoint and model.pt are a solo run's), and steps in `train.fit` with
+`train.train_step`. Only the forward pass is shared: `FusedModel` stacks the runs' weights and calls the
+architecture once under `torch.func.vmap`, which turns every convolution and BatchNorm into one over
+N x C channels: a few large kernels instead of N small ones. The stack is differentiable, so each run's
+gradient lands on its own weights and its own optimizer steps them (its lr, momentum, weight decay).
+BatchNorm: the shared module runs with momentum 1, so its buffers receive the batch statistics, and each
+run blends them into its own with its own bn_momentum (bn_eps is one per call: part of the group key).
+A run's wall time is its share of the group's. compile and channels_last are not applied.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
+import functools
 import math
 import os
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from . import runs
-from . import train as T
+from . import runs, train
 from .config import TrainConfig
-from .data import CIFAR10, TrainBatches, load_cifar10, prepare_data
+from .data import CIFAR10, load_cifar10, prepare_data
 from .devices import pick_device, set_numerics
-from .progress import Progress
 from .runs import RunError, RunResult, load_run
 
-# What one fused model needs its runs to share: one architecture and BatchNorm eps (one network
-# under vmap), one batch size (one stacked batch), the iterations, the numerics, the optimizer kind.
+# What the runs of one fused model share: the network and BN eps (one network under vmap), the batch size
+# (one stacked batch), the iterations, the numerics, the optimizer kind, the device.
 GROUP_KEY = ("arch", "depth", "shortcut", "final_relu", "bn_eps", "batch_size", "iterations", "dtype", "optimizer",
              "device")
 # Runs per group by default. On a CPU fusing does not pay: `bench --fused 1 2` (ResNet-32, batch 128,
-# 2 threads; book/records/bench-cpu.json) measured two runs fused at 0.88x one alone, the rounds' ranges
-# apart. So each run trains alone. On CUDA fused groups fill the GPU with larger kernels: 16 is a
-# guess, not yet measured on a GPU.
+# 2 threads; book/records/bench-cpu.json) measured two runs fused at 0.88x one alone, so each run trains
+# alone. On CUDA fused groups fill the GPU with larger kernels: 16 is a guess, not yet measured on a GPU.
 DEFAULT_FUSE = {"cpu": 1, "cuda": 16}
 
 
@@ -65,17 +51,13 @@ def check_fuse(fuse) -> int:
     return fuse
 
 
-def group_key(config: TrainConfig) -> tuple:
-    return tuple(getattr(config, k) for k in GROUP_KEY)
-
-
 def groups(configs: list[TrainConfig], max_size: int) -> list[list[TrainConfig]]:
-    """The configs in groups that can train fused: runs of one GROUP_KEY, in their order, split
-    into the fewest groups of at most `max_size` (of sizes that differ by at most one)."""
+    """The configs in groups that can train fused: runs of one GROUP_KEY, in their order, split into the
+    fewest groups of at most `max_size` (of sizes that differ by at most one)."""
     check_fuse(max_size)
     by_key: dict[tuple, list[TrainConfig]] = {}
     for c in configs:
-        by_key.setdefault(group_key(c), []).append(c)
+        by_key.setdefault(tuple(getattr(c, k) for k in GROUP_KEY), []).append(c)
     out = []
     for members in by_key.values():
         n, k = len(members), math.ceil(len(members) / max_size)
@@ -83,101 +65,44 @@ def groups(configs: list[TrainConfig], max_size: int) -> list[list[TrainConfig]]
     return out
 
 
-# ---------------------------------------------------------------- the fused step
+class FusedModel:
+    """Runs' models of one architecture called as one: `fused(models, xs)`, xs (runs, batch, 3, 32, 32) ->
+    logits (runs, batch, classes); each run's BN buffers updated as its own model would."""
 
-class FusedStep:
-    """One SGD step of several runs of one architecture (see the module docstring).
-    `step(models, optimizers, xs, ys, lrs)`: xs (N, batch, 3, 32, 32), ys (N, batch); returns an
-    (N, 3) float64 tensor of [loss x batch, wrong predictions, batch] per run, as `train_step`."""
-
-    def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, model: nn.Module):
         self.shared = copy.deepcopy(model)
-        self.momenta = {}  # running-statistic buffer -> the BatchNorm it belongs to (for its momentum)
-        for prefix, m in model.named_modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                self.momenta.update({f"{prefix}.running_mean": prefix, f"{prefix}.running_var": prefix})
         for m in self.shared.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = 1.0  # its running buffers receive the batch statistics
-        self.param_names = [n for n, _ in model.named_parameters()]
-        self.buffer_names = [n for n, _ in model.named_buffers()]
-        self.autocast_dtype = autocast_dtype
         self.call = vmap(lambda p, b, x: functional_call(self.shared, (p, b), (x,)))
 
-    def __call__(self, models, optimizers, xs, ys, lrs) -> torch.Tensor:
+    def __call__(self, models: list[nn.Module], xs: torch.Tensor) -> torch.Tensor:
         params = [dict(m.named_parameters()) for m in models]
         buffers = [dict(m.named_buffers()) for m in models]
-        stacked = {n: torch.stack([p[n] for p in params]) for n in self.param_names}
-        stats = {n: torch.stack([b[n] for b in buffers]) for n in self.buffer_names}
-        if xs.is_cuda:
-            torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(xs.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            logits = self.call(stacked, stats, xs)
-        logits = logits.float() if self.autocast_dtype else logits
-        n, batch = ys.shape
-        losses = F.cross_entropy(logits.flatten(0, 1), ys.flatten(), reduction="none").view(n, batch).mean(1)
-        for opt, lr in zip(optimizers, lrs):
-            opt.zero_grad(set_to_none=True)
-            for group in opt.param_groups:
-                group["lr"] = lr
-        losses.sum().backward()  # each run's loss reaches only its own weights
-        for opt in optimizers:
-            opt.step()
-        with torch.no_grad():
-            modules = [dict(m.named_modules()) for m in models]
-            for name in self.buffer_names:
-                for i, b in enumerate(buffers):
-                    if name in self.momenta:
-                        b[name].lerp_(stats[name][i].to(b[name].dtype), modules[i][self.momenta[name]].momentum)
+        stats = {n: torch.stack([b[n] for b in buffers]) for n in buffers[0]}
+        logits = self.call({n: torch.stack([p[n] for p in params]) for n in params[0]}, stats, xs)
+        with torch.no_grad():  # each run blends the batch statistics into its own buffers, at its own momentum
+            for i, (model, own) in enumerate(zip(models, buffers)):
+                modules = dict(model.named_modules())
+                for name, buffer in own.items():
+                    module, _, kind = name.rpartition(".")
+                    if kind in ("running_mean", "running_var"):
+                        buffer.lerp_(stats[name][i].to(buffer.dtype), modules[module].momentum)
                     else:
-                        b[name].copy_(stats[name][i])
-        wrong = (logits.argmax(-1) != ys).sum(1)
-        return torch.stack([losses.detach().double() * batch, wrong.double(),
-                            torch.full((n,), batch, dtype=torch.float64, device=ys.device)], 1)
+                        buffer.copy_(stats[name][i])
+        return logits
 
 
-# ---------------------------------------------------------------- a run of the group
+class FusedStep(FusedModel):
+    """`step(models, optimizers, xs, ys, lrs)`: one `train.train_step` of the runs as one model (the benchmark's)."""
 
-@dataclasses.dataclass
-class Member(T.RunLoop):
-    """One run of a group: its side of the loop (train.RunLoop, as when it trains alone), its
-    folder, lock and batches."""
-    run_dir: Path | None = None
-    lock: runs.RunLock | None = None
-    batches: TrainBatches | None = None
+    def __call__(self, models, optimizers, xs, ys, lrs) -> torch.Tensor:
+        return train.train_step(functools.partial(super().__call__, models), optimizers, xs, ys, lrs)
 
-    @property
-    def it(self) -> int:
-        return self.state.iteration
-
-    def finish(self) -> None:
-        self.record.finish(self.state, self.status, self.model, self.optimizer, self.plateau)
-        if self.status != "complete":
-            self.progress.message(f"[{self.run_dir.name}] {self.status}")
-        self.progress.close()
-
-
-def build_member(config, run_dir, lock, resume, dataset, device, numerics, prepared: dict, names) -> Member:
-    dtype, _ = T.step_dtypes(config)
-    key = (config.val_size, config.split_seed, config.subset, config.normalization, config.normalize_eval)
-    if key not in prepared:  # runs that normalize alike share one copy of the data on the device
-        prepared[key] = prepare_data(config, device, dataset)
-    data = prepared[key]
-    batches = TrainBatches(data, config, 0, 1, dtype)
-    model, _, optimizer, plateau = T.build_training(dataclasses.replace(config, compile=False,
-                                                                        channels_last=False), device, 1, dtype)
-    state, record = T.open_record(config, run_dir, resume, data, device, numerics, model, optimizer, plateau,
-                                  batches.per_epoch, fused_group=list(names))
-    return Member(config, model, optimizer, plateau, data, record, Progress(config, run_dir.name, state.iteration, 0),
-                  state, batches.per_epoch, run_dir=run_dir, lock=lock, batches=batches)
-
-
-# ---------------------------------------------------------------- training a group
 
 def train_group(configs: list[TrainConfig], dataset: CIFAR10 | None = None) -> list[RunResult]:
-    """Train (or reuse, or resume) the runs `configs` describe as one fused model and return
-    their records, in order. Each run is decided, locked, resumed and recorded as `train.train`
-    does it alone; one that diverges is recorded as diverged and leaves the group."""
+    """Train (or reuse, or resume) the runs `configs` describe as one fused model; their records, in order.
+    Each run is decided, locked, resumed and recorded as `train.train` does it alone."""
     configs = [c.validate() for c in configs]
     if not configs:
         return []
@@ -196,69 +121,31 @@ def train_group(configs: list[TrainConfig], dataset: CIFAR10 | None = None) -> l
     run_dirs = [Path(c.runs_dir) / n for c, n in zip(configs, names)]
     actions = [runs.decide(c, d) for c, d in zip(configs, run_dirs)]
     claimed: list[tuple[int, runs.RunLock, str]] = []
-    members: list[Member] = []
     try:
         if any(a != "reuse" for a in actions):
             dataset = dataset or load_cifar10(configs[0].data_dir)
         for i, (c, d) in enumerate(zip(configs, run_dirs)):
             if actions[i] != "reuse":
                 lock = runs.RunLock(d, c.wait)
-                actions[i] = T._claim(c, d, lock)
-                if actions[i] != "reuse":
-                    claimed.append((i, lock, actions[i]))
+                action = train.claim(c, d, lock)
+                if action != "reuse":
+                    claimed.append((i, lock, action))
         if claimed:
             device = pick_device(configs[0].device)
             numerics = set_numerics(configs[0].dtype, device)
-            prepared: dict = {}
+            prepared, group = {}, []
             for i, lock, action in claimed:
-                members.append(build_member(configs[i], run_dirs[i], lock, action == "resume", dataset, device,
-                                            numerics, prepared, names))
-            fit_group(members, device)
+                c = configs[i]
+                key = (c.val_size, c.split_seed, c.subset, c.normalization, c.normalize_eval)
+                if key not in prepared:  # runs that normalize alike share one copy of the data on the device
+                    prepared[key] = prepare_data(c, device, dataset)
+                run, _ = train.start_run(c, run_dirs[i], action == "resume", prepared[key], device, numerics,
+                                         fused_group=names)
+                run.lock = lock
+                group.append(run)
+            train.fit(group, FusedModel(group[0].model), device, fused=True)
     finally:
         for i, lock, _ in claimed:  # those a finished run has not released (another process may hold it now)
             if runs.lock_owner(run_dirs[i]) == os.getpid():
                 lock.release()
     return [load_run(d) for d in run_dirs]
-
-
-def fit_group(members: list[Member], device: torch.device) -> None:
-    """The training loop of a group: every run not finished steps once per fused step (each
-    at its own iteration), is read, evaluated and checkpointed when it is due, and leaves the
-    group when it ends or diverges."""
-    step = FusedStep(members[0].model, T.step_dtypes(members[0].config)[1])
-    read_every = T.loss_read_interval(device)
-    active = [m for m in members if m.it < m.config.iterations]
-    for m in members:
-        if m not in active:
-            m.status = "complete"
-            m.finish()
-    its = {id(m): m.it for m in active}
-    pending: list[torch.Tensor] = []
-    try:
-        started = time.perf_counter()
-        while active:
-            lrs = [m.lr(its[id(m)]) for m in active]
-            drawn = [m.batches(its[id(m)]) for m in active]
-            pending.append(step([m.model for m in active], [m.optimizer for m in active],
-                                torch.stack([x for x, _ in drawn]), torch.stack([y for _, y in drawn]), lrs))
-            for m in active:
-                its[id(m)] += 1
-            due = [m.due(its[id(m)], read_every) for m in active]
-            if not any(any(d.values()) for d in due):
-                continue
-            stats = torch.stack(pending).cpu()  # (steps, runs, 3): one host sync for the group
-            pending.clear()
-            seconds = (time.perf_counter() - started) / len(active)
-            for i, (m, d) in enumerate(zip(active, due)):
-                m.absorb(stats[:, i], seconds, its[id(m)], d)
-            for m in [m for m in active if m.status != "running"]:
-                active.remove(m)
-                m.finish()
-                m.lock.release()
-            started = time.perf_counter()
-    except BaseException as e:
-        detail = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
-        for m in active:
-            m.record.failed(m.state, f"{detail} at iteration {m.it}")
-            m.progress.close()
-        raise

@@ -1,4 +1,4 @@
-"""ResNets for CIFAR-10, as in He et al. 2016, Sec. 4.2 ("CIFAR-10 and Analysis").
+"""The CIFAR-10 ResNets of He et al. 2016, Sec. 4.2:
 
     "The first layer is 3x3 convolutions. Then we use a stack of 6n layers with 3x3
     convolutions on the feature maps of sizes {32, 16, 8} respectively, with 2n layers
@@ -6,13 +6,12 @@
     The subsampling is performed by convolutions with a stride of 2. The network ends
     with a global average pooling, a 10-way fully-connected layer, and softmax."
 
-`resnet(depth)` builds that network for any depth 6n+2 (20, 32, 44, 56, 110, 1202);
-`plain(depth)` is the same stack without shortcuts (the paper's Fig. 6, left);
-`resnet34_imagenet()` is the ImageNet ResNet-34 that the seed log first trained on
-32x32 images, kept for the model chapter's comparison.
+`resnet(depth)` for depth 6n+2 (20, 32, 44, 56, 110, 1202), `plain(depth)` without shortcuts (Fig. 6,
+left), `resnet34_imagenet()` the ImageNet network the seed log first trained on 32x32 images.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 
@@ -25,21 +24,16 @@ ARCHS = ("resnet", "plain", "resnet34-imagenet")
 
 
 def check_depth(depth: int) -> int:
-    """Return n for a depth 6n+2, or raise ValueError naming the valid depths."""
+    """n for a depth 6n+2, else ValueError."""
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"depth must be 6n+2 with n >= 1 (e.g. 20, 32, 44, 56, 110, 1202), got {depth!r}"
-        )
+        raise ValueError(f"depth must be 6n+2 with n >= 1 (e.g. 20, 32, 44, 56, 110, 1202), got {depth!r}")
     return (depth - 2) // 6
 
 
 class PadShortcut(nn.Module):
-    """Option A (Sec. 3.3): identity with stride-2 subsampling and zero-padded extra
-    channels, so the shortcut adds no parameters. The zero channels are appended after
-    the existing ones, as fb.resnet.torch does (akamaster's pytorch_resnet_cifar10 pads
-    both sides instead: the same function up to a permutation of the channels, which the
-    next convolution's weights absorb). Appending keeps channel k of a stage's input
-    channel k of its shortcut, which makes the layout easy to inspect."""
+    """Option A (Sec. 3.3): identity, subsampled by the stride, extra channels zero-padded: no parameters.
+    The zeros are appended, as fb.resnet.torch does (akamaster pads both sides: the same function up to a
+    permutation of channels), so channel k of a stage's input is channel k of its shortcut."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
@@ -51,19 +45,17 @@ class PadShortcut(nn.Module):
 
 
 def projection(in_channels: int, out_channels: int, stride: int, bn: bool = True) -> nn.Module:
-    """Option B (Sec. 3.3): a 1x1 convolution + BN where shapes change; without the BN
-    (`bn=False`) it is the seed log's first attempt (Jan 9)."""
+    """Option B (Sec. 3.3): a 1x1 convolution + BN where shapes change; without BN, the seed log's first try."""
     conv = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
     return nn.Sequential(conv, nn.BatchNorm2d(out_channels)) if bn else nn.Sequential(conv)
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv layers, BN after each conv and before the ReLU (Sec. 3.4), and a
-    shortcut added before the second ReLU (Fig. 2). `shortcut=None` gives the plain
-    block (no shortcut at all)."""
+    """Two 3x3 convolutions, BN after each and before the ReLU (Sec. 3.4), the shortcut added before the
+    second ReLU (Fig. 2). `shortcut=None`: the plain block."""
 
-    def __init__(self, in_channels, out_channels, stride=1, shortcut: str | None = "A",
-                 bn_eps=1e-5, bn_momentum=0.1):
+    def __init__(self, in_channels, out_channels, stride=1, shortcut: str | None = "A", bn_eps=1e-5,
+                 bn_momentum=0.1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
@@ -86,11 +78,11 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """conv3x3(16) -> 3 stages of n blocks with 16/32/64 filters (stride 2 entering
-    stages 2 and 3) -> global average pool -> FC(num_classes). 6n+2 weighted layers."""
+    """conv3x3(16) -> 3 stages of n blocks, 16/32/64 filters, stride 2 entering stages 2 and 3 ->
+    global average pool -> FC. 6n+2 weighted layers."""
 
-    def __init__(self, depth=32, shortcut: str | None = "A", num_classes=10,
-                 final_relu=False, bn_eps=1e-5, bn_momentum=0.1):
+    def __init__(self, depth=32, shortcut: str | None = "A", num_classes=10, final_relu=False, bn_eps=1e-5,
+                 bn_momentum=0.1):
         super().__init__()
         n = check_depth(depth)
         if shortcut is not None and shortcut not in SHORTCUTS:
@@ -102,14 +94,13 @@ class CifarResNet(nn.Module):
         for channels, stride in ((16, 1), (32, 2), (64, 2)):
             blocks = []
             for i in range(n):
-                blocks.append(BasicBlock(in_channels, channels, stride if i == 0 else 1,
-                                         shortcut, bn_eps, bn_momentum))
+                blocks.append(BasicBlock(in_channels, channels, stride if i == 0 else 1, shortcut, bn_eps,
+                                         bn_momentum))
                 in_channels = channels
             stages.append(nn.Sequential(*blocks))
         self.stage1, self.stage2, self.stage3 = stages
         self.fc = nn.Linear(64, num_classes)
-        # The seed log's open question: a ReLU after the last FC clamps every negative
-        # logit to 0, so the softmax loses half its range and gradients die.
+        # The seed log's question: a ReLU after the last FC clamps every negative logit to 0.
         self.final_relu = final_relu
         he_init(self)
 
@@ -121,8 +112,7 @@ class CifarResNet(nn.Module):
 
 
 def he_init(model: nn.Module) -> None:
-    """He et al. 2015 ("Delving deep into rectifiers") initialization for every conv
-    and linear weight, as the paper's Sec. 3.4 says; BN starts at gamma=1, beta=0."""
+    """He et al. 2015 initialization of every conv and linear weight (Sec. 3.4); BN starts at gamma=1, beta=0."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out" if isinstance(m, nn.Conv2d) else "fan_in",
@@ -132,29 +122,26 @@ def he_init(model: nn.Module) -> None:
 
 
 def resnet(depth: int = 32, shortcut: str = "A", num_classes: int = 10, **kwargs) -> CifarResNet:
-    """The paper's CIFAR ResNet of depth 6n+2; shortcut "A" (zero-pad, parameter-free,
-    the paper's CIFAR choice) or "B" (1x1 projection where shapes change)."""
+    """The paper's CIFAR ResNet; shortcut "A" (zero-pad, the paper's CIFAR choice), "B" or "B-no-bn"."""
     if shortcut not in SHORTCUTS:
         raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
     return CifarResNet(depth, shortcut, num_classes, **kwargs)
 
 
 def plain(depth: int = 32, num_classes: int = 10, **kwargs) -> CifarResNet:
-    """The plain twin of `resnet(depth)`: the same layers, no shortcuts (Fig. 6, left)."""
+    """The plain twin of `resnet(depth)`: the same layers, no shortcuts."""
     return CifarResNet(depth, None, num_classes, **kwargs)
 
 
 def resnet34_imagenet(num_classes: int = 10) -> nn.Module:
-    """The ImageNet ResNet-34 (Table 1: 64->512 filters, [3, 4, 6, 3] blocks, projection
-    shortcuts, 7x7 stem + max-pool) with a 10-way head, run on 32x32 inputs as the seed
-    log did first. About 21.3M parameters: 46x ResNet-32, and not the CIFAR network."""
+    """torchvision's ImageNet ResNet-34 (Table 1) with a 10-way head: 21.3M parameters, 46x ResNet-32."""
     from torchvision.models import resnet34
     return resnet34(num_classes=num_classes)
 
 
 def build_model(arch: str = "resnet", depth: int = 32, shortcut: str = "A", num_classes: int = 10,
                 final_relu: bool = False, bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> nn.Module:
-    """The model a TrainConfig names: arch in ARCHS."""
+    """The model a TrainConfig names (arch in ARCHS)."""
     if arch == "resnet":
         return resnet(depth, shortcut, num_classes, final_relu=final_relu, bn_eps=bn_eps, bn_momentum=bn_momentum)
     if arch == "plain":
@@ -169,29 +156,30 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def flop_count(model: nn.Module, image_size: int = 32, by_module: bool = False) -> int | dict | None:
-    """fvcore's FLOPs for one 3 x image_size x image_size image (fvcore counts one multiply-add
-    as one FLOP), in all or per submodule name (`by_module`); None when fvcore is not installed
-    (FLOP counts are optional for training). The published counts; `multiply_adds` is the fast
-    counter the estimates use (the same totals for the CIFAR nets)."""
+    """fvcore's FLOPs (one multiply-add = one FLOP) for one image, in all or per submodule; None without fvcore."""
     try:
         with warnings.catch_warnings():  # fvcore uses torch.jit.script, which PyTorch deprecates
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
             from fvcore.nn import FlopCountAnalysis
     except ImportError:
         return None
-    import copy
-    m = copy.deepcopy(model).float().cpu().eval()
-    analysis = FlopCountAnalysis(m, torch.zeros(1, 3, image_size, image_size))
+    analysis = FlopCountAnalysis(copy.deepcopy(model).float().cpu().eval(), torch.zeros(1, 3, image_size, image_size))
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     return dict(analysis.by_module()) if by_module else int(analysis.total())
 
 
 @functools.lru_cache(maxsize=None)
+def architecture_flops(arch: str, depth: int, shortcut: str) -> int | None:
+    """`flop_count` of the architecture, traced once per process, under a forked RNG (the caller's draws stay)."""
+    with torch.random.fork_rng(devices=[]):
+        return flop_count(build_model(arch, depth, shortcut))
+
+
+@functools.lru_cache(maxsize=None)
 def multiply_adds(arch: str = "resnet", depth: int = 32, shortcut: str = "A") -> int:
-    """Multiply-adds of one 3x32x32 image through the model's convolutions and classifier
-    (forward hooks: milliseconds, where fvcore's trace takes seconds). The one counter that
-    speed estimates and the benchmark's utilisation use."""
+    """Multiply-adds of one 32x32 image through the convolutions and the classifier, counted by forward hooks:
+    milliseconds where fvcore's trace takes seconds (the speed estimates and the benchmark use it)."""
     with torch.random.fork_rng(devices=[]):
         model, total = build_model(arch, depth, shortcut).eval(), [0]
 
@@ -205,12 +193,3 @@ def multiply_adds(arch: str = "resnet", depth: int = 32, shortcut: str = "A") ->
     with torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))
     return total[0]
-
-
-@functools.lru_cache(maxsize=None)
-def architecture_flops(arch: str, depth: int, shortcut: str) -> int | None:
-    """`flop_count(build_model(arch, depth, shortcut))`, traced once per process (fvcore
-    counts neither ReLUs nor BN's eps); built under a forked RNG, so a cache miss leaves
-    the caller's random state alone."""
-    with torch.random.fork_rng(devices=[]):
-        return flop_count(build_model(arch, depth, shortcut))
