@@ -1,17 +1,13 @@
-"""Fused training: several runs of one architecture trained together as one model, in one process.
+"""Fused training: runs of one architecture trained together as one model, in one process.
 
     python -m resnet_cifar run --fuse 16      # the plan, up to 16 runs per group
     fused.train_group([config_seed0, config_seed1, ...])
 
-Every run keeps its own model, optimizer, batches and run folder, built as when it trains alone (its
-initial weights, batches, checkpoint and model.pt are a solo run's), and steps in `train.fit` with
-`train.train_step`. Only the forward pass is shared: `FusedModel` stacks the runs' weights and calls the
-architecture once under `torch.func.vmap`, which turns every convolution and BatchNorm into one over
-N x C channels: a few large kernels instead of N small ones. The stack is differentiable, so each run's
-gradient lands on its own weights and its own optimizer steps them (its lr, momentum, weight decay).
-BatchNorm: the shared module runs with momentum 1, so its buffers receive the batch statistics, and each
-run blends them into its own with its own bn_momentum (bn_eps is one per call: part of the group key).
-A run's wall time is its share of the group's. compile and channels_last are not applied.
+Each run keeps its own model, optimizer, batches and folder, built as when it trains alone, and steps in
+`train.fit` with `train.train_step`. Only the forward pass is shared: `FusedModel` stacks the runs' weights
+and calls the architecture once under `torch.func.vmap`, which turns each convolution and BatchNorm into
+one over N x C channels (a few large kernels instead of N small ones). The stack is differentiable, so each
+run's gradient lands on its own weights, which its own optimizer steps.
 """
 from __future__ import annotations
 
@@ -19,17 +15,16 @@ import copy
 import functools
 import math
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from . import runs, train
+from . import train
 from .config import TrainConfig
-from .data import CIFAR10, load_cifar10, prepare_data
-from .devices import pick_device, set_numerics
-from .runs import RunError, RunResult, load_run
+from .data import CIFAR10
+from .devices import pick_device
+from .runs import RunError, RunResult
 
 # What the runs of one fused model share: the network and BN eps (one network under vmap), the batch size
 # (one stacked batch), the iterations, the numerics, the optimizer kind, the device.
@@ -66,8 +61,9 @@ def groups(configs: list[TrainConfig], max_size: int) -> list[list[TrainConfig]]
 
 
 class FusedModel:
-    """Runs' models of one architecture called as one: `fused(models, xs)`, xs (runs, batch, 3, 32, 32) ->
-    logits (runs, batch, classes); each run's BN buffers updated as its own model would."""
+    """Models of one architecture called as one: `fused(models, xs)`, xs (runs, batch, 3, 32, 32) -> logits
+    (runs, batch, classes). BatchNorm: the shared copy runs at momentum 1, so its buffers receive the batch
+    statistics, and each run blends them into its own at its own bn_momentum (bn_eps is one per call)."""
 
     def __init__(self, model: nn.Module):
         self.shared = copy.deepcopy(model)
@@ -103,7 +99,7 @@ class FusedStep(FusedModel):
 def train_group(configs: list[TrainConfig], dataset: CIFAR10 | None = None) -> list[RunResult]:
     """Train (or reuse, or resume) the runs `configs` describe as one fused model; their records, in order.
     Each run is decided, locked, resumed and recorded as `train.train` does it alone."""
-    configs = [c.validate() for c in configs]
+    configs = [c.validate() for c in configs]  # (the errors below name valid runs)
     if not configs:
         return []
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -118,34 +114,4 @@ def train_group(configs: list[TrainConfig], dataset: CIFAR10 | None = None) -> l
     names = [c.run_name() for c in configs]
     if len(set(names)) < len(names):
         raise ValueError(f"a group names one run twice: {', '.join(names)}")
-    run_dirs = [Path(c.runs_dir) / n for c, n in zip(configs, names)]
-    actions = [runs.decide(c, d) for c, d in zip(configs, run_dirs)]
-    claimed: list[tuple[int, runs.RunLock, str]] = []
-    try:
-        if any(a != "reuse" for a in actions):
-            dataset = dataset or load_cifar10(configs[0].data_dir)
-        for i, (c, d) in enumerate(zip(configs, run_dirs)):
-            if actions[i] != "reuse":
-                lock = runs.RunLock(d, c.wait)
-                action = train.claim(c, d, lock)
-                if action != "reuse":
-                    claimed.append((i, lock, action))
-        if claimed:
-            device = pick_device(configs[0].device)
-            numerics = set_numerics(configs[0].dtype, device)
-            prepared, group = {}, []
-            for i, lock, action in claimed:
-                c = configs[i]
-                key = (c.val_size, c.split_seed, c.subset, c.normalization, c.normalize_eval)
-                if key not in prepared:  # runs that normalize alike share one copy of the data on the device
-                    prepared[key] = prepare_data(c, device, dataset)
-                run, _ = train.start_run(c, run_dirs[i], action == "resume", prepared[key], device, numerics,
-                                         fused_group=names)
-                run.lock = lock
-                group.append(run)
-            train.fit(group, FusedModel(group[0].model), device, fused=True)
-    finally:
-        for i, lock, _ in claimed:  # those a finished run has not released (another process may hold it now)
-            if runs.lock_owner(run_dirs[i]) == os.getpid():
-                lock.release()
-    return [load_run(d) for d in run_dirs]
+    return train.train_runs(configs, dataset, fused_model=FusedModel)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from pathlib import Path
 
@@ -31,28 +32,47 @@ WARMUP_RULE_EVERY = 50  # warmup_until_error: the training error of each 50 iter
 def train(config: TrainConfig | None = None, dataset: CIFAR10 | None = None, **overrides) -> RunResult:
     """Train (or reuse, or resume) the run `config` describes and return its record.
     Under torchrun every process calls this; rank 0 alone writes the record."""
-    config = dataclasses.replace(config or TrainConfig(), **overrides).validate()
-    rank, world, device, made_group = start_processes(config)
-    run_dir = Path(config.runs_dir) / config.run_name()
+    return train_runs([dataclasses.replace(config or TrainConfig(), **overrides)], dataset)[0]
+
+
+def train_runs(configs: list[TrainConfig], dataset: CIFAR10 | None = None, fused_model=None) -> list[RunResult]:
+    """Train (or reuse, or resume) runs, each alone or, given `fused_model` (fused.FusedModel), as one model;
+    their records. Each run is decided, locked, resumed from its checkpoint, recorded in its own folder."""
+    configs = [c.validate() for c in configs]
+    rank, world, device, made_group = start_processes(configs[0])
+    run_dirs = [Path(c.runs_dir) / c.run_name() for c in configs]
+    claimed = []  # (index, lock, "fresh" or "resume")
     try:
-        if on_rank0(world, rank, lambda: runs.decide(config, run_dir)) == "reuse":
-            return load_run(run_dir)
-        dataset = dataset or load_cifar10(config.data_dir)  # bad data fails before the run folder is touched
-        lock = runs.RunLock(run_dir, config.wait)
-        action = on_rank0(world, rank, lambda: claim(config, run_dir, lock))
-        if action != "reuse":  # (reuse: its last holder finished it while we waited)
-            try:
-                numerics = set_numerics(config.dtype, device)
-                data = prepare_data(config, device, dataset)
-                run, step_model = start_run(config, run_dir, action == "resume", data, device, numerics, rank, world)
-                fit([run], step_model, device)
-            finally:
-                if rank == 0:
-                    lock.release()
-        return load_run(run_dir)
+        actions = on_rank0(world, rank, lambda: [runs.decide(c, d) for c, d in zip(configs, run_dirs)])
+        if any(a != "reuse" for a in actions):
+            dataset = dataset or load_cifar10(configs[0].data_dir)  # bad data fails before a run folder is touched
+        for i, (c, d) in enumerate(zip(configs, run_dirs)):
+            if actions[i] == "reuse":
+                continue
+            lock = runs.RunLock(d, c.wait)
+            action = on_rank0(world, rank, lambda: claim(c, d, lock))
+            if action != "reuse":  # (reuse: its last holder finished it while we waited)
+                claimed.append((i, lock, action))
+        if claimed:
+            numerics = set_numerics(configs[0].dtype, device)
+            group, prepared = [], {}
+            for i, lock, action in claimed:
+                c = configs[i]
+                key = (c.val_size, c.split_seed, c.subset, c.normalization, c.normalize_eval)
+                if key not in prepared:  # runs that normalize alike share one copy of the data on the device
+                    prepared[key] = prepare_data(c, device, dataset)
+                group.append(Run(c, run_dirs[i], action == "resume", prepared[key], device, numerics, rank, world,
+                                 [d.name for d in run_dirs] if fused_model else None))
+                group[-1].lock = lock if rank == 0 else None
+            step_model = fused_model(group[0].model) if fused_model else group[0].step_model
+            fit(group, step_model, device, fused_model is not None)
     finally:
+        for i, lock, _ in claimed:  # those a finished run has not released (another process may hold it now)
+            if runs.lock_owner(run_dirs[i]) == os.getpid():
+                lock.release()
         if made_group:
             dist.destroy_process_group()
+    return [load_run(d) for d in run_dirs]
 
 
 def claim(config: TrainConfig, run_dir: Path, lock: runs.RunLock) -> str:
@@ -144,32 +164,41 @@ def loss_read_interval(device: torch.device) -> int:
 
 # ---------------------------------------------------------------- the loop
 
-@dataclasses.dataclass
 class Run:
-    """One run in the loop: what it trains and records, the lr of its next step, what is due after a step
-    and what is done with the steps read."""
-    config: TrainConfig
-    run_dir: Path
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    plateau: object
-    data: PreparedData
-    batches: TrainBatches
-    record: runs.Record
-    progress: Progress
-    state: runs.LoopState
-    world: int = 1
-    rank: int = 0
-    lock: runs.RunLock | None = None  # a fused group's run releases it when it ends
-    status: str = "running"  # or "diverged at iteration k", "stopped at iteration k (stop_at)", "complete"
+    """One run in the loop: built (and restored from its checkpoint when resuming), its record started
+    (summary.json says 'running'); the lr of its next step, what is due after a step, what is done with the
+    steps read. A fused group's run is built without compile and channels_last: `fused_group` names the group."""
 
-    def __post_init__(self):
-        c = self.config
-        self.it = self.state.iteration  # steps taken; state.iteration counts the steps read
-        self.end = min(c.stop_at or c.iterations, c.iterations)
-        self.eval_every = c.eval_every or self.batches.per_epoch
-        self.checkpoint_every = c.checkpoint_every or self.eval_every
-        self.startup_until = self.it + min(STARTUP_ITERATIONS, (c.iterations - self.it) // 2)
+    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData, device: torch.device,
+                 numerics: dict, rank: int = 0, world: int = 1, fused_group: list[str] | None = None):
+        self.config, self.run_dir, self.data, self.rank, self.world = config, run_dir, data, rank, world
+        dtype = step_dtypes(config)[0]
+        self.batches = TrainBatches(data, config, rank, world, dtype)
+        built = dataclasses.replace(config, compile=False, channels_last=False) if fused_group else config
+        self.model, self.step_model, self.optimizer, self.plateau = build_training(built, device, world, dtype)
+        state = runs.LoopState(lr_warmup=config.warmup_until_error is not None)
+        if resume:
+            state = load_checkpoint(run_dir / "checkpoint.pt", config, self.model, self.optimizer, self.plateau, device)
+        self.state = state
+        threads = torch.get_num_threads() if device.type == "cpu" else None
+        state.begin_segment(device_label(device), threads, world, earlier=runs.read_json(run_dir / "summary.json"))
+        flops = architecture_flops(config.arch, config.depth, config.shortcut)
+        facts = dict(name=run_dir.name, iterations=config.iterations, params=count_parameters(self.model), flops=flops,
+                     flops_note=None if flops is not None else "fvcore is not installed: FLOPs not counted",
+                     device=str(device), device_name=device_label(device), world_size=world, numerics=numerics,
+                     torch_version=torch.__version__, dataset=data.dataset.identity, dataset_label=data.dataset.label,
+                     train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
+                     git_commit=runs.git_commit(), **({"fused_group": fused_group} if fused_group else {}))
+        self.record = runs.Record(config, run_dir, self.batches.per_epoch, facts, enabled=rank == 0)
+        self.record.start(state)
+        self.progress = Progress(config, run_dir.name, state.iteration, rank)
+        self.lock = None  # rank 0's: released when the run ends
+        self.status = "running"  # or "diverged at iteration k", "stopped at iteration k (stop_at)", "complete"
+        self.it = state.iteration  # steps taken; state.iteration counts the steps read
+        self.end = min(config.stop_at or config.iterations, config.iterations)
+        self.eval_every = config.eval_every or self.batches.per_epoch
+        self.checkpoint_every = config.checkpoint_every or self.eval_every
+        self.startup_until = self.it + min(STARTUP_ITERATIONS, (config.iterations - self.it) // 2)
 
     def lr(self) -> float:
         """The learning rate of the next step, noted in the state where it changes."""
@@ -201,8 +230,14 @@ class Run:
             state.startup_iterations += len(stats)
         state.window += stats.sum(0)
         state.iteration = it
-        if state.lr_warmup:
-            update_lr_warmup(state, stats, self.config, check=due["rule"])
+        if state.lr_warmup:  # ResNet-110 (Sec. 4.2): "we use 0.01 to warm up the training until the training
+            # error is below 80% (about 400 iterations), and then go back to 0.1": each 50 iterations' error decides
+            state.lr_warmup_window += stats.sum(0)
+            if due["rule"]:
+                _, wrong, seen = state.lr_warmup_window.tolist()
+                if wrong / seen < self.config.warmup_until_error:
+                    state.lr_warmup, state.lr_warmup_ended = False, it
+                state.lr_warmup_window.zero_()
         self.progress.update(it, (stats[-1, 0] / stats[-1, 2]).item())
         if bad is not None:
             self.status = f"diverged at iteration {it}"
@@ -210,8 +245,7 @@ class Run:
             return
         if due["eval"]:
             start = time.perf_counter()
-            row = self.record.row(state, current_lr(self.optimizer), evaluation(self.model, self.data, self.config,
-                                                                                self.rank, self.world))
+            row = self.record.row(state, current_lr(self.optimizer), self.evaluate())
             state.eval_time += time.perf_counter() - start
             state.history.append(row)
             self.progress.log(row)
@@ -223,6 +257,20 @@ class Run:
             self.status = "complete"
         elif it == self.end:
             self.status = f"stopped at iteration {it} (stop_at)"
+
+    def evaluate(self) -> dict:
+        """Validation and test loss and error. Under torchrun rank 0's BN statistics go to every process first,
+        so all evaluate one model and take the same plateau decisions."""
+        if self.world > 1:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, 0)
+        out = {}
+        for split, x, y in (("val", self.data.val_x, self.data.val_y), ("test", self.data.test_x, self.data.test_y)):
+            if len(y):
+                result = evaluate(self.model, x, y, bf16=self.config.dtype == "bfloat16", rank=self.rank,
+                                  world=self.world)
+                out.update({f"{split}_loss": result["loss"], f"{split}_error": result["error"]})
+        return out
 
     def finish(self) -> None:
         self.progress.close()
@@ -263,7 +311,11 @@ def fit(group: list[Run], step_model, device: torch.device, fused: bool = False)
             due = [run.due(read_every) for run in active]
             if not any(any(d.values()) for d in due):
                 continue
-            stats = read_steps(pending, world).view(-1, len(active), 3)
+            stats = torch.stack(pending)  # one host sync (and one all-reduce across processes) for the steps read
+            pending.clear()
+            if world > 1:
+                dist.all_reduce(stats)
+            stats = stats.cpu().view(-1, len(active), 3)
             seconds = (time.perf_counter() - started) / len(active)  # each run's share of the time
             for i, (run, d) in enumerate(zip(active, due)):
                 run.absorb(stats[:, i], seconds, d)
@@ -279,57 +331,8 @@ def fit(group: list[Run], step_model, device: torch.device, fused: bool = False)
         raise
 
 
-def read_steps(pending: list[torch.Tensor], world: int) -> torch.Tensor:
-    """The pending steps' rows, read with one host sync (and one all-reduce across processes)."""
-    stats = torch.stack(pending)
-    pending.clear()
-    if world > 1:
-        dist.all_reduce(stats)
-    return stats.cpu()
-
-
-def update_lr_warmup(state: runs.LoopState, stats: torch.Tensor, config: TrainConfig, check: bool) -> None:
-    """ResNet-110 (Sec. 4.2): "we use 0.01 to warm up the training until the training error is below 80%
-    (about 400 iterations), and then go back to 0.1": the error of each WARMUP_RULE_EVERY iterations decides."""
-    state.lr_warmup_window += stats.sum(0)
-    if check:
-        _, wrong, seen = state.lr_warmup_window.tolist()
-        if wrong / seen < config.warmup_until_error:
-            state.lr_warmup, state.lr_warmup_ended = False, state.iteration
-        state.lr_warmup_window.zero_()
-
-
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return optimizer.param_groups[0]["lr"]
-
-
-# ---------------------------------------------------------------- a run's start: its record and checkpoint
-
-def start_run(config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData, device: torch.device,
-              numerics: dict, rank: int = 0, world: int = 1, fused_group: list[str] | None = None):
-    """(the Run, the model its steps call): built, restored from its checkpoint when resuming, its record
-    started (summary.json says 'running'). A fused group's run is built without compile and channels_last."""
-    dtype = step_dtypes(config)[0]
-    batches = TrainBatches(data, config, rank, world, dtype)
-    built = dataclasses.replace(config, compile=False, channels_last=False) if fused_group else config
-    model, step_model, optimizer, plateau = build_training(built, device, world, dtype)
-    state = runs.LoopState(lr_warmup=config.warmup_until_error is not None)
-    if resume:
-        state = load_checkpoint(run_dir / "checkpoint.pt", config, model, optimizer, plateau, device)
-    threads = torch.get_num_threads() if device.type == "cpu" else None
-    state.begin_segment(device_label(device), threads, world, earlier=runs.read_json(run_dir / "summary.json"))
-    flops = architecture_flops(config.arch, config.depth, config.shortcut)
-    facts = dict(name=run_dir.name, iterations=config.iterations, params=count_parameters(model), flops=flops,
-                 flops_note=None if flops is not None else "fvcore is not installed: FLOPs not counted",
-                 device=str(device), device_name=device_label(device), world_size=world, numerics=numerics,
-                 torch_version=torch.__version__, dataset=data.dataset.identity, dataset_label=data.dataset.label,
-                 train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
-                 git_commit=runs.git_commit(), **({"fused_group": fused_group} if fused_group else {}))
-    record = runs.Record(config, run_dir, batches.per_epoch, facts, enabled=rank == 0)
-    record.start(state)
-    progress = Progress(config, run_dir.name, state.iteration, rank)
-    run = Run(config, run_dir, model, optimizer, plateau, data, batches, record, progress, state, world, rank)
-    return run, step_model
 
 
 def load_checkpoint(path: Path, config: TrainConfig, model, optimizer, plateau, device) -> runs.LoopState:
@@ -391,17 +394,3 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     n, correct = max(int(n.item()), 1), confusion.diag()
     return dict(loss=loss_sum.item() / n, error=1 - correct.sum().item() / n,
                 per_class_accuracy=(correct / confusion.sum(1).clamp(min=1)).tolist(), confusion=confusion)
-
-
-def evaluation(model: nn.Module, data: PreparedData, config: TrainConfig, rank: int, world: int) -> dict:
-    """Validation and test loss and error. Under torchrun rank 0's BN statistics go to every process first,
-    so all evaluate one model and take the same plateau decisions."""
-    if world > 1:
-        for buffer in model.buffers():
-            dist.broadcast(buffer, 0)
-    out = {}
-    for split, x, y in (("val", data.val_x, data.val_y), ("test", data.test_x, data.test_y)):
-        if len(y):
-            result = evaluate(model, x, y, bf16=config.dtype == "bfloat16", rank=rank, world=world)
-            out.update({f"{split}_loss": result["loss"], f"{split}_error": result["error"]})
-    return out
