@@ -216,3 +216,16 @@ def test_a_run_shorter_than_its_milestones_is_told_the_flag_that_moves_them():
     assert notice.startswith("the learning rate stays 0.1 for all 1,000 iterations: its milestones 32,000, 48,000")
     assert "(--milestones on the command line)" in notice
     assert TrainConfig(iterations=1000, milestones=(500, 750)).schedule_notice() is None
+
+
+def test_stop_at_between_deferred_reads_keeps_every_step(tiny, dataset, monkeypatch):
+    """On a GPU the losses are read every 50 steps: a run stopped (stop_at) between two reads still
+    records and checkpoints every step it took, and its resumption ends as the straight run."""
+    monkeypatch.setattr(T, "loss_read_interval", lambda device: 4)
+    stopped = train(name="s", dataset=dataset, stop_at=5, **tiny)
+    assert stopped.summary["status_detail"] == "stopped at iteration 5 (stop_at)"
+    assert stopped.summary["iterations_done"] == 5 and len(stopped.lr_trace) == 5
+    assert torch.load(stopped.run_dir / "checkpoint.pt", weights_only=True)["iteration"] == 5
+    resumed, straight = train(name="s", dataset=dataset, **tiny), train(name="straight", dataset=dataset, **tiny)
+    assert resumed.status == "complete"
+    _assert_same_weights(_weights(resumed), _weights(straight))
