@@ -123,8 +123,6 @@ def he_init(model: nn.Module) -> None:
 
 def resnet(depth: int = 32, shortcut: str = "A", num_classes: int = 10, **kwargs) -> CifarResNet:
     """The paper's CIFAR ResNet; shortcut "A" (zero-pad, the paper's CIFAR choice), "B" or "B-no-bn"."""
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
     return CifarResNet(depth, shortcut, num_classes, **kwargs)
 
 
