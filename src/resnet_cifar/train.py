@@ -230,8 +230,9 @@ class Run:
             state.startup_iterations += len(stats)
         state.window += stats.sum(0)
         state.iteration = it
-        if state.lr_warmup:  # ResNet-110 (Sec. 4.2): "we use 0.01 to warm up the training until the training
-            # error is below 80% (about 400 iterations), and then go back to 0.1": each 50 iterations' error decides
+        # ResNet-110 (Sec. 4.2): "we use 0.01 to warm up the training until the training error is below 80%
+        # (about 400 iterations), and then go back to 0.1": the error of each WARMUP_RULE_EVERY iterations decides.
+        if state.lr_warmup:
             state.lr_warmup_window += stats.sum(0)
             if due["rule"]:
                 _, wrong, seen = state.lr_warmup_window.tolist()
