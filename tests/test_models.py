@@ -168,3 +168,12 @@ def test_projection_without_bn_is_the_logs_first_attempt():
     assert count_parameters(with_bn) - count_parameters(without_bn) == 2 * (32 + 64)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in without_bn.stage2[0].shortcut.modules())
     assert without_bn(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_multiply_adds_count_the_convolutions_and_the_classifier():
+    """The fast counter of the speed estimates: ResNet-20's 40.6M, ResNet-32's two option-B projections
+    (16->32 on a 16x16 output, 32->64 on 8x8) on top, and a plain net's as many as its ResNet's."""
+    from resnet_cifar.models import multiply_adds
+    assert multiply_adds("resnet", 20, "A") == 40_551_040
+    assert multiply_adds("resnet", 32, "B") - multiply_adds("resnet", 32, "A") == 16 * 32 * 16 * 16 + 32 * 64 * 8 * 8
+    assert multiply_adds("plain", 32, "A") == multiply_adds("resnet", 32, "A")

@@ -18,6 +18,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 SHORTCUTS = ("A", "B", "B-no-bn")
 ARCHS = ("resnet", "plain", "resnet34-imagenet")
@@ -176,18 +177,11 @@ def architecture_flops(arch: str, depth: int, shortcut: str) -> int | None:
 
 @functools.lru_cache(maxsize=None)
 def multiply_adds(arch: str = "resnet", depth: int = 32, shortcut: str = "A") -> int:
-    """Multiply-adds of one 32x32 image through the convolutions and the classifier, counted by forward hooks:
-    milliseconds where fvcore's trace takes seconds (the speed estimates and the benchmark use it)."""
+    """Multiply-adds of one 32x32 image through the convolutions and the classifier (torch's FlopCounterMode
+    counts two FLOPs each): milliseconds where fvcore's trace takes seconds (speed estimates, the benchmark)."""
     with torch.random.fork_rng(devices=[]):
-        model, total = build_model(arch, depth, shortcut).eval(), [0]
-
-    def count(m, inputs, out):
-        if isinstance(m, nn.Conv2d):
-            total[0] += out[0].numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-        elif isinstance(m, nn.Linear):
-            total[0] += m.in_features * m.out_features
-    for m in model.modules():
-        m.register_forward_hook(count)
-    with torch.no_grad():
+        model = build_model(arch, depth, shortcut).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))
-    return total[0]
+    return counter.get_total_flops() // 2
