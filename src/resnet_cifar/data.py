@@ -156,8 +156,8 @@ def balanced_subset(labels: torch.Tensor, n: int | None, num_classes: int = 10) 
 
 @dataclass
 class Normalizer:
-    """x -> (x/255 - mean) / std: the per-pixel mean (the paper: a 3x32x32 mean image of the training
-    split, std 1), per-channel mean and std (most reference code) or none."""
+    """x -> (x/255 - mean) / std: "the per-pixel mean subtracted" (Sec. 3.4: a 3x32x32 mean image of the
+    training split, std 1), per-channel mean and std (most reference code) or none."""
     mean: torch.Tensor
     std: torch.Tensor
     kind: str

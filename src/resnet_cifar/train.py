@@ -246,7 +246,7 @@ class Run:
             return
         if due["eval"]:
             start = time.perf_counter()
-            row = self.record.row(state, current_lr(self.optimizer), self.evaluate())
+            row = self.record.row(state, current_lr(self.optimizer), self.evaluation())
             state.eval_time += time.perf_counter() - start
             state.history.append(row)
             self.progress.log(row)
@@ -259,7 +259,7 @@ class Run:
         elif it == self.end:
             self.status = f"stopped at iteration {it} (stop_at)"
 
-    def evaluate(self) -> dict:
+    def evaluation(self) -> dict:
         """Validation and test loss and error. Under torchrun rank 0's BN statistics go to every process first,
         so all evaluate one model and take the same plateau decisions."""
         if self.world > 1:
