@@ -236,19 +236,17 @@ class LoopState:
     # the sittings that trained it, one per (re)start: iterations from-to, device, threads, seconds, commit
     segments: list = field(default_factory=list)
 
-    # checkpoint key -> field, as checkpoints have always named them (old runs resume)
-    SAVED = dict(iteration="iteration", history="history", lr_changes="lr_changes", wall_time="wall_time",
-                 warmup_time="startup_time", warmup_iterations="startup_iterations", eval_time="eval_time",
-                 window="window", lr_warmup="lr_warmup", lr_warmup_window="lr_warmup_window",
-                 lr_warmup_ended="lr_warmup_ended", segments="segments")
+    # the checkpoint's names of two fields (old runs resume)
+    SAVED_AS = dict(startup_time="warmup_time", startup_iterations="warmup_iterations")
 
     def saved(self) -> dict:
         self.close_segment()
-        return {key: getattr(self, name) for key, name in self.SAVED.items()}
+        return {self.SAVED_AS.get(f.name, f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_saved(cls, saved: dict) -> "LoopState":
-        state = cls(**{name: saved[key] for key, name in cls.SAVED.items() if key in saved})  # older: no segments
+        names = {f.name: cls.SAVED_AS.get(f.name, f.name) for f in dataclasses.fields(cls)}
+        state = cls(**{name: saved[key] for name, key in names.items() if key in saved})  # older: no segments
         state.window, state.lr_warmup_window = state.window.cpu(), state.lr_warmup_window.cpu()
         state.lr_changes = [tuple(c) for c in state.lr_changes]
         return state
