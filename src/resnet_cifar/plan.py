@@ -18,7 +18,7 @@ import torch
 
 from . import experiments as E
 from .config import PROFILES, TrainConfig, profile_config
-from .devices import DeviceError, device_label, machine, pick_device
+from .devices import DeviceError, device_label, pick_device
 from .models import multiply_adds
 from .records import RECORDS, behind, load_records, project_root, resolve_runs
 from .runs import FINISHED, config_diff, read_json, state
@@ -152,15 +152,15 @@ def bench_rates(records_dir: Path, device: torch.device) -> list[dict]:
 
 def reference_rates(folders, label: str | None, device_type: str) -> list[dict]:
     """Seconds per (training image × multiply-add) of the finished runs in `folders` (folders of
-    run folders) on the machine of `label` (None: any device of `device_type`), evaluation included."""
+    run folders) on the device `label` (None: any device of `device_type`), evaluation included."""
     refs, seen = [], set()
     for path in (p for folder in folders for p in sorted(Path(folder).glob("*/summary.json"))):
         s, c = read_json(path), read_json(path.parent / "config.json")
         if path.parent.resolve() in seen or not (s and c) or s.get("status") not in FINISHED:
             continue
         seen.add(path.parent.resolve())
-        on = (machine(s.get("device_name") or "") == machine(label) if label
-              else str(s.get("device", "")).split(":")[0] == device_type)
+        on = (s.get("device_name") or "").split(";")[0] == label.split(";")[0] if label else (  # any thread count
+            str(s.get("device", "")).split(":")[0] == device_type)
         if on and s.get("wall_time_s") and s.get("iterations_done"):
             c = TrainConfig(**c)
             work = s["iterations_done"] * c.batch_size * model_flops(c)
