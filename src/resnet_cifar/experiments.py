@@ -256,13 +256,6 @@ def sections(chapter: str, profile: str, seed: int = 0, **params) -> Sections:
     return renamed
 
 
-def declared(profile: str, seed: int = 0, params: dict[str, dict] | None = None) -> dict[str, Arm]:
-    """chapter -> run name -> overrides of every chapter, with `params` (chapter -> values) over
-    the defaults."""
-    params = params or {}
-    return {c: flat(sections(c, profile, seed, **params.get(c, {}))) for c in CHAPTERS}
-
-
 def left_out(chapter: str, profile: str, seed: int = 0) -> list[str]:
     """The runs of the chapter's default arms that `profile` does not train (cpu: those not `cpu`)."""
     kept = flat(sections(chapter, profile, seed))

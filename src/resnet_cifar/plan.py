@@ -68,7 +68,7 @@ def plan(profile: str, seed: int = 0, chapters=None, only=None, params: dict | N
         raise PlanError(f"profile must be one of {tuple(PROFILES)}, got {profile!r}")
     wanted = set(match_chapters(chapters)) if chapters else set(E.CHAPTERS)
     try:
-        declared = E.declared(profile, seed, params)
+        declared = {c: E.flat(E.sections(c, profile, seed, **(params or {}).get(c, {}))) for c in E.CHAPTERS}
     except E.ExperimentError as e:
         raise PlanError(str(e)) from None
     runs: dict[str, PlannedRun] = {}

@@ -1,15 +1,10 @@
 """Published records: the small files of the plan's runs, copied by `export` into
 `book/records/<dataset>/<profile>/` to be committed, and read back by the chapters without training.
 
-records.json says what was exported, when, from which commit and devices. Each `<run>/` holds
-config.json, summary.json, history.csv, lr_trace.csv (only when small, else rebuilt on reading),
-model.pt (the runs of KEPT_WEIGHTS) and, for a run still training (`export --partial`, status
-'unfinished'), checkpoint.pt, from which `run` resumes it on any machine.
-
-A chapter reads its runs (`resolve_runs`) from an explicit runs_dir, else the complete committed
-records of its dataset and profile (never for smoke: the tests build it), else runs/. Reading
-records it never trains. Partial records are read run by run: a published finished run is read,
-a published unfinished one resumed in runs/ from its checkpoint.
+records.json says what was exported, when, from which commit. Each `<run>/` holds config.json,
+summary.json, history.csv, lr_trace.csv (only when small, else rebuilt on reading), model.pt (the
+runs of KEPT_WEIGHTS) and, for a run published while it trains (status 'unfinished'), checkpoint.pt,
+from which `run` resumes it on any machine. Reading records never trains.
 """
 from __future__ import annotations
 
