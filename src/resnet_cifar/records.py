@@ -256,7 +256,8 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
     if inside(target, source) or inside(source, target):
         raise RunError(f"the records folder {target} and the runs folder {source} must not contain each other")
     previous = (read_manifest(target) or {}).get("runs", {})
-    kept, fresh, missing = [n for n in previous if n not in {r.name for r in runs}], {}, []
+    kept = [n for n in previous if n not in {r.name for r in runs}]  # published before, stay published
+    fresh, missing = {}, []  # fresh: name -> whether it is finished, published from `source`
     for r in runs:
         ours, theirs = state(r.config(profile), source / r.name), state(r.config(profile), target / r.name)
         ahead = ours["done"] > (theirs["done"] if theirs["state"] == "interrupted" else -1)
