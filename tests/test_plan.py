@@ -182,7 +182,7 @@ def test_plan_shows_status_and_time_from_measured_rates(tmp_path, capsys):
     data = str(real_data_dir())
     folder = tmp_path / "runs" / dataset_identity(data) / "smoke"
     runs = {r.name: r for r in P.plan("smoke")}
-    label = device_label("cpu")
+    label = device_label("cpu").split("; ")[0] + "; 99 of 99 threads)"  # this CPU, another thread count
     fake_record(folder, runs["resnet32-seed0"], "smoke", status="complete", status_detail="complete",
                 iterations_done=10, wall_time_s=10.0, eval_time_s=2.0, device_name=label)
     interrupted = fake_record(folder, runs["cosine"], "smoke", status="running", iterations_done=5)
@@ -196,7 +196,8 @@ def test_plan_shows_status_and_time_from_measured_rates(tmp_path, capsys):
     assert code == 0, out
     lines = {line.split()[0]: line for line in out.splitlines()[2:6]}
     assert "complete" in lines["resnet32-seed0"] and "0:00:12  measured on " + label in lines["resnet32-seed0"]
-    # the same model and batch at the finished run's 12 s per 10 x 32 images: 5 iterations left -> 6 s
+    # the same model and batch at the finished run's 12 s per 10 x 32 images (on this CPU, whatever its
+    # threads): 5 iterations left -> 6 s
     assert "interrupted at 5" in lines["cosine"] and "0:00:06  rate of 1 finished run(s)" in lines["cosine"]
     assert "other config in its folder (lr)" in lines["aug-none"]
     flops = lambda name: P.model_flops(runs[name].config("smoke"))  # noqa: E731
