@@ -232,6 +232,28 @@ def test_a_profile_is_estimated_from_runs_of_another_on_a_device_not_here(tmp_pa
     assert rows[2]["seconds"] is None and rows[2]["source"].startswith("unknown: no finished float64 run")
 
 
+def test_without_finished_runs_a_recorded_benchmark_prices_the_plan(tmp_path):
+    """No finished run of its dtype on the device: the run's work at the benchmark's rate (its
+    channels_last variant first), scaled by multiply-adds; without a record, no estimate."""
+    import torch
+    bench = ROOT / "book" / "records" / "bench-cpu.json"
+    if not bench.is_file():
+        missing("no committed CPU benchmark record")
+    records = tmp_path / "records"
+    records.mkdir()
+    shutil.copy(bench, records / bench.name)
+    run = P.PlannedRun("bf16", dict(seed=0, dtype="bfloat16", depth=20, channels_last=True), ("05_optimizers",))
+    folder = tmp_path / "runs" / "official" / "quick"
+    row = P.estimates([run], "quick", folder, torch.device("cpu"), records)[0]
+    mark = next(b for b in P.bench_rates(records, torch.device("cpu"))
+                if (b["dtype"], b["channels_last"], b["batch_size"]) == ("bfloat16", True, 128))
+    config = run.config("quick")
+    work = config.iterations * config.batch_size * P.model_flops(config)
+    assert row["seconds"] == pytest.approx(work / (mark["rate"] * mark["flops"]))
+    assert row["source"].startswith("bench-cpu.json (") and row["source"].endswith("; training steps only)")
+    assert P.estimates([run], "quick", folder, torch.device("cpu"), tmp_path / "none")[0]["seconds"] is None
+
+
 def test_a_finished_plan_reads_no_rates(tmp_path, monkeypatch):
     """Every run finished: each time is the run's own record, and no rate is read (reading them
     counts every finished run's multiply-adds; one ResNet-34 among them imports torchvision)."""
