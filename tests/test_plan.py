@@ -182,7 +182,7 @@ def test_plan_shows_status_and_time_from_measured_rates(tmp_path, capsys):
     data = str(real_data_dir())
     folder = tmp_path / "runs" / dataset_identity(data) / "smoke"
     runs = {r.name: r for r in P.plan("smoke")}
-    label = device_label("cpu")
+    label = device_label("cpu").split("; ")[0] + "; 99 of 99 threads)"  # this CPU, another thread count
     fake_record(folder, runs["resnet32-seed0"], "smoke", status="complete", status_detail="complete",
                 iterations_done=10, wall_time_s=10.0, eval_time_s=2.0, device_name=label)
     interrupted = fake_record(folder, runs["cosine"], "smoke", status="running", iterations_done=5)
@@ -196,7 +196,8 @@ def test_plan_shows_status_and_time_from_measured_rates(tmp_path, capsys):
     assert code == 0, out
     lines = {line.split()[0]: line for line in out.splitlines()[2:6]}
     assert "complete" in lines["resnet32-seed0"] and "0:00:12  measured on " + label in lines["resnet32-seed0"]
-    # the same model and batch at the finished run's 12 s per 10 x 32 images: 5 iterations left -> 6 s
+    # the same model and batch at the finished run's 12 s per 10 x 32 images (on this CPU, whatever its
+    # threads): 5 iterations left -> 6 s
     assert "interrupted at 5" in lines["cosine"] and "0:00:06  rate of 1 finished run(s)" in lines["cosine"]
     assert "other config in its folder (lr)" in lines["aug-none"]
     flops = lambda name: P.model_flops(runs[name].config("smoke"))  # noqa: E731
@@ -229,6 +230,28 @@ def test_a_profile_is_estimated_from_runs_of_another_on_a_device_not_here(tmp_pa
     ratio = P.model_flops(runs["resnet20-seed0"].config("paper")) / P.model_flops(runs["resnet32-seed0"].config("paper"))
     assert rows[1]["seconds"] == pytest.approx(1200.0 * ratio) and 0.5 < ratio < 0.7
     assert rows[2]["seconds"] is None and rows[2]["source"].startswith("unknown: no finished float64 run")
+
+
+def test_without_finished_runs_a_recorded_benchmark_prices_the_plan(tmp_path):
+    """No finished run of its dtype on the device: the run's work at the benchmark's rate (its
+    channels_last variant first), scaled by multiply-adds; without a record, no estimate."""
+    import torch
+    bench = ROOT / "book" / "records" / "bench-cpu.json"
+    if not bench.is_file():
+        missing("no committed CPU benchmark record")
+    records = tmp_path / "records"
+    records.mkdir()
+    shutil.copy(bench, records / bench.name)
+    run = P.PlannedRun("bf16", dict(seed=0, dtype="bfloat16", depth=20, channels_last=True), ("05_optimizers",))
+    folder = tmp_path / "runs" / "official" / "quick"
+    row = P.estimates([run], "quick", folder, torch.device("cpu"), records)[0]
+    mark = next(b for b in P.bench_rates(records, torch.device("cpu"))
+                if (b["dtype"], b["channels_last"], b["batch_size"]) == ("bfloat16", True, 128))
+    config = run.config("quick")
+    work = config.iterations * config.batch_size * P.model_flops(config)
+    assert row["seconds"] == pytest.approx(work / (mark["rate"] * mark["flops"]))
+    assert row["source"].startswith("bench-cpu.json (") and row["source"].endswith("; training steps only)")
+    assert P.estimates([run], "quick", folder, torch.device("cpu"), tmp_path / "none")[0]["seconds"] is None
 
 
 def test_a_finished_plan_reads_no_rates(tmp_path, monkeypatch):

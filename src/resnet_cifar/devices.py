@@ -38,27 +38,25 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_model() -> str:
-    """The processor's model name, from /proc/cpuinfo where there is one."""
+def _cpuinfo(key: str) -> str | None:
+    """The first `key : value` line's value of /proc/cpuinfo (None where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(key)), None)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    """The processor's model name."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 @functools.lru_cache(maxsize=None)
 def cpu_features() -> tuple[str, ...]:
     """Which of CPU_FEATURES the processor has (Linux /proc/cpuinfo flags; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
+    flags = (_cpuinfo("flags") or "").split()
     return tuple(f for f in CPU_FEATURES if f in flags)
 
 

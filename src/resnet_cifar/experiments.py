@@ -1,15 +1,11 @@
 """Every experiment of the book, declared once: each chapter's arms as a function of that
-chapter's parameters.
+chapter's parameters (their defaults are its `parameters` cell's values).
 
-A chapter calls its function here with the values of its `parameters` cell and trains what it
-returns; `plan.py` calls the same functions with their defaults (the values the cells hold), so
-the plan is exactly what the default book trains, and `plan --set NAME=VALUE` shows what a rerun
-with other values would train.
-
-A function returns sections (one per table or figure of the chapter), each a dict of arms:
-label -> {run name: config overrides}, one run per seed. Run names are stable across rebuilds
-(they are the run folders): `<model>-seed<k>` for the model runs, `<arm>` for the chapter's own
-seed and `<arm>-seed<k>` for the others.
+A chapter trains what its function returns for its parameter values; `plan.py` calls the same
+functions with the defaults, so the plan is exactly what the default book trains. A function
+returns sections (one per table or figure), each label -> arm, an arm being run name -> config
+overrides, one run per seed. Run names are the run folders: `<model>-seed<k>` for the model runs,
+`<arm>` for the chapter's own seed and `<arm>-seed<k>` for the others.
 """
 from __future__ import annotations
 
@@ -33,11 +29,11 @@ class CpuArm(dict):
     """An arm that the cpu profile trains too (see `cpu`)."""
 
 
-def cpu(arm: Arm) -> Arm:
-    """Mark `arm` as one the cpu profile trains: the comparisons a 1,600-iteration budget resolves
-    within hours of a 2-core CPU. At the cpu profile a chapter's other default arms are left out
-    (its page says which); arms that other parameter values add are always trained."""
-    return CpuArm(arm)
+def cpu(arm: Arm, trained: bool = True) -> Arm:
+    """Mark `arm` (when `trained`) as one the cpu profile trains: the comparisons its 1,600
+    iterations resolve within hours of a 2-core CPU. The cpu profile leaves a chapter's other
+    default arms out (its page says which); arms other parameter values add always train."""
+    return CpuArm(arm) if trained else arm
 
 
 def arm_seeds(profile: str, seed: int = 0) -> tuple[int, ...]:
@@ -70,12 +66,6 @@ def baseline(profile: str, seed: int) -> Arm:
     return cpu(model_runs(arm_seeds(profile, seed), "resnet32"))
 
 
-def first(arm: Arm) -> Arm:
-    """The arm's run of the chapter's own seed (the first)."""
-    name = next(iter(arm))
-    return {name: arm[name]}
-
-
 # ---------------------------------------------------------------- the chapters
 
 def model(profile: str = "smoke", seed: int = 0, fig6_depths=(20, 32), log_patience: int = 1000,
@@ -84,7 +74,6 @@ def model(profile: str = "smoke", seed: int = 0, fig6_depths=(20, 32), log_patie
     against ResNet-32, option A against B shortcuts, and Fig. 6's plain vs residual nets."""
     plateau = dict(schedule="plateau", plateau_patience=log_patience, plateau_threshold=plateau_threshold)
     seeds, r34 = arm_seeds(profile, seed), "resnet34-imagenet"
-    trained = lambda arm, depths, d: cpu(arm) if d in depths else arm  # noqa: E731
     return {
         "imagenet": {"ResNet-32 (the paper's model)": baseline(profile, seed),
                      "ResNet-34 (ImageNet), paper schedule": cpu(model_runs(seeds, r34, arch=r34)),
@@ -94,9 +83,9 @@ def model(profile: str = "smoke", seed: int = 0, fig6_depths=(20, 32), log_patie
         "shortcuts": {"ResNet-32, option A": baseline(profile, seed),
                       "ResNet-32, option B": model_runs(seeds, "resnet32-optionB", shortcut="B"),
                       "ResNet-32, option B without BN": model_runs(seeds, "resnet32-optionB-nobn", shortcut="B-no-bn")},
-        "plain": {f"plain-{d}": trained(model_runs([seed], f"plain{d}", arch="plain", depth=d), (20,), d)
+        "plain": {f"plain-{d}": cpu(model_runs([seed], f"plain{d}", arch="plain", depth=d), d == 20)
                   for d in fig6_depths},
-        "residual": {f"ResNet-{d}": trained(model_runs([seed], f"resnet{d}", depth=d), (20, 32), d)
+        "residual": {f"ResNet-{d}": cpu(model_runs([seed], f"resnet{d}", depth=d), d in (20, 32))
                      for d in fig6_depths},
     }
 
@@ -137,7 +126,6 @@ def optimizers(profile: str = "smoke", seed: int = 0, adam_lr: float = 1e-3, ada
     """Chapter 5: SGD against Adam-family optimizers, Adam at a constant learning rate (the
     log's), a ReLU after the last FC layer, and BatchNorm's eps and momentum."""
     arm = lambda name, **o: seeded(profile, seed, name, **o)  # noqa: E731
-    trained = lambda a, yes: cpu(a) if yes else a  # noqa: E731
     base, lr, wd = baseline(profile, seed), f"{adam_lr:g}", f"{adamw_weight_decay:g}"
     return {
         "optimizers": {"SGD, momentum 0.9 (paper)": base, "SGD + Nesterov": arm("sgd-nesterov", nesterov=True),
@@ -146,13 +134,13 @@ def optimizers(profile: str = "smoke", seed: int = 0, adam_lr: float = 1e-3, ada
                        f"AdamW, lr {lr}, wd {wd}": arm(f"adamw-lr{lr}-wd{wd}", optimizer="adamw", lr=adam_lr,
                                                        weight_decay=adamw_weight_decay),
                        f"NAdam, lr {lr}": arm(f"nadam-lr{lr}", optimizer="nadam", lr=adam_lr)},
-        "adam_constant": {f"Adam, constant lr {x:g}": trained(arm(f"adam-constant-lr{x:g}", optimizer="adam", lr=x,
-                                                                  schedule="constant"), x in (1e-3, 0.1))
+        "adam_constant": {f"Adam, constant lr {x:g}": cpu(arm(f"adam-constant-lr{x:g}", optimizer="adam", lr=x,
+                                                              schedule="constant"), x in (1e-3, 0.1))
                           for x in adam_constant_lrs},
         "final_relu": {"no final ReLU (paper)": base,
                        "ReLU after the last FC": cpu(arm("final-relu", final_relu=True))},
         "batchnorm": {"eps 1e-5, momentum 0.1 (default)": base,
-                      **{f"eps {e:g}": trained(arm(f"bn-eps{e:g}", bn_eps=e), e == 0.9) for e in bn_eps_values},
+                      **{f"eps {e:g}": cpu(arm(f"bn-eps{e:g}", bn_eps=e), e == 0.9) for e in bn_eps_values},
                       **{f"momentum {m:g}": arm(f"bn-momentum{m:g}", bn_momentum=m) for m in bn_momenta}},
     }
 
@@ -169,11 +157,10 @@ def depth(profile: str = "smoke", seed: int = 0, table6_depths=(20, 32, 44, 56, 
     ResNet-32 trained on all 50k training images, and ResNet-20 and 56 on all 50k (one seed)."""
     seeds = arm_seeds(profile, seed)
     warm = lambda d: {"warmup_until_error": WARMUP_110} if d == 110 else {}  # noqa: E731
-    trained = lambda arm, depths, d: cpu(arm) if d in depths else arm  # noqa: E731
     return {
-        "table6": {d: trained(model_runs(seeds, f"resnet{d}", depth=d, **warm(d)), (20, 32, 56), d)
+        "table6": {d: cpu(model_runs(seeds, f"resnet{d}", depth=d, **warm(d)), d in (20, 32, 56))
                    for d in table6_depths},
-        "plain": {d: trained(model_runs(seeds, f"plain{d}", arch="plain", depth=d), (20, 56), d) for d in plain_depths},
+        "plain": {d: cpu(model_runs(seeds, f"plain{d}", arch="plain", depth=d), d in (20, 56)) for d in plain_depths},
         "all50k": {"45k/5k split": baseline(profile, seed),
                    "all 50k": model_runs(seeds, "resnet32-all50k", val_size=0)},
         # Table 6's other depths on the paper's protocol, one seed each as the paper reports them
@@ -198,27 +185,27 @@ def defaults(chapter: str) -> dict:
     return {k: p.default for k, p in params.items() if k not in ("profile", "seed")}
 
 
-def given(params: dict) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in params.items()) or "(defaults)"
-
-
 def check_type(chapter: str, key: str, value) -> None:
-    """A parameter value of the kind its default is (a number for a number, an integer for an
-    integer, a list of such for a list), or an error naming the parameter."""
+    """A parameter value of its default's kind (a number, an integer, a list of such), or an
+    error naming the parameter."""
     default = defaults(chapter)[key]
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-    like = lambda v, d: (number(v) and (isinstance(d, float) or isinstance(v, int))) if number(d) else (  # noqa: E731
-        isinstance(v, type(d)) if d is not None else True)
-    if isinstance(default, (list, tuple)):
+
+    def like(v, d) -> bool:
+        if number(d):
+            return number(v) and (isinstance(d, float) or isinstance(v, int))
+        return d is None or isinstance(v, type(d))
+    listed = isinstance(default, (list, tuple))
+    if listed:
         ok = isinstance(value, (list, tuple)) and (not default or all(like(v, default[0]) for v in value))
     else:
         ok = value is None or like(value, default)
     if not ok:
-        kind = ("an integer like" if isinstance(default, int) else "a number like") if number(default) else (
-            "a list like" if isinstance(default, (list, tuple)) else f"a {type(default).__name__} like")
+        kind = ("an integer" if isinstance(default, int) else "a number") if number(default) else (
+            "a list" if listed else f"a {type(default).__name__}")
         hint = (f" (papermill -p passes text: give a list with -y '{key}: [...]')"
-                if isinstance(default, (list, tuple)) and isinstance(value, str) else "")
-        raise ExperimentError(f"parameter {key} of chapter {chapter} must be {kind} its default {default!r}, got "
+                if listed and isinstance(value, str) else "")
+        raise ExperimentError(f"parameter {key} of chapter {chapter} must be {kind} like its default {default!r}, got "
                               f"{value!r} ({type(value).__name__}){hint}")
 
 
@@ -244,17 +231,18 @@ def sections(chapter: str, profile: str, seed: int = 0, **params) -> Sections:
                               f"{', '.join(defaults(chapter)) or 'none but profile and seed'}")
     for key, value in params.items():
         check_type(chapter, key, value)
+    given = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "(defaults)"
     try:
         ours = CHAPTERS[chapter](profile, seed, **params)
     except (TypeError, ValueError) as e:
-        raise ExperimentError(f"chapter {chapter} cannot use {given(params)}: {e}") from None
+        raise ExperimentError(f"chapter {chapter} cannot use {given}: {e}") from None
     default = flat(CHAPTERS[chapter](profile, seed))
     for name, overrides in flat(ours).items():  # a value no run can train with: say which parameter gave it
         if default.get(name) != overrides:
             try:
                 profile_config(profile, **overrides)
             except (TypeError, ValueError) as e:
-                raise ExperimentError(f"chapter {chapter}'s parameter {given(params)} makes run {name} "
+                raise ExperimentError(f"chapter {chapter}'s parameter {given} makes run {name} "
                                       f"impossible: {e}") from None
     renamed = {}
     for key, arms in ours.items():
@@ -266,13 +254,6 @@ def sections(chapter: str, profile: str, seed: int = 0, **params) -> Sections:
             if arm:
                 renamed[key][label] = arm
     return renamed
-
-
-def declared(profile: str, seed: int = 0, params: dict[str, dict] | None = None) -> dict[str, Arm]:
-    """chapter -> run name -> overrides of every chapter, with `params` (chapter -> values) over
-    the defaults."""
-    params = params or {}
-    return {c: flat(sections(c, profile, seed, **params.get(c, {}))) for c in CHAPTERS}
 
 
 def left_out(chapter: str, profile: str, seed: int = 0) -> list[str]:

@@ -1,24 +1,14 @@
-"""Published records: the small files of finished runs, copied to `book/records/<dataset>/<profile>/`
-to be committed, and read back by the chapters without training.
+"""Published records: the small files of the plan's runs, copied by `export` into
+`book/records/<dataset>/<profile>/` to be committed, and read back by the chapters without training.
 
-    records.json             what was exported, when, from which commit and devices
-    <name>/config.json       the run's TrainConfig
-    <name>/summary.json      its summary (status, errors, speed, device, commit, ...)
-    <name>/history.csv       one row per evaluation
-    <name>/lr_trace.csv      only when small; otherwise rebuilt from the config and the history
-    <name>/model.pt          the final weights of the runs of KEPT_WEIGHTS
-    <name>/checkpoint.pt     only for a run still training (exported with --partial, status
-                             'unfinished'): `run` resumes it from there on any machine
-
-Where a chapter reads its runs (`resolve_runs`): an explicit runs_dir > the complete committed
-records of its dataset and profile > runs/. The smoke profile never reads committed records: it
-trains from scratch in seconds, and it is what the tests build. A chapter that reads records
-never trains (a missing run is an error naming `run` and `export`), and nothing trains into
-book/records. Partial records (some runs still to train) are read run by run instead: a
-published finished run is read, a published unfinished one resumed in runs/ from its checkpoint.
+records.json says what was exported, when, from which commit. Each `<run>/` holds config.json,
+summary.json, history.csv, lr_trace.csv (only when small, else rebuilt on reading), model.pt (the
+runs of KEPT_WEIGHTS) and, for a run published while it trains (status 'unfinished'), checkpoint.pt,
+from which `run` resumes it on any machine. Reading records never trains.
 """
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import time
@@ -29,39 +19,32 @@ from .runs import RunError, RunResult, config_diff, git_commit, load_run, read_j
 
 RECORDS = Path("book") / "records"
 MANIFEST = "records.json"
-FILES = ("config.json", "summary.json", "history.csv")
 PLACES = dict(data_dir=TrainConfig.data_dir, runs_dir=TrainConfig.runs_dir)  # a published config's folders
-# The runs whose final weights (model.pt, 1.9 MB for a ResNet-32; no checkpoint, no optimizer
-# state) are published with their records, per profile: those the pages look inside (the
-# baseline: chapter 3's test without the mean, chapter 5's BN variances, chapter 6's per-class
-# errors; chapter 5's final-ReLU probe).
+# Runs published with their final weights (model.pt, 1.9 MB for a ResNet-32), per profile: those
+# the pages look inside (chapters 3, 5 and 6 look inside the baseline; chapter 5 into final-relu).
 KEPT_WEIGHTS = {"cpu": ("resnet32-seed0", "final-relu")}
 SMALL_TRACE = 32 * 1024  # bytes: a smoke run's lr_trace.csv is copied, a 6.4k-iteration one rebuilt
-UNFINISHED = "unfinished"  # the status of a published run that is still training (published with its checkpoint)
+UNFINISHED = "unfinished"  # the status of a run published while it trains (with its checkpoint)
+BENCH_FORMAT = 3  # the layout of a benchmark record (bench-*.json); 3 keeps each figure's rounds
 
 
 def project_root(start: Path | None = None) -> Path:
     """The folder holding _toc.yml (the book's root), searched upwards from `start`."""
     start = (start or Path.cwd()).resolve()
-    for folder in (start, *start.parents):
-        if (folder / "_toc.yml").is_file():
-            return folder
-    return start
+    return next((f for f in (start, *start.parents) if (f / "_toc.yml").is_file()), start)
 
 
 def shown_path(path: Path, root: Path | None = None) -> str:
-    """A path as the book may print it: relative to the project root when inside it, else only
-    its own name (the builder's folders are nobody's business)."""
+    """A path as the book may print it: relative to the project root, else only its own name."""
     path, root = Path(path), (root or project_root())
     for candidate in (path, path.resolve()):
-        try:
+        if candidate.is_relative_to(root):
             return candidate.relative_to(root).as_posix() or "."
-        except ValueError:
-            continue
     return "…/" + path.name
 
 
-BENCH_FORMAT = 3  # the layout of a benchmark record (bench-*.json); 3 keeps each figure's rounds
+def inside(path: Path, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
 def load_records(folder: str | Path) -> dict[str, dict]:
@@ -74,38 +57,39 @@ def load_records(folder: str | Path) -> dict[str, dict]:
     return records
 
 
+# ---------------------------------------------------------------- reading records
+
 def read_manifest(folder: Path) -> dict | None:
-    """The records.json of the records in `folder` (None when there is none), checked against
-    the run folders beside it (`damage`): damaged records are an error, never a silent fall-back."""
+    """The records.json in `folder` (None when there is none), checked against the run folders
+    beside it: damaged records are an error, never a silent fall-back."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return None
     manifest = read_json(path)
-    problems = ([f"{MANIFEST} is not a valid JSON object"] if not isinstance(manifest, dict)
-                else damage(Path(folder), manifest))
+    if not isinstance(manifest, dict):
+        problems = [f"{MANIFEST} is not a valid JSON object"]
+    else:
+        problems = damage(Path(folder), manifest)
     if problems:
-        shown = shown_path(folder)
-        raise RunError(f"the records {shown} are damaged: {'; '.join(problems[:4])}"
-                       + (f" (and {len(problems) - 4} more)" if len(problems) > 4 else "")
-                       + f". Restore them (`git checkout -- {shown}`) or publish them again "
-                         f"(`python -m resnet_cifar export --profile {Path(folder).name}`).")
+        more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+        raise RunError(f"the records {shown_path(folder)} are damaged: {'; '.join(problems[:4])}{more}. Restore them "
+                       f"(`git checkout -- {shown_path(folder)}`) or publish them again "
+                       f"(`python -m resnet_cifar export --profile {Path(folder).name}`).")
     return manifest
 
 
 def damage(folder: Path, manifest: dict) -> list[str]:
-    """What is wrong with the records in `folder`: a listed run whose config, summary or history
-    (or, unfinished, checkpoint) is missing or unreadable, or whose summary disagrees with
-    records.json; a run folder records.json does not list."""
-    import csv
+    """What is wrong with the records in `folder`: a listed run whose files are missing or
+    unreadable or disagree with records.json; a run folder records.json does not list."""
     problems, listed = [], manifest.get("runs", {})
     if not isinstance(listed, dict):
         return [f"{MANIFEST} has no runs table"]
     for name, entry in listed.items():
         run_dir = folder / name
-        config, summary = read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")
-        for file, value in (("config.json", config), ("summary.json", summary)):
-            if not isinstance(value, dict):
-                problems.append(f"{name}/{file} is {'missing' if not (run_dir / file).is_file() else 'not valid JSON'}")
+        summary = read_json(run_dir / "summary.json")
+        for file in ("config.json", "summary.json"):
+            if not isinstance(read_json(run_dir / file), dict):
+                problems.append(f"{name}/{file} is {'not valid JSON' if (run_dir / file).is_file() else 'missing'}")
         try:
             with open(run_dir / "history.csv", newline="") as f:
                 rows = list(csv.DictReader(f))
@@ -124,12 +108,7 @@ def damage(folder: Path, manifest: dict) -> list[str]:
         if summary.get("status") == UNFINISHED and not (run_dir / "checkpoint.pt").is_file():
             problems.append(f"{name} is unfinished and its checkpoint.pt is missing")
     extra = sorted(p.parent.name for p in folder.glob("*/summary.json") if p.parent.name not in listed)
-    problems += [f"{name}/ is not listed in {MANIFEST}" for name in extra]
-    return problems
-
-
-def inside(path: Path, folder: Path) -> bool:
-    return Path(folder).resolve() in (Path(path).resolve(), *Path(path).resolve().parents)
+    return problems + [f"{name}/ is not listed in {MANIFEST}" for name in extra]
 
 
 def finished_count(manifest: dict) -> int:
@@ -150,9 +129,7 @@ def resolve_runs(root: Path, profile: str, dataset: str, runs_dir=None) -> tuple
     if runs_dir is not None:
         folder = root / runs_dir / dataset / profile
         manifest = read_manifest(folder)
-        if manifest is None and inside(folder, root / RECORDS):
-            manifest = {}
-        return folder, manifest
+        return folder, {} if manifest is None and inside(folder, root / RECORDS) else manifest
     committed = root / RECORDS / dataset / profile
     manifest = read_manifest(committed)
     if profile != "smoke" and manifest is not None and is_complete(manifest):
@@ -161,41 +138,15 @@ def resolve_runs(root: Path, profile: str, dataset: str, runs_dir=None) -> tuple
 
 
 def partial_records(root: Path, profile: str, dataset: str) -> Path | None:
-    """The committed records of `dataset`/`profile` when they are partial (some runs still to
-    train): a build from runs/ reads their finished runs and resumes their unfinished ones."""
+    """The committed records of `dataset`/`profile` when they are partial (some runs still to train)."""
     folder = Path(root) / RECORDS / dataset / profile
     manifest = read_manifest(folder)
     return folder if profile != "smoke" and manifest is not None and not is_complete(manifest) else None
 
 
-def behind(ours: dict, theirs: dict) -> bool:
-    """Whether a published unfinished run (`theirs`, runs.state) is ahead of the runs folder's
-    (`ours`): nothing there, or an interruption at fewer iterations."""
-    return theirs["state"] == "interrupted" and (ours["state"] == "missing" or (
-        ours["state"] in ("interrupted", "failed") and ours["done"] < theirs["done"]))
-
-
-def restore(published: Path, run_dir: Path, config: TrainConfig) -> bool:
-    """Copy a published unfinished run (its checkpoint, config, summary, history) from the
-    records into `run_dir`, when `run_dir` holds less of it (nothing, or an older interruption):
-    training then resumes it where the last machine stopped. True when it copied."""
-    theirs, ours = state(config, published), state(config, run_dir)
-    if not (Path(published) / "checkpoint.pt").is_file() or not behind(ours, theirs):
-        return False
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("checkpoint.pt", "history.csv", "config.json"):
-        shutil.copy2(Path(published) / name, run_dir / name)
-    summary = read_json(Path(published) / "summary.json")
-    write_json(run_dir / "summary.json", dict(summary, status="failed", status_detail=(
-        f"interrupted at iteration {summary['iterations_done']}: restored from the records {shown_path(published)}")))
-    return True
-
-
 def published(root: Path, profile: str, dataset: str) -> tuple[Path, dict]:
-    """(folder, manifest) of the committed records of `dataset`/`profile`, for a build that
-    renders another copy's records than the machine's data; an error naming what is committed
-    when there are none."""
+    """(folder, manifest) of the committed records of `dataset`/`profile`; an error naming what
+    is committed when there are none."""
     folder, manifest = resolve_runs(root, profile, dataset)
     if manifest is None:
         found = [f"{c}/{r['profile']}" for c in copies(root) for r in committed(root, c)]
@@ -206,10 +157,9 @@ def published(root: Path, profile: str, dataset: str) -> tuple[Path, dict]:
 
 
 def rebuild_lr_trace(config: dict, summary: dict, history):
-    """Every iteration's learning rate, from the config (multistep, cosine, constant; a warm-up
-    until a training error ends where the summary says) or, for the plateau schedule, from the
-    history: its lr changes only after an evaluation, so iteration i ran at the lr of the first
-    evaluation row after i. `export` checks the rebuilt trace against the recorded one."""
+    """Every iteration's learning rate, from the config (and, for a warm-up until a training
+    error, where the summary says it ended), or for the plateau schedule from the history: its
+    lr changes only after an evaluation, so iteration i ran at the lr of the next row."""
     import pandas as pd
     cfg, n = TrainConfig(**config), int(summary.get("iterations_done") or 0)
     if cfg.schedule == "plateau":
@@ -220,7 +170,7 @@ def rebuild_lr_trace(config: dict, summary: dict, history):
             values.append(lrs[k])
     else:
         per_epoch = max(int(summary.get("train_size", 0)) // cfg.batch_size, 1)
-        rule = cfg.warmup_until_error is not None  # warm-up until a training error: ended where the summary says
+        rule = cfg.warmup_until_error is not None
         ended = summary.get("lr_warmup_ended_at") if rule else 0
         values = [cfg.warmup_lr if rule and (ended is None or i < ended) else lr_at(cfg, i, per_epoch)
                   for i in range(n)]
@@ -228,9 +178,9 @@ def rebuild_lr_trace(config: dict, summary: dict, history):
 
 
 def same_trace(run: RunResult) -> bool:
+    """Whether the lr trace rebuilt from the run's config and history is its recorded one."""
     import numpy as np
-    rebuilt = rebuild_lr_trace(run.config, run.summary, run.history)
-    trace = run.lr_trace
+    rebuilt, trace = rebuild_lr_trace(run.config, run.summary, run.history), run.lr_trace
     return (len(trace) == len(rebuilt) and (trace["iteration"].to_numpy() == rebuilt["iteration"].to_numpy()).all()
             and np.allclose(trace["lr"].to_numpy(), rebuilt["lr"].to_numpy(), rtol=1e-12, atol=0))
 
@@ -272,30 +222,51 @@ def source_text(manifest: dict, runs: tuple[RunResult, ...] = ()) -> str:
     return f"committed records of {date}" + (f", commit {', '.join(commits)}" if commits else "")
 
 
+# ---------------------------------------------------------------- publishing, and resuming what was published
+
+def behind(ours: dict, theirs: dict) -> bool:
+    """Whether a published unfinished run (`theirs`, a runs.state) is ahead of the runs folder's
+    (`ours`): nothing there, or an interruption at fewer iterations."""
+    return theirs["state"] == "interrupted" and (ours["state"] == "missing" or (
+        ours["state"] in ("interrupted", "failed") and ours["done"] < theirs["done"]))
+
+
+def restore(published: Path, run_dir: Path, config: TrainConfig) -> bool:
+    """Copy a published unfinished run (checkpoint, config, summary, history) into `run_dir` when
+    that holds less of it: training then resumes where the last machine stopped. True if copied."""
+    published, run_dir = Path(published), Path(run_dir)
+    if not (published / "checkpoint.pt").is_file() or not behind(state(config, run_dir), state(config, published)):
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("checkpoint.pt", "history.csv", "config.json"):
+        shutil.copy2(published / name, run_dir / name)
+    summary = read_json(published / "summary.json")
+    write_json(run_dir / "summary.json", dict(summary, status="failed", status_detail=(
+        f"interrupted at iteration {summary['iterations_done']}: restored from the records {shown_path(published)}")))
+    return True
+
+
 def export(runs, profile: str, dataset: str, source: Path, target: Path, partial: bool = False,
            planned: int | None = None) -> dict:
-    """Publish the runs of `runs` (PlannedRun) from the runs folder `source` in the records folder
-    `target` (replaced as a whole, atomically) and write its records.json; returns the manifest.
-    A finished run's small files are copied; with `partial`, an unfinished one's too, with its
-    checkpoint (status 'unfinished'), so that any machine resumes it (`restore`). A run
-    published earlier stays published unless `source` holds more of it, and so does every
-    published run outside `runs`. `planned`: the profile's number of runs (default: len(runs))."""
+    """Publish the runs (PlannedRun) finished in the runs folder `source` in the records folder
+    `target` (replaced as a whole) with its records.json, and return that. With `partial`, an
+    unfinished run too, with its checkpoint. A run published earlier stays published unless
+    `source` holds more of it, and so does every published run outside `runs`."""
     source, target = Path(source), Path(target)
     if inside(target, source) or inside(source, target):
         raise RunError(f"the records folder {target} and the runs folder {source} must not contain each other")
-    previous = read_manifest(target) or {}
-    here = {r.name: state(r.config(profile), source / r.name) for r in runs}
-    there = {r.name: state(r.config(profile), target / r.name) for r in runs}
-    fresh, kept, missing = [], [n for n in previous.get("runs", {}) if n not in here], []
+    previous = (read_manifest(target) or {}).get("runs", {})
+    kept = [n for n in previous if n not in {r.name for r in runs}]  # published before, stay published
+    fresh, missing = {}, []  # fresh: name -> whether it is finished, published from `source`
     for r in runs:
-        ours, theirs = here[r.name], there[r.name]
+        ours, theirs = state(r.config(profile), source / r.name), state(r.config(profile), target / r.name)
+        ahead = ours["done"] > (theirs["done"] if theirs["state"] == "interrupted" else -1)
         if ours["state"] == "finished":
-            fresh.append(r)
+            fresh[r.name] = True
         elif theirs["state"] == "finished":
             kept.append(r.name)
-        elif partial and ours["state"] in ("interrupted", "running") and ours["done"] > (
-                theirs["done"] if theirs["state"] == "interrupted" else -1):
-            fresh.append(r)
+        elif partial and ours["state"] in ("interrupted", "running") and ahead:
+            fresh[r.name] = False
         elif partial and theirs["state"] == "interrupted":
             kept.append(r.name)
         else:
@@ -312,27 +283,25 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
     for name in kept:
         if (target / name).is_dir():
             shutil.copytree(target / name, tmp / name)
-            manifest["runs"][name] = previous.get("runs", {}).get(name, {})
-    for r in fresh:
-        src, dst = source / r.name, tmp / r.name
+            manifest["runs"][name] = previous.get(name, {})
+    for name, finished in fresh.items():
+        src, dst = source / name, tmp / name
         dst.mkdir(parents=True)
-        finished = here[r.name]["state"] == "finished"
         if finished:
-            for name in FILES[1:]:
-                shutil.copy2(src / name, dst / name)
+            shutil.copy2(src / "summary.json", dst / "summary.json")
+            shutil.copy2(src / "history.csv", dst / "history.csv")
+            if name in KEPT_WEIGHTS.get(profile, ()) and (src / "model.pt").is_file():
+                shutil.copy2(src / "model.pt", dst / "model.pt")
+            trace = src / "lr_trace.csv"
+            if trace.is_file() and (trace.stat().st_size <= SMALL_TRACE or not same_trace(load_run(src))):
+                shutil.copy2(trace, dst / "lr_trace.csv")
         else:
             _copy_unfinished(src, dst)
         # where it ran is not what it computes (not its identity), and a builder's folders are nobody's business
         write_json(dst / "config.json", {**read_json(src / "config.json"), **PLACES})
-        if finished and r.name in KEPT_WEIGHTS.get(profile, ()) and (src / "model.pt").is_file():
-            shutil.copy2(src / "model.pt", dst / "model.pt")
-        run = load_run(dst if not finished else src)
-        trace = src / "lr_trace.csv"
-        if finished and trace.is_file() and (trace.stat().st_size <= SMALL_TRACE or not same_trace(run)):
-            shutil.copy2(trace, dst / "lr_trace.csv")
-        s = run.summary
-        manifest["runs"][r.name] = {k: s.get(k) for k in ("status", "iterations_done", "final_test_error", "device",
-                                                          "device_name", "git_commit", "updated")}
+        s = read_json(dst / "summary.json")
+        manifest["runs"][name] = {k: s.get(k) for k in ("status", "iterations_done", "final_test_error", "device",
+                                                         "device_name", "git_commit", "updated")}
     write_json(tmp / MANIFEST, manifest)
     old = target.with_name(target.name + ".export-old")
     shutil.rmtree(old, ignore_errors=True)
@@ -345,9 +314,8 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
 
 
 def _copy_unfinished(src: Path, dst: Path, tries: int = 20) -> None:
-    """Copy an unfinished run's checkpoint with the summary and history of that same checkpoint.
-    The run may be training while it is copied (it writes checkpoint, history, summary in turn):
-    copy until the summary's iterations are the checkpoint's."""
+    """Copy an unfinished run's checkpoint with the summary and history of that same checkpoint:
+    the run may be writing them in turn, so copy until the summary's iterations are the checkpoint's."""
     import torch
     for _ in range(tries):
         shutil.copy2(src / "checkpoint.pt", dst / "checkpoint.pt")
@@ -364,6 +332,8 @@ def _copy_unfinished(src: Path, dst: Path, tries: int = 20) -> None:
         f"unfinished: {done:,} of {total:,} iterations, published with its checkpoint (`run` resumes it)")))
 
 
+# ---------------------------------------------------------------- what is committed
+
 def copies(root: Path) -> list[str]:
     """The copies of CIFAR-10 (dataset identities) that have a folder of committed records, sorted."""
     return sorted(p.name for p in (Path(root) / RECORDS).glob("*/"))
@@ -375,8 +345,9 @@ def committed(root: Path, dataset: str) -> list[dict]:
     for profile in PROFILES:
         manifest = read_manifest(Path(root) / RECORDS / dataset / profile)
         if profile != "smoke" and manifest is not None:
-            out.append(dict(profile=profile, runs=len(manifest.get("runs", {})), finished=finished_count(manifest),
-                            unfinished={n: e.get("iterations_done") for n, e in manifest.get("runs", {}).items()
+            runs = manifest.get("runs", {})
+            out.append(dict(profile=profile, runs=len(runs), finished=finished_count(manifest),
+                            unfinished={n: e.get("iterations_done") for n, e in runs.items()
                                         if e.get("status") == UNFINISHED},
                             planned=manifest.get("planned"),
                             exported=manifest.get("exported"), commit=manifest.get("export_commit")))
@@ -384,8 +355,8 @@ def committed(root: Path, dataset: str) -> list[dict]:
 
 
 def best_profile(root: Path, dataset: str) -> str | None:
-    """The committed profile with the largest share of its planned runs (ties: the longer budget);
-    partial records (exported with --partial, while the rest still trains) are never the best."""
+    """The complete committed profile with the largest share of its planned runs (ties: the
+    longer budget); partial records are never the best."""
     found = [r for r in committed(root, dataset) if r["finished"] >= (r["planned"] or 0)]
     share = lambda r: (r["runs"] / max(r["planned"] or 1, 1), list(PROFILES).index(r["profile"]))  # noqa: E731
     return max(found, key=share)["profile"] if found else None
@@ -403,30 +374,27 @@ def best_records(root: Path, dataset: str) -> tuple[str, str] | None:
 
 
 def results_markdown(root: Path, dataset: str, profile: str) -> str:
-    """The committed records of `dataset`/`profile` as README's results: one line saying what
+    """The committed records of `dataset`/`profile` as README's results: a line saying what
     they are, then one row per run (test error, best validation error, device, training time)."""
     folder = Path(root) / RECORDS / dataset / profile
     manifest = read_manifest(folder)
     if manifest is None:
         return f"No committed records of profile {profile} on {dataset}."
-    cfg = profile_config(profile)
+    pct = lambda v: "–" if v is None else f"{100 * v:.2f}"  # noqa: E731
     rows = ["| run | status | iterations | test error % | best val error % | device | training time |",
             "|---|---|---|---|---|---|---|"]
     for name in sorted(manifest.get("runs", {})):
         s = read_json(folder / name / "summary.json") or {}
-        pct = lambda v: "–" if v is None else f"{100 * v:.2f}"  # noqa: E731
         minutes = ((s.get("wall_time_s") or 0) + (s.get("eval_time_s") or 0)) / 60
         rows.append(f"| {name} | {s.get('status', '–')} | {s.get('iterations_done', 0):,} | "
                     f"{pct(s.get('final_test_error'))} | {pct(s.get('best_val_error'))} | "
                     f"{s.get('device_name', '–')} | {minutes:.0f} min |")
-    done, planned = finished_count(manifest), manifest.get("planned")
+    cfg, done, planned = profile_config(profile), finished_count(manifest), manifest.get("planned")
     training = len(manifest.get("runs", {})) - done
+    data = "" if dataset == "official" else f", {'but ' if profile == 'paper' else ''}not the official data"
     head = (f"Profile {profile} ({cfg.iterations:,} iterations of batch {cfg.batch_size}, lr ÷10 at "
             f"{' and '.join(f'{m:,}' for m in cfg.milestones)}) on {dataset}: {done} of {planned} planned runs "
             f"published ({'complete' if done >= (planned or 0) else 'partial: the rest is still training'}"
             + (f"; {training} more published unfinished, with its checkpoint, to resume" if training else "") + "), "
-            f"exported {manifest.get('exported')}. "
-            + ("Not the paper's budget" if profile != "paper" else "The paper's budget")
-            + ("" if dataset == "official" else (", not the official data" if profile != "paper"
-                                                 else ", but not the official data")) + ".")
+            f"exported {manifest.get('exported')}. {'The' if profile == 'paper' else 'Not the'} paper's budget{data}.")
     return head + "\n\n" + "\n".join(rows)

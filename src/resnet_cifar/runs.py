@@ -1,14 +1,9 @@
-"""Run folders: what a run leaves on disk, reading it back, and the reuse / resume / lock rules.
+"""A run on disk: its folder, read back; the reuse / resume / lock rules; what training writes.
 
-A run lives in `<runs_dir>/<name>/`:
-    config.json    the TrainConfig
-    history.csv    one row per evaluation: train/val/test loss and error, lr, wall time
-    lr_trace.csv   the learning rate of every iteration (written when the run ends)
-    summary.json   status, final/best errors, speed, params, FLOPs, device, numerics, dataset ...
-    checkpoint.pt  full training state (resume after a kill), written atomically
-    model.pt       final weights (complete runs only)
-    .lock          the pid of the process training it
-A finished run with the same config is read back instead of retrained.
+`<runs_dir>/<name>/` holds config.json (the TrainConfig), summary.json (status, errors, speed,
+device, `segments` ...), history.csv (one row per evaluation), lr_trace.csv (every iteration's lr,
+written at the end), checkpoint.pt (the full training state), model.pt (final weights, complete
+runs only) and .lock (the pid of the process training it). Every file is replaced atomically.
 """
 from __future__ import annotations
 
@@ -47,25 +42,14 @@ class RunResult:
     history: "object" = field(repr=False)   # pandas DataFrame, one row per evaluation
     lr_trace: "object" = field(repr=False)  # pandas DataFrame: iteration, lr
 
-    @property
-    def name(self) -> str:
-        return self.run_dir.name
-
-    @property
-    def status(self) -> str:
-        return self.summary["status"]
-
-    @property
-    def diverged(self) -> bool:
-        return self.status == "diverged"
-
-    @property
-    def complete(self) -> bool:
-        return self.status == "complete"
+    name = property(lambda self: self.run_dir.name)
+    status = property(lambda self: self.summary["status"])
+    diverged = property(lambda self: self.status == "diverged")
+    complete = property(lambda self: self.status == "complete")
 
     @property
     def has_weights(self) -> bool:
-        """Whether the final weights are here: complete runs have them, published records do not."""
+        """Whether the final weights are here: complete runs have them, most published records not."""
         return self.complete and (self.run_dir / "model.pt").is_file()
 
     def error(self, key: str = "final_test_error") -> float | None:
@@ -79,11 +63,10 @@ class RunResult:
         if not (self.run_dir / "model.pt").is_file():
             raise RunError(f"run {self.run_dir} has no final weights (model.pt): it is "
                            f"{self.summary.get('status_detail', self.status)}; only a complete run has them.")
-        cfg = TrainConfig(**self.config)
-        model = build_model(cfg.arch, cfg.depth, cfg.shortcut, final_relu=cfg.final_relu, bn_eps=cfg.bn_eps,
-                            bn_momentum=cfg.bn_momentum)
-        if cfg.dtype == "float64":
-            model = model.double()
+        c = TrainConfig(**self.config)
+        model = build_model(c.arch, c.depth, c.shortcut, final_relu=c.final_relu, bn_eps=c.bn_eps,
+                            bn_momentum=c.bn_momentum)
+        model = model.double() if c.dtype == "float64" else model
         model.load_state_dict(torch.load(self.run_dir / "model.pt", map_location=map_location, weights_only=True))
         return model.eval()
 
@@ -94,13 +77,13 @@ def load_run(run_dir) -> RunResult:
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").is_file():
         raise RunError(f"{run_dir} is not a run folder (no summary.json); train it first.")
-    config = json.loads((run_dir / "config.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
-    read = lambda name: pd.read_csv(run_dir / name) if (run_dir / name).is_file() else pd.DataFrame()  # noqa: E731
     if summary.get("status") == "running" and not lock_owner(run_dir):  # its process was killed
         summary["status_detail"] = (f"interrupted at iteration {summary.get('iterations_done')} (no process "
                                     f"is training it; train() with resume=True continues it)")
-    return RunResult(run_dir, config, summary, read("history.csv"), read("lr_trace.csv"))
+    tables = [pd.read_csv(run_dir / f) if (run_dir / f).is_file() else pd.DataFrame()
+              for f in ("history.csv", "lr_trace.csv")]
+    return RunResult(run_dir, json.loads((run_dir / "config.json").read_text()), summary, *tables)
 
 
 # ---------------------------------------------------------------- reuse, resume or start over
@@ -120,9 +103,9 @@ def config_diff(ours: TrainConfig, theirs: TrainConfig) -> list[str]:
 
 
 def state(config: TrainConfig, run_dir: Path) -> dict:
-    """What the folder `run_dir` holds for `config`, the one reading of a run folder:
-    state (missing / unreadable / conflict / finished / running / interrupted / failed), a
-    text, the iterations done and the summary (None when missing or unreadable)."""
+    """What `run_dir` holds for `config`, the one reading of a run folder: state (missing /
+    unreadable / conflict / finished / running / interrupted / failed), a text, the iterations
+    done and the summary (None when missing or unreadable)."""
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").is_file():
         return dict(state="missing", text="missing", done=0, summary=None)
@@ -130,18 +113,17 @@ def state(config: TrainConfig, run_dir: Path) -> dict:
     if summary is None or stored is None:
         return dict(state="unreadable", text="unreadable record", done=0, summary=None)
     done = summary.get("iterations_done") or 0
+    found = dict(done=done, summary=summary)
     diff = config_diff(config, TrainConfig(**stored))
     if diff:
-        return dict(state="conflict", text=f"other config in its folder ({', '.join(diff)})", done=done,
-                    summary=summary, diff=diff)
+        return dict(found, state="conflict", text=f"other config in its folder ({', '.join(diff)})", diff=diff)
     if summary.get("status") in FINISHED:
-        return dict(state="finished", text=summary.get("status_detail", summary["status"]), done=done, summary=summary)
+        return dict(found, state="finished", text=summary.get("status_detail", summary["status"]))
     if lock_owner(run_dir):
-        return dict(state="running", text=f"running, at {done:,}", done=done, summary=summary)
+        return dict(found, state="running", text=f"running, at {done:,}")
     if (run_dir / "checkpoint.pt").is_file():
-        return dict(state="interrupted", text=f"interrupted at {done:,}", done=done, summary=summary)
-    return dict(state="failed", text=f"{summary.get('status_detail', 'failed')} (no checkpoint: starts over)",
-                done=done, summary=summary)
+        return dict(found, state="interrupted", text=f"interrupted at {done:,}")
+    return dict(found, state="failed", text=f"{summary.get('status_detail', 'failed')} (no checkpoint: starts over)")
 
 
 def decide(config: TrainConfig, run_dir: Path) -> str:
@@ -159,10 +141,8 @@ def decide(config: TrainConfig, run_dir: Path) -> str:
                        f"pick another name or pass force=True to overwrite it.")
     if s["state"] == "finished":
         return "reuse"
-    if config.resume and (run_dir / "checkpoint.pt").is_file():
-        return "resume"
-    if config.resume:
-        return "fresh"  # killed before its first checkpoint: nothing to keep
+    if config.resume:  # killed before its first checkpoint: nothing to keep
+        return "resume" if (run_dir / "checkpoint.pt").is_file() else "fresh"
     raise RunError(f"run {run_dir} is {s['summary'].get('status')} (not finished); pass resume=True to continue "
                    f"it or force=True to start over.")
 
@@ -185,9 +165,8 @@ def check_writable(runs_dir: Path) -> None:
 
 
 class RunLock:
-    """`<run>/.lock` holds the pid of the process training the run; a second process fails
-    at once, or with `wait` polls until the lock is free. A lock left by a killed process
-    (dead pid) is taken over."""
+    """`<run>/.lock` holds the pid of the process training the run: a second process fails at
+    once, or with `wait` polls until the lock is free. A dead process's lock is taken over."""
     POLL_S = 2.0
 
     def __init__(self, run_dir: Path, wait: bool = False):
@@ -204,18 +183,17 @@ class RunLock:
                 return self
             except FileExistsError:
                 pid = lock_owner(self.path.parent)
-                if pid and pid != os.getpid():
-                    if not self.wait:
-                        raise RunError(f"run {self.path.parent} is being trained by process {pid}; wait for it "
-                                       f"(wait=True), or pick another run name.") from None
-                    if pid != waiting_for:
-                        print(f"[{self.path.parent.name}] process {pid} is training this run: waiting for it",
-                              flush=True)
-                        waiting_for = pid
-                    time.sleep(self.POLL_S)
+                if not pid or pid == os.getpid():
+                    self.path.unlink(missing_ok=True)  # stale: its owner is gone
+                    stale += 1
                     continue
-                self.path.unlink(missing_ok=True)  # stale: its owner is gone
-                stale += 1
+                if not self.wait:
+                    raise RunError(f"run {self.path.parent} is being trained by process {pid}; wait for it "
+                                   f"(wait=True), or pick another run name.") from None
+                if pid != waiting_for:
+                    print(f"[{self.path.parent.name}] process {pid} is training this run: waiting for it", flush=True)
+                    waiting_for = pid
+                time.sleep(self.POLL_S)
         raise RunError(f"could not take the lock {self.path}; remove it if no process is training this run.")
 
     def release(self) -> None:
@@ -242,8 +220,8 @@ def lock_owner(run_dir: Path) -> int:
 @dataclass
 class LoopState:
     """What the training loop carries from step to step, and what a checkpoint keeps of it.
-    "Start-up" is the timing of the first iterations after each (re)start (compiling, tuning),
-    kept out of the steady speed; "lr warm-up" is ResNet-110's low learning rate."""
+    "Start-up" is the first iterations after each (re)start (compiling, tuning), kept out of
+    the steady speed; "lr warm-up" is ResNet-110's low learning rate."""
     iteration: int = 0
     history: list = field(default_factory=list)      # one row per evaluation
     lr_changes: list = field(default_factory=list)   # (iteration, lr) where the learning rate changed
@@ -258,19 +236,17 @@ class LoopState:
     # the sittings that trained it, one per (re)start: iterations from-to, device, threads, seconds, commit
     segments: list = field(default_factory=list)
 
-    # checkpoint key -> field, as checkpoints have always named them (old runs resume)
-    SAVED = dict(iteration="iteration", history="history", lr_changes="lr_changes", wall_time="wall_time",
-                 warmup_time="startup_time", warmup_iterations="startup_iterations", eval_time="eval_time",
-                 window="window", lr_warmup="lr_warmup", lr_warmup_window="lr_warmup_window",
-                 lr_warmup_ended="lr_warmup_ended", segments="segments")
+    # the checkpoint's names of two fields (old runs resume)
+    SAVED_AS = dict(startup_time="warmup_time", startup_iterations="warmup_iterations")
 
     def saved(self) -> dict:
         self.close_segment()
-        return {key: getattr(self, name) for key, name in self.SAVED.items()}
+        return {self.SAVED_AS.get(f.name, f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_saved(cls, saved: dict) -> "LoopState":
-        state = cls(**{name: saved[key] for key, name in cls.SAVED.items() if key in saved})  # older: no segments
+        names = {f.name: cls.SAVED_AS.get(f.name, f.name) for f in dataclasses.fields(cls)}
+        state = cls(**{name: saved[key] for name, key in names.items() if key in saved})  # older: no segments
         state.window, state.lr_warmup_window = state.window.cpu(), state.lr_warmup_window.cpu()
         state.lr_changes = [tuple(c) for c in state.lr_changes]
         return state
@@ -298,9 +274,8 @@ class LoopState:
 
 
 class Record:
-    """What the training loop writes to the run folder (only where `enabled`: rank 0):
-    summary.json, history.csv, checkpoint.pt, model.pt, lr_trace.csv. `facts` are the
-    summary's fixed entries (model size, device, dataset ...)."""
+    """What the training loop writes to the run folder (only where `enabled`: rank 0). `facts`
+    are the summary's fixed entries (model size, device, dataset ...)."""
 
     def __init__(self, config: TrainConfig, run_dir: Path, per_epoch: int, facts: dict, enabled: bool = True):
         self.config, self.run_dir, self.per_epoch, self.facts, self.enabled = config, run_dir, per_epoch, facts, enabled
@@ -318,17 +293,15 @@ class Record:
 
     def summary(self, state: LoopState, status: str) -> dict:
         state.close_segment()
-        history = state.history
-        scored = [r for r in history if not math.isnan(r["val_error"])]
-        best = min(scored, key=lambda r: r["val_error"]) if scored else None
-        last = history[-1] if history else {}
+        scored = [r for r in state.history if not math.isnan(r["val_error"])]
+        best = min(scored, key=lambda r: r["val_error"]) if scored else {}
+        last = state.history[-1] if state.history else {}
         steady_s = state.wall_time - state.startup_time
         steady_images = (state.iteration - state.startup_iterations) * self.config.batch_size
         return dict(
             self.facts, status=status.split(" ")[0], status_detail=status, iterations_done=state.iteration,
             final_test_error=last.get("test_error"), final_val_error=last.get("val_error"),
-            best_val_error=best["val_error"] if best else None,
-            test_error_at_best_val=best["test_error"] if best else None,
+            best_val_error=best.get("val_error"), test_error_at_best_val=best.get("test_error"),
             # the records' names: warmup_* is the start-up timing (not the lr warm-up)
             wall_time_s=state.wall_time, warmup_time_s=state.startup_time,
             warmup_iterations=state.startup_iterations, eval_time_s=state.eval_time,
@@ -349,8 +322,8 @@ class Record:
         if not self.enabled:
             return
         save_atomic(dict(state.saved(), config=self.config.identity(), model=model.state_dict(),
-                              optimizer=optimizer.state_dict(), plateau=plateau.state_dict() if plateau else None,
-                              rng_cpu=torch.get_rng_state()), self.run_dir / "checkpoint.pt")
+                         optimizer=optimizer.state_dict(), plateau=plateau.state_dict() if plateau else None,
+                         rng_cpu=torch.get_rng_state()), self.run_dir / "checkpoint.pt")
         write_csv(self.run_dir / "history.csv", state.history, HISTORY_COLUMNS)
         self.last_summary = self.summary(state, status)  # what the checkpoint holds, as a summary
         write_json(self.run_dir / "summary.json", self.last_summary)
@@ -363,22 +336,20 @@ class Record:
         if status == "complete":
             save_atomic(model.state_dict(), self.run_dir / "model.pt")
         write_csv(self.run_dir / "history.csv", state.history, HISTORY_COLUMNS)
-        write_csv(self.run_dir / "lr_trace.csv", lr_trace(state.lr_changes, state.iteration),
-                       ["iteration", "lr"])
+        write_csv(self.run_dir / "lr_trace.csv", lr_trace(state.lr_changes, state.iteration), ["iteration", "lr"])
         write_json(self.run_dir / "summary.json", self.summary(state, status))
 
     def failed(self, state: LoopState, detail: str) -> None:
         """The run stopped (`detail`: 'interrupted at iteration k', or the error): its summary
-        stays that of its last checkpoint (iterations, history, segments), which is what a
-        resume starts from, so the record never claims steps it does not hold."""
+        stays its last checkpoint's, where a resume starts, so it never claims steps it lacks."""
         if self.enabled:
             done = self.last_summary["iterations_done"]
             resume = (f"; its checkpoint holds iteration {done:,}, where it resumes" if done
                       else "; no checkpoint yet: it starts over")
             with contextlib.suppress(OSError):
                 write_json(self.run_dir / "summary.json", dict(self.last_summary, status="failed",
-                                                                    status_detail=detail + resume,
-                                                                    updated=time.strftime("%Y-%m-%dT%H:%M:%S")))
+                                                               status_detail=detail + resume,
+                                                               updated=time.strftime("%Y-%m-%dT%H:%M:%S")))
 
 
 def lr_trace(changes: list[tuple[int, float]], iterations: int) -> list[dict]:
@@ -389,7 +360,7 @@ def lr_trace(changes: list[tuple[int, float]], iterations: int) -> list[dict]:
     return rows
 
 
-# ---------------------------------------------------------------- writing records atomically
+# ---------------------------------------------------------------- writing files atomically
 
 def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
