@@ -53,15 +53,17 @@ def test_dry_run_on_the_cpu_writes_the_check_and_a_benchmark_record(tmp_path, tr
     for step in STEPS:
         assert check["steps"][step]["status"] == "done" and 0 <= check["steps"][step]["seconds"]
     assert sum(check["steps"][s]["seconds"] for s in STEPS) <= check["elapsed_s"]
-    # this version's bench has --fused: the step must not be skipped (a renamed flag would drop its figure)
-    assert "bench-fused" not in check["steps"]
-    assert any(line.startswith("fused ") for line in (out / "bench.log").read_text().splitlines())
+    # the fused figures: printed first (they count if the step is cut), then in the record and check.json
+    assert [line.split(":")[0] for line in (out / "bench.log").read_text().splitlines()
+            if line.startswith("fused ")] == ["fused 1", "fused 2"]
+    assert [f["n"] for f in check["fused"]] == [1, 2] and all(f["ratio"] > 0 for f in check["fused"])
     assert check["mode"] == "eager" and check["probes"]["eager"]["iterations_done"] == 10
     paper = check["paper"]
     assert paper["status"] == "complete" and paper["iterations_done"] == 20 and paper["train_images_per_s"] > 0
     assert check["paper_schedule_s"]["steps"] == pytest.approx(20 * 32 / paper["train_images_per_s"])
     record = load_records(out)["bench-cpu"]  # the records format the appendix reads
     assert [v["variant"] for v in record["variants"]] == ["fp32"] and record["skipped"][0]["variant"] == "tf32"
+    assert [r["n"] for r in record["fused"]] == [1, 2]
     summary = json.loads((tmp_path / "runs" / "paper" / "summary.json").read_text())
     assert summary["flops"] is None and "fvcore is not installed" in summary["flops_note"]
     assert "done" in (out / "check.log").read_text().splitlines()[-1]

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import pandas as pd
 import psutil
 import torch
 
@@ -108,18 +107,16 @@ def other_cores(since: tuple[float, float, float]) -> float:
 
 def race(steps: dict, images: dict, device: torch.device, rounds: int, warmup: int, seconds: float):
     """Time the step functions in turns: `warmup` untimed calls each (at least one; the last sizes a window of
-    about `seconds`), then `rounds` rounds of one window each. Returns ({name: each round's images/s},
-    {name: warm-up seconds}, the cores other processes used during the rounds); `images`: {name: per call}."""
-    calls, warm, rates = {}, {}, {name: [] for name in steps}
+    about `seconds`), then `rounds` rounds of one window each. Returns {name: each round's images/s} and the
+    cores other processes used during the rounds; `images`: {name: images per call}."""
+    calls, rates = {}, {name: [] for name in steps}
     for name, step in steps.items():
-        t0 = time.perf_counter()
         for _ in range(max(warmup, 1)):
             sync(device)
-            t1 = time.perf_counter()
+            t0 = time.perf_counter()
             step()
         sync(device)
-        warm[name] = time.perf_counter() - t0
-        calls[name] = max(1, round(seconds / max(time.perf_counter() - t1, 1e-6)))
+        calls[name] = max(1, round(seconds / max(time.perf_counter() - t0, 1e-6)))
     start = cpu_clock()  # the rounds only: compilation's short-lived workers are no other load
     for _ in range(rounds):
         for name, step in steps.items():
@@ -129,7 +126,7 @@ def race(steps: dict, images: dict, device: torch.device, rounds: int, warmup: i
                 step()
             sync(device)
             rates[name].append(images[name] * calls[name] / (time.perf_counter() - t0))
-    return rates, warm, other_cores(start)
+    return rates, other_cores(start)
 
 
 # ---------------------------------------------------------------- the pipelines
@@ -233,7 +230,7 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
             for w in with_conventional:
                 steps[f"conventional {w}"] = s.conventional(conventional_loader(
                     ds.train_images, ds.train_labels, batch_size, w, dev.type == "cuda", seed))
-            rates, warm, others = race(steps, dict.fromkeys(steps, batch_size), dev, rounds, warmup, seconds)
+            rates, others = race(steps, dict.fromkeys(steps, batch_size), dev, rounds, warmup, seconds)
             del steps  # the DataLoaders' worker processes end with their loaders
         except Exception as e:  # a variant this device or PyTorch build cannot run: recorded, not fatal
             record["errors"].append(dict(variant=v.label, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))
@@ -244,7 +241,7 @@ def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, 
         record["variants"].append(dict(
             variant=v.label, dtype=v.dtype, channels_last=v.channels_last, compile=v.compile, numerics=s.numerics,
             library=median["library"], model=median["model"], data_ms=1000 * batch_size / median["data"],
-            warmup_s=warm["library"] + warm["model"], rounds={k: rates[k] for k in ("library", "model", "data")}))
+            rounds={k: rates[k] for k in ("library", "model", "data")}))
         record["conventional"] += [dict(variant=v.label, num_workers=w, library=median["library"],
                                         images_per_s=median[f"conventional {w}"], rounds=rates[f"conventional {w}"])
                                    for w in with_conventional]
@@ -277,8 +274,8 @@ def fused_rates(ns, device: str = "auto", batch_size: int = 128, depth: int = 32
             step(models, optimizers, torch.stack(xs), torch.stack(ys), [c.lr for c in configs])
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        rates, _, _ = race(dict(solo=solo.library, fused=fused), dict(solo=batch_size, fused=n * batch_size), dev,
-                           rounds, warmup, seconds)
+        rates, _ = race(dict(solo=solo.library, fused=fused), dict(solo=batch_size, fused=n * batch_size), dev,
+                        rounds, warmup, seconds)
         f, s = statistics.median(rates["fused"]), statistics.median(rates["solo"])
         rows.append(dict(n=n, images_per_s=f, solo_images_per_s=s, ratio=f / s, rounds=rounds,
                          spread=[min(rates["fused"]), max(rates["fused"])],
@@ -317,13 +314,14 @@ def under_load(record: dict) -> float | None:
     return max(seen) if seen and max(seen) > other.get("limit", LOAD_LIMIT) else None
 
 
-def tables(record: dict) -> dict[str, pd.DataFrame]:
+def tables(record: dict) -> dict:
     """The record's tables: 'variants', 'conventional', 'fused'. Column 'rounds max / min' flags figures whose
     rounds disagree, and says 'under load' on every row of a record taken under load."""
+    import pandas as pd
     info, loaded = record.get("info") or {}, " · under load" if under_load(record) else ""
     variants = [{"variant": r["variant"], "library images/s": r["library"], "model-only images/s": r["model"],
                  "data ms/batch": r["data_ms"], "data % of step": r["data_ms"] * r["library"] / info["batch_size"] / 10,
-                 "warm-up s": r.get("warmup_s"), "rounds max / min": rounds_note(r.get("rounds") or {}) + loaded}
+                 "rounds max / min": rounds_note(r.get("rounds") or {}) + loaded}
                 for r in record.get("variants", [])]
     library = {r["variant"]: (r.get("rounds") or {}).get("library") for r in record.get("variants", [])}
     conventional = [{"variant": c["variant"], "num_workers": c["num_workers"], "library images/s": c["library"],
@@ -395,9 +393,8 @@ def main(args) -> int:
                                             args.data_dir, log=log), **record)
         print(f"{record['info']['device_name']}, torch {torch.__version__}, ResNet-{args.depth}, "
               f"batch {args.batch_size}")
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.2f}".format):
-        for name, table in tables(shown).items():
-            print("" if table.empty else f"\n{name}:\n{table.to_string(index=False)}")
+    for name, table in tables(shown).items():
+        print("" if table.empty else f"\n{name}:\n{table.to_string(index=False, float_format='{:,.2f}'.format)}")
     for s in shown.get("skipped", []) + shown.get("errors", []):
         print(f"skipped {s['variant']}: {s['reason']}" if "reason" in s else f"failed {s['variant']}: {s['error']}")
     if path:

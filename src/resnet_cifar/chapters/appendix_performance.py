@@ -1,8 +1,6 @@
 """The Performance appendix's computations: the benchmark at the page's profile, and the committed records."""
 from __future__ import annotations
 
-import inspect
-
 import pandas as pd
 
 from .. import analysis as A
@@ -23,16 +21,14 @@ def measure(ch, seed: int = 0) -> dict:
 
 def cut_down_text(ch) -> str:
     """What the page's benchmark leaves out at this profile."""
-    default = {k: p.default for k, p in inspect.signature(bench.run_benchmark).parameters.items()}
-    full = (f"Profiles quick and paper run the command's defaults: every variant, {default['rounds']} rounds of "
-            f"about {default['seconds']:g} s per figure.")
+    full = "Profiles quick and paper run the command's defaults: every variant (`bench --help`)."
     if (s := BENCHMARK.get(ch.profile)) is None:
         return full
     n = ch.threads
     threads = f", on {n} CPU thread{'s' * (n != 1)}, as the profile's runs train" if n else ""
-    return (f"With profile {ch.profile} the benchmark is cut down to build quickly on a CPU: {s['train_images']} "
-            f"training images, {s['rounds']} rounds of about {s['seconds']:g} s per figure, the variants "
-            f"{', '.join(s['variants'])} and num_workers 0 only, without torch.compile{threads}. {full}")
+    return (f"With profile {ch.profile} the benchmark is cut down so that the page builds quickly on a CPU: "
+            f"{s['train_images']} training images, {s['rounds']} rounds of about {s['seconds']:g} s per figure, the "
+            f"variants {', '.join(s['variants'])}, num_workers 0 only and no torch.compile{threads}. {full}")
 
 
 def tables(record: dict, where: str) -> dict:
@@ -40,8 +36,8 @@ def tables(record: dict, where: str) -> dict:
     t = bench.tables(record)
     return dict(
         variants=A.styled(t["variants"].set_index("variant"), f"Step variants, images/s — {where}"),
-        conventional=A.styled(t["conventional"].set_index("variant"), f"Library vs conventional pipeline — {where}", 2),
-        fused=A.styled(t["fused"], f"N runs fused into one model against one alone, images/s — {where}", 2))
+        conventional=A.styled(t["conventional"], f"Library vs conventional pipeline — {where}", 2).hide(axis="index"),
+        fused=A.styled(t["fused"], f"N runs fused into one model against one alone — {where}", 2).hide(axis="index"))
 
 
 def recorded(records: dict) -> pd.io.formats.style.Styler:
