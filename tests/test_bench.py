@@ -19,24 +19,24 @@ RECORDS = Path(__file__).resolve().parents[1] / "book" / "records"
 
 
 def test_conventional_loader_matches_torchvision_recipe(dataset):
-    """PIL images through RandomCrop(32, padding=4), flip, ToTensor, Normalize: float
+    """A PIL image per item through RandomCrop(32, padding=4), flip, ToTensor, Normalize: float
     batches of the right shape, per-channel normalized, labels unchanged."""
+    from torchvision import transforms
     images, labels = dataset.train_images[:64], dataset.train_labels[:64]
     loader = B.conventional_loader(images, labels, batch_size=32, num_workers=0)
-    assert len(loader) == 2
+    assert len(loader) == 2 and len(loader.dataset) == 64 and loader.dataset[0][0].shape == (32, 32, 3)
     x, y = next(iter(loader))
     assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (32,)
     assert set(y.tolist()) <= set(labels.tolist())
-    ds = loader.dataset
-    assert len(ds) == 64 and ds.data.shape == (64, 32, 32, 3)
+    transform = loader.collate_fn.args[0]
+    assert isinstance(transform.transforms[0], transforms.ToPILImage)
     # without augmentation the transform is exact: item 0 is image 0, normalized per channel
-    from torchvision import transforms
-    ds.transform.transforms = [t for t in ds.transform.transforms
-                               if isinstance(t, (transforms.ToTensor, transforms.Normalize))]
-    x0, y0 = ds[0]
-    norm = ds.transform.transforms[-1]
+    transform.transforms = [t for t in transform.transforms
+                            if not isinstance(t, (transforms.RandomCrop, transforms.RandomHorizontalFlip))]
+    x0, y0 = B.transformed(transform, [loader.dataset[0]])
+    norm = transform.transforms[-1]
     expected = (images[0].float() / 255 - torch.tensor(norm.mean).view(3, 1, 1)) / torch.tensor(norm.std).view(3, 1, 1)
-    assert y0 == labels[0].item() and torch.allclose(x0, expected, atol=1e-5)
+    assert y0.tolist() == [labels[0].item()] and torch.allclose(x0[0], expected, atol=1e-5)
 
 
 def test_variant_specs():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -82,11 +83,6 @@ def skip_reason(variant: Variant, device: torch.device) -> str | None:
 
 # ---------------------------------------------------------------- timing in turns, and the machine's other load
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def cpu_clock() -> tuple[float, float, float]:
     """(wall time, CPU seconds the machine has been busy, of which this process and its descendants)."""
     machine = psutil.cpu_times()._asdict()
@@ -110,51 +106,43 @@ def race(steps: dict, images: dict, device: torch.device, rounds: int, warmup: i
     about `seconds`), then `rounds` rounds of one window each. Returns {name: each round's images/s} and the
     cores other processes used during the rounds; `images`: {name: images per call}."""
     calls, rates = {}, {name: [] for name in steps}
+    sync = functools.partial(torch.cuda.synchronize, device) if device.type == "cuda" else (lambda: None)
     for name, step in steps.items():
         for _ in range(max(warmup, 1)):
-            sync(device)
+            sync()
             t0 = time.perf_counter()
             step()
-        sync(device)
+        sync()
         calls[name] = max(1, round(seconds / max(time.perf_counter() - t0, 1e-6)))
     start = cpu_clock()  # the rounds only: compilation's short-lived workers are no other load
     for _ in range(rounds):
         for name, step in steps.items():
-            sync(device)
+            sync()
             t0 = time.perf_counter()
             for _ in range(calls[name]):
                 step()
-            sync(device)
+            sync()
             rates[name].append(images[name] * calls[name] / (time.perf_counter() - t0))
     return rates, other_cores(start)
 
 
 # ---------------------------------------------------------------- the pipelines
 
-class PILCIFAR(torch.utils.data.Dataset):
-    """What torchvision.datasets.CIFAR10 does per item: an HWC uint8 array made a PIL image, then `transform`."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.data, self.targets = images.permute(0, 2, 3, 1).contiguous().numpy(), labels.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+def transformed(transform, items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch made as torchvision.datasets.CIFAR10 makes items: each HWC uint8 image through `transform`."""
+    return torch.utils.data.default_collate([(transform(x.numpy()), y) for x, y in items])
 
 
 def conventional_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, num_workers: int,
                         pin_memory: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
-    """The reference repositories' pipeline: PIL images, torchvision transforms, a shuffling DataLoader."""
+    """The reference repositories' pipeline: a PIL image per item, torchvision transforms, a DataLoader."""
     from torchvision import transforms as T
     x = images.double() / 255
-    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+    transform = T.Compose([T.ToPILImage(), T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                            T.Normalize(x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist())])
+    hwc = torch.utils.data.TensorDataset(images.permute(0, 2, 3, 1).contiguous(), labels)  # as torchvision stores it
     return torch.utils.data.DataLoader(
-        PILCIFAR(images, labels, transform), batch_size=batch_size, shuffle=True, drop_last=True,
+        hwc, batch_size, shuffle=True, drop_last=True, collate_fn=functools.partial(transformed, transform),
         num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed))
 
