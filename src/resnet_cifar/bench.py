@@ -308,7 +308,8 @@ def tables(record: dict) -> dict:
     import pandas as pd
     info, loaded = record.get("info") or {}, " · under load" if under_load(record) else ""
     variants = [{"variant": r["variant"], "library images/s": r["library"], "model-only images/s": r["model"],
-                 "data ms/batch": r["data_ms"], "data % of step": r["data_ms"] * r["library"] / info["batch_size"] / 10,
+                 "data ms/batch": r["data_ms"],  # and its share of the step's ms, 1000 * batch / library
+                 "data % of step": 100 * r["data_ms"] * r["library"] / (1000 * info["batch_size"]),
                  "rounds max / min": rounds_note(r.get("rounds") or {}) + loaded}
                 for r in record.get("variants", [])]
     library = {r["variant"]: (r.get("rounds") or {}).get("library") for r in record.get("variants", [])}
