@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import psutil
 import torch
 
 from . import data as D
@@ -83,8 +82,13 @@ def skip_reason(variant: Variant, device: torch.device) -> str | None:
 
 # ---------------------------------------------------------------- timing in turns, and the machine's other load
 
-def cpu_clock() -> tuple[float, float, float]:
-    """(wall time, CPU seconds the machine has been busy, of which this process and its descendants)."""
+def cpu_clock() -> tuple[float, float, float] | None:
+    """(wall time, CPU seconds the machine has been busy, of which this process and its descendants); None
+    without psutil (a bare GPU machine may lack it): then other processes' load is not sampled."""
+    try:
+        import psutil
+    except ImportError:
+        return None
     machine = psutil.cpu_times()._asdict()
     busy = sum(v for k, v in machine.items() if k not in ("idle", "iowait", "guest", "guest_nice"))  # guest: in user
     ours, me = 0.0, psutil.Process()
@@ -95,8 +99,10 @@ def cpu_clock() -> tuple[float, float, float]:
     return time.perf_counter(), busy, ours
 
 
-def other_cores(since: tuple[float, float, float]) -> float:
+def other_cores(since: tuple[float, float, float] | None) -> float | None:
     """The CPU that other processes used from `since` (a `cpu_clock()`) until now, in cores."""
+    if since is None:
+        return None
     (wall, busy, ours), (wall0, busy0, ours0) = cpu_clock(), since
     return max(0.0, (busy - busy0 - (ours - ours0)) / (wall - wall0))
 
