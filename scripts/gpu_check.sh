@@ -16,9 +16,7 @@
 #    epoch, gives the steady rate of its whole epochs after warm-up.
 # 2. the fused benchmark, `bench --fused FUSED` (BENCH_SHARE %): K models trained as one against one
 #    alone, with GPU memory, in bench-<device>.json, the record that the book's Performance appendix
-#    shows once copied to book/records/; its `fused K: X× solo` lines count if it is cut. Where this
-#    version has no `bench --fused`, the step is logged as skipped ("needs bench --fused") and the
-#    benchmark runs without it.
+#    shows once copied to book/records/; its `fused K: X× solo` lines, printed first, count if it is cut.
 # 3. one run alone of the paper's schedule (64k iterations) in the faster mode (PAPER_SHARE %): cut,
 #    its record gives the rate for the full schedule.
 # 4. the time left: `run --profile PLAN --fuse FUSE` (the plan's runs trained fused) into
@@ -198,13 +196,6 @@ log "benchmark, fused $FUSED, at most $limit s -> $OUT/$name.json"
 start=$SECONDS rc=0
 timed "$limit" "$OUT/bench.log" "$PYTHON" -m resnet_cifar bench --device "$DEVICE" $BENCH_ARGS --fused $FUSED \
     --json "$OUT/$name.json" || rc=$?
-if [ "$rc" -eq 3 ]; then
-    record bench-fused skipped 0 "$start" "needs bench --fused"
-    log "fused benchmark: skipped (needs bench --fused); the benchmark without it"
-    limit=$((limit - (SECONDS - start))) start=$SECONDS rc=0  # the rest of the step's share
-    timed "$limit" "$OUT/bench.log" "$PYTHON" -m resnet_cifar bench --device "$DEVICE" $BENCH_ARGS \
-        --json "$OUT/$name.json" || rc=$?
-fi
 outcome "$rc"
 record benchmark "$status" "$limit" "$start" "$([ -f "$OUT/$name.json" ] && echo "$name.json")"
 log "benchmark: $status after $((SECONDS - start)) s"

@@ -677,12 +677,10 @@ def test_the_smoke_appendix_benchmarks_on_the_profiles_thread_and_says_so(datase
     import torch
     from resnet_cifar import bench, book
     from resnet_cifar.chapters import appendix_performance as appendix
-    import inspect
     seen = {}
 
     def run_benchmark(**settings):  # what the page measures with, not the measurement
         seen.update(settings, threads=torch.get_num_threads())
-    run_benchmark.__signature__ = inspect.signature(bench.run_benchmark)  # the defaults cut_down_text states
     monkeypatch.setattr(bench, "run_benchmark", run_benchmark)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -691,6 +689,7 @@ def test_the_smoke_appendix_benchmarks_on_the_profiles_thread_and_says_so(datase
         appendix.measure(ch)
         assert torch.get_num_threads() == 2 and seen["threads"] == 1  # one thread, as the smoke runs
         assert "on 1 CPU thread, as the profile's runs train" in appendix.cut_down_text(ch)
+        assert "512 training images" in appendix.cut_down_text(ch) and seen["train_images"] == 512
         seen.clear()
         appendix.measure(book.Chapter("cpu", "cpu", dataset, tmp_path, 0))
         assert seen["threads"] == 2 and seen["rounds"] == appendix.CUT_DOWN["rounds"]  # the cpu profile: every core

@@ -1,5 +1,5 @@
 """scripts/gpu_check.sh, dry-run on the CPU: every step runs, the outputs are the ones the
-book reads, nothing it runs needs fvcore, matplotlib or tqdm, the check ends within its
+book reads, nothing it runs needs fvcore, matplotlib, tqdm or psutil, the check ends within its
 BUDGET, a bad BUDGET is refused, a failed environment stops the check with a message that
 names it, and a later failed step is recorded while the check goes on."""
 from __future__ import annotations
@@ -21,9 +21,9 @@ SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 
 
 def _run(tmp_path: Path, data_dir: Path, **env) -> subprocess.CompletedProcess:
-    """The script with the GPU machine's packages: fvcore, matplotlib and tqdm made unimportable."""
+    """The script with the GPU machine's packages: fvcore, matplotlib, tqdm and psutil made unimportable."""
     stubs = tmp_path / "stubs"
-    for name in ("fvcore", "matplotlib", "tqdm"):
+    for name in ("fvcore", "matplotlib", "tqdm", "psutil"):
         (stubs / name).mkdir(parents=True, exist_ok=True)
         (stubs / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed on this machine')\n")
     settings = dict(PYTHON=sys.executable, PYTHONPATH=str(stubs), OUT=str(tmp_path / "out"), OMP_NUM_THREADS="1",
@@ -53,15 +53,18 @@ def test_dry_run_on_the_cpu_writes_the_check_and_a_benchmark_record(tmp_path, tr
     for step in STEPS:
         assert check["steps"][step]["status"] == "done" and 0 <= check["steps"][step]["seconds"]
     assert sum(check["steps"][s]["seconds"] for s in STEPS) <= check["elapsed_s"]
-    # this version's bench has --fused: the step must not be skipped (a renamed flag would drop its figure)
-    assert "bench-fused" not in check["steps"]
-    assert any(line.startswith("fused ") for line in (out / "bench.log").read_text().splitlines())
+    # the fused figures: printed first (they count if the step is cut), then in the record and check.json
+    assert [line.split(":")[0] for line in (out / "bench.log").read_text().splitlines()
+            if line.startswith("fused ")] == ["fused 1", "fused 2"]
+    assert [f["n"] for f in check["fused"]] == [1, 2] and all(f["ratio"] > 0 for f in check["fused"])
     assert check["mode"] == "eager" and check["probes"]["eager"]["iterations_done"] == 10
     paper = check["paper"]
     assert paper["status"] == "complete" and paper["iterations_done"] == 20 and paper["train_images_per_s"] > 0
     assert check["paper_schedule_s"]["steps"] == pytest.approx(20 * 32 / paper["train_images_per_s"])
     record = load_records(out)["bench-cpu"]  # the records format the appendix reads
     assert [v["variant"] for v in record["variants"]] == ["fp32"] and record["skipped"][0]["variant"] == "tf32"
+    assert [r["n"] for r in record["fused"]] == [1, 2]
+    assert record["info"]["other_load"]["before"] is None  # no psutil there: the load is not sampled
     summary = json.loads((tmp_path / "runs" / "paper" / "summary.json").read_text())
     assert summary["flops"] is None and "fvcore is not installed" in summary["flops_note"]
     assert "done" in (out / "check.log").read_text().splitlines()[-1]

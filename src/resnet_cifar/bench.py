@@ -1,34 +1,22 @@
-"""Training throughput: `python -m resnet_cifar bench` (the book's Performance appendix).
+"""Training throughput: `python -m resnet_cifar bench`, a short copy of the training loop, timed.
 
-A short copy of the training loop, timed; it returns data (the JSON record), and the appendix
-writes its sentences from `summarize(record)`. Per step variant, in images/s:
-
-library       `data.TrainBatches` + `train.train_step`, as `train()` runs an iteration
-model         `train_step` alone on one fixed batch; data: `TrainBatches` alone
-conventional  a PIL image per item (as torchvision's CIFAR10), RandomCrop(32, padding=4),
-              RandomHorizontalFlip, ToTensor, Normalize, a DataLoader, then the same step
-
-Each figure is the median of `rounds` windows of about `seconds` after `warmup` steps, and
-the record keeps every round's figure; a variant's contestants (its library, model-only,
-data-only, conventional and matmul steps, and for the first variant the evaluation) take
-turns window by window, so other work on the machine slows them alike. Ratios are formed
-only between figures of the same rounds; a figure whose rounds differ by more than
-`measure.SPREAD_LIMIT` (max / min) is flagged, marked in the tables and left out of the
-sentences of `summarize`. Numerics (`devices.set_numerics`, recorded per variant): float32 is true fp32 (TF32
-off), tf32 lets CUDA round matmul and convolution inputs, bfloat16 is autocast. Variants
-the device cannot run natively are skipped with the reason, never timed. The step's share
-of a matmul peak in the same numerics uses `measure.macs_per_image`: a step is about three
-forward passes, 6 x its multiply-adds in FLOPs per image; the matmul is timed in the
-variant's rounds.
+Per step variant (dtype, memory format, torch.compile), in images/s: the library (data.TrainBatches then
+train.train_step, as train() runs an iteration), the step alone on a fixed batch, the data work alone, and the
+conventional pipeline (torchvision's PIL transforms and a DataLoader, then the same step). A variant's steps
+take turns window by window for `rounds` rounds, so whatever slows the machine slows them alike; a figure is
+its rounds' median, flagged if they differ by more than SPREAD_LIMIT. `--fused N`: N runs as one model (fused.py).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,45 +26,44 @@ import torch
 
 from . import data as D
 from .config import TrainConfig
-from .devices import cpu_features, device_label, native_bf16, pick_device, set_numerics
-from .measure import (LOAD_LIMIT, conventional_loader, load_average, macs_per_image, matmul_step,
-                      measure_concurrent, other_load_now, profile_steps, race)
-from .bench_summary import tables
+from .devices import device_label, native_bf16, pick_device, set_numerics
+from .fused import FusedStep, check_fuse
 from .records import BENCH_FORMAT
 from .runs import git_commit
-from .train import build_training, eval_batch_size, evaluate, step_dtypes, train_step
+from .train import build_training, step_dtypes, train_step
 
 DTYPES = {"fp32": "float32", "tf32": "tf32", "fp64": "float64", "bf16": "bfloat16"}
 DEFAULT_VARIANTS = ("fp32", "fp32+cl", "tf32", "tf32+cl", "fp64", "bf16", "bf16+cl", "fp32+cl+compile",
                     "tf32+cl+compile", "bf16+cl+compile", "bf16+cl+cudagraphs")
 QUICK_VARIANTS = ("fp32", "fp32+cl", "tf32+cl", "bf16+cl")
+SPREAD_LIMIT = 1.25  # rounds differing by more (max / min): the machine changed under the figure
+LOAD_LIMIT = 0.25  # cores: other processes using more while the benchmark runs put its record "under load"
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """How the step runs. `compile`: None (eager), 'default' or 'reduce-overhead' (CUDA graphs)."""
+    """How the step runs; `compile`: None (eager), 'default' or 'reduce-overhead' (CUDA graphs)."""
     dtype: str = "float32"
     channels_last: bool = False
     compile: str | None = None
 
     @property
     def label(self) -> str:
-        extra = {None: [], "default": ["compile"], "reduce-overhead": ["cudagraphs"]}[self.compile]
-        return "+".join([{v: k for k, v in DTYPES.items()}[self.dtype]] + ["cl"] * self.channels_last + extra)
+        mode = {None: [], "default": ["compile"], "reduce-overhead": ["cudagraphs"]}[self.compile]
+        return "+".join([{v: k for k, v in DTYPES.items()}[self.dtype]] + ["cl"] * self.channels_last + mode)
 
 
 def parse_variant(spec: str | Variant) -> Variant:
-    """'fp32', 'tf32', 'fp64' or 'bf16', then optionally '+cl' (channels_last) and '+compile'
-    or '+cudagraphs' (torch.compile, mode reduce-overhead): 'bf16+cl+compile'."""
+    """'fp32', 'tf32', 'fp64' or 'bf16', then optionally '+cl' (channels_last) and '+compile' or '+cudagraphs'."""
     if isinstance(spec, Variant):
         return spec
-    head, *extras = [p.strip().lower() for p in spec.split("+")]
-    extras_ok = set(extras) <= {"cl", "compile", "cudagraphs"} and not {"compile", "cudagraphs"} <= set(extras)
-    if head not in DTYPES or not extras_ok:
+    head, *extras = spec.strip().lower().split("+")
+    modes = [e for e in extras if e != "cl"]  # at most one way to compile
+    if head not in DTYPES or not set(modes) <= {"compile", "cudagraphs"} or len(modes) > 1:
         raise ValueError(f"variant {spec!r}: write fp32, tf32, fp64 or bf16, then optionally +cl and +compile or "
-                         f"+cudagraphs (e.g. bf16+cl+compile)")
-    return Variant(DTYPES[head], "cl" in extras, "reduce-overhead" if "cudagraphs" in extras else
-                   "default" if "compile" in extras else None)
+                         "+cudagraphs (e.g. bf16+cl+compile)")
+    mode = {"compile": "default", "cudagraphs": "reduce-overhead"}[modes[0]] if modes else None
+    return Variant(DTYPES[head], "cl" in extras, mode)
 
 
 def skip_reason(variant: Variant, device: torch.device) -> str | None:
@@ -93,7 +80,78 @@ def skip_reason(variant: Variant, device: torch.device) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------- set-up
+# ---------------------------------------------------------------- timing in turns, and the machine's other load
+
+def cpu_clock() -> tuple[float, float, float] | None:
+    """(wall time, CPU seconds the machine has been busy, of which this process and its descendants); None
+    without psutil (a bare GPU machine may lack it): then other processes' load is not sampled."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    machine = psutil.cpu_times()._asdict()
+    busy = sum(v for k, v in machine.items() if k not in ("idle", "iowait", "guest", "guest_nice"))  # guest: in user
+    ours, me = 0.0, psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a child that ended meanwhile
+            t = process.cpu_times()
+            ours += t.user + t.system + t.children_user + t.children_system
+    return time.perf_counter(), busy, ours
+
+
+def other_cores(since: tuple[float, float, float] | None) -> float | None:
+    """The CPU that other processes used from `since` (a `cpu_clock()`) until now, in cores."""
+    if since is None:
+        return None
+    (wall, busy, ours), (wall0, busy0, ours0) = cpu_clock(), since
+    return max(0.0, (busy - busy0 - (ours - ours0)) / (wall - wall0))
+
+
+def race(steps: dict, images: dict, device: torch.device, rounds: int, warmup: int, seconds: float):
+    """Time the step functions in turns: `warmup` untimed calls each (at least one; the last sizes a window of
+    about `seconds`), then `rounds` rounds of one window each. Returns {name: each round's images/s} and the
+    cores other processes used during the rounds; `images`: {name: images per call}."""
+    calls, rates = {}, {name: [] for name in steps}
+    sync = functools.partial(torch.cuda.synchronize, device) if device.type == "cuda" else (lambda: None)
+    for name, step in steps.items():
+        for _ in range(max(warmup, 1)):
+            sync()
+            t0 = time.perf_counter()
+            step()
+        sync()
+        calls[name] = max(1, round(seconds / max(time.perf_counter() - t0, 1e-6)))
+    start = cpu_clock()  # the rounds only: compilation's short-lived workers are no other load
+    for _ in range(rounds):
+        for name, step in steps.items():
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(calls[name]):
+                step()
+            sync()
+            rates[name].append(images[name] * calls[name] / (time.perf_counter() - t0))
+    return rates, other_cores(start)
+
+
+# ---------------------------------------------------------------- the pipelines
+
+def transformed(transform, items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch made as torchvision.datasets.CIFAR10 makes items: each HWC uint8 image through `transform`."""
+    return torch.utils.data.default_collate([(transform(x.numpy()), y) for x, y in items])
+
+
+def conventional_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, num_workers: int,
+                        pin_memory: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+    """The reference repositories' pipeline: a PIL image per item, torchvision transforms, a DataLoader."""
+    from torchvision import transforms as T
+    x = images.double() / 255
+    transform = T.Compose([T.ToPILImage(), T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist())])
+    hwc = torch.utils.data.TensorDataset(images.permute(0, 2, 3, 1).contiguous(), labels)  # as torchvision stores it
+    return torch.utils.data.DataLoader(
+        hwc, batch_size, shuffle=True, drop_last=True, collate_fn=functools.partial(transformed, transform),
+        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed))
+
 
 def bench_dataset(dataset: D.CIFAR10, train_images: int) -> D.CIFAR10:
     """The first `train_images` training images (no validation split) and a token test set."""
@@ -103,180 +161,200 @@ def bench_dataset(dataset: D.CIFAR10, train_images: int) -> D.CIFAR10:
 
 
 def setup(variant: Variant, dataset: D.CIFAR10, device: torch.device, batch_size: int, depth: int, seed: int = 0):
-    """What `train()` steps with, built through the same public calls (numerics, data on the
-    device, batches, model, optimizer); `library()`, `model_only()`, `data_only()`: one step each."""
+    """What train() steps with, through its own calls. Step functions: `.library()`, `.model_only()`,
+    `.data_only()`, and `.conventional(loader)()`, a step on the DataLoader's next batch."""
     config = TrainConfig(depth=depth, batch_size=batch_size, val_size=0, device=str(device), seed=seed,
                          dtype=variant.dtype, channels_last=variant.channels_last, compile=variant.compile is not None,
                          compile_mode=variant.compile or "default", progress="none").validate()
     numerics = set_numerics(config.dtype, device)
     dtype, autocast = step_dtypes(config)
-    data = D.prepare_data(config, device, dataset)
-    batches = D.TrainBatches(data, config, dtype=dtype)
-    model, step_model, optimizer, _ = build_training(config, device, 1, dtype)
-    s = SimpleNamespace(config=config, numerics=numerics, device=device, dtype=dtype, data=data, model=model)
-    s.step = lambda x, y: train_step(step_model, optimizer, x, y, config.lr, autocast)
+    batches = D.TrainBatches(D.prepare_data(config, device, dataset), config, dtype=dtype)
+    _, step_model, optimizer, _ = build_training(config, device, 1, dtype)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+
+    def step(x, y):
+        train_step(step_model, optimizer, x.to(device, non_blocking=True).to(dtype, memory_format=memory_format),
+                   y.to(device, non_blocking=True), config.lr, autocast)  # no copies: the library's batch is ready
+
+    def conventional(loader):
+        endless = itertools.chain.from_iterable(itertools.repeat(loader))
+        return lambda: step(*next(endless))
     counter, fixed = itertools.count(), batches(0)
-    s.library = lambda: s.step(*batches(next(counter)))
-    s.model_only = lambda: s.step(*fixed)
-    s.data_only = lambda: batches(next(counter))
-    return s
+    return SimpleNamespace(config=config, numerics=numerics, dtype=dtype, conventional=conventional,
+                           library=lambda: step(*batches(next(counter))), model_only=lambda: step(*fixed),
+                           data_only=lambda: batches(next(counter)))
 
 
-def library_step(*args):
-    """`setup(*args).library`: a picklable way to build a library step in another process."""
-    return setup(*args).library
-
-
-def _conventional_step(s, loader):
-    memory_format = torch.channels_last if s.config.channels_last else torch.contiguous_format
-    batches = itertools.chain.from_iterable(itertools.repeat(loader))
-
-    def step():
-        x, y = next(batches)
-        s.step(x.to(s.device, non_blocking=True).to(s.dtype, memory_format=memory_format),
-               y.to(s.device, non_blocking=True))
-    return step
-
-
-def evaluation_step(s):
-    """(step, images per call, batch size): `train.evaluate` (inference mode, its batch size)
-    on two of its batches of training images."""
-    batch, bf16 = eval_batch_size(s.device), s.config.dtype == "bfloat16"
-    n = min(2 * batch, len(s.data.train_y))
-    x, y = s.data.train_x[:n].to(s.dtype), s.data.train_y[:n]
-    return (lambda: evaluate(s.model, x, y, bf16=bf16)), n, batch
-
-
-# ---------------------------------------------------------------- the benchmark
+# ---------------------------------------------------------------- the benchmarks
 
 def run_benchmark(device: str = "auto", batch_size: int = 128, depth: int = 32, variants=DEFAULT_VARIANTS,
                   conventional=("fp32",), workers=None, seconds: float = 1.5, rounds: int = 3, warmup: int = 2,
                   train_images: int = 10_000, data_dir: str | None = None, dataset: D.CIFAR10 | None = None,
-                  threads: int | None = None, profile: int = 3, concurrent: int = 0, concurrent_variant=None,
-                  seed: int = 0, log=None) -> dict:
-    """Measure each of `variants` (specs such as 'bf16+cl+compile'): library, model-only and
-    data-only rates, and for those in `conventional` the conventional pipeline too (each of
-    `workers`; default 0, 1, 2, and 4, 8 where there are more cores), in the same rounds.
-    The first variant is also profiled (`profile` steps) and its evaluation rate measured;
-    `concurrent` = K > 1 measures K runs at once against one (of `concurrent_variant`, default
-    the first variant measured). Returns the record."""
-    log = log or (lambda text: None)
-    if threads:
-        torch.set_num_threads(threads)
-    dev = pick_device(device)
+                  seed: int = 0, log=lambda text: None) -> dict:
+    """Library, model-only and data-only rates of each of `variants`, and for those in `conventional` the
+    conventional pipeline with each num_workers of `workers` (default 0, 1, 2, and 4, 8 where there are
+    more cores), in the same rounds. Returns the record (`bench --json` writes it)."""
     for key, value in dict(batch_size=batch_size, rounds=rounds, train_images=train_images).items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     if train_images < batch_size:
         raise ValueError(f"train_images ({train_images}) must be at least one batch ({batch_size})")
-    variants, conventional = [parse_variant(v) for v in variants], {parse_variant(v) for v in conventional}
-    workers = tuple((0, 1, 2) + tuple(w for w in (4, 8) if w < (os.cpu_count() or 1)) if workers is None else workers)
+    dev, conventional = pick_device(device), {parse_variant(v) for v in conventional}
+    workers = (0, 1, 2) + tuple(w for w in (4, 8) if w < (os.cpu_count() or 1)) if workers is None else workers
     ds = bench_dataset(dataset or D.load_cifar10(data_dir), train_images)
-    macs = macs_per_image(depth)
+    start = cpu_clock()
+    time.sleep(1.0)  # other processes' load before the rounds
     info = dict(device=str(dev), device_name=device_label(dev), torch=torch.__version__,
-                python=platform.python_version(),
-                cpu_features=list(cpu_features()) if dev.type == "cpu" else [], threads=torch.get_num_threads(),
-                cpu_count=os.cpu_count(), load_average=[load_average()], batch_size=batch_size, depth=depth,
-                train_images=len(ds.train_labels), dataset=ds.label, seconds=seconds, rounds=rounds, warmup=warmup,
-                workers=list(workers), macs_per_image=macs, train_gflop_per_image=6 * macs / 1e9,
-                peak_n=8192 if dev.type == "cuda" else 2048, date=time.strftime("%Y-%m-%d %H:%M"),
-                git_commit=git_commit(),
-                # other processes' CPU use (cores): a second before, then during each variant's rounds
-                other_load=dict(before=other_load_now(), during={}, limit=LOAD_LIMIT))
-    peaks = {}
-    record = dict(format=BENCH_FORMAT, info=info, peaks=peaks, variants=[], conventional=[], skipped=[], errors=[],
-                  evaluation=None, profile=None, concurrent=None, notes=[])
-    runnable = []
-    for v in variants:
-        reason = skip_reason(v, dev)
-        if reason:
+                python=platform.python_version(), threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+                batch_size=batch_size, depth=depth, train_images=len(ds.train_labels), dataset=ds.label,
+                seconds=seconds, rounds=rounds, warmup=warmup, workers=list(workers),
+                date=time.strftime("%Y-%m-%d %H:%M"), git_commit=git_commit(),
+                other_load=dict(before=other_cores(start), during={}, limit=LOAD_LIMIT))
+    record = dict(format=BENCH_FORMAT, info=info, variants=[], conventional=[], skipped=[], errors=[])
+    for v in map(parse_variant, variants):
+        if reason := skip_reason(v, dev):
             record["skipped"].append(dict(variant=v.label, reason=reason))
             log(f"{v.label}: skipped ({reason})")
-        else:
-            runnable.append(v)
-    for v in runnable:
+            continue
         log(f"{v.label} ...")
+        with_conventional = workers if v in conventional else ()
         try:
             s = setup(v, ds, dev, batch_size, depth, seed)
             steps = dict(library=s.library, model=s.model_only, data=s.data_only)
-            steps.update({f"conventional {w}": _conventional_step(s, conventional_loader(
-                ds.train_images, ds.train_labels, batch_size, w, dev.type == "cuda", seed))
-                for w in (workers if v in conventional else ())})
-            images = dict.fromkeys(steps, batch_size)
-            steps["matmul"], images["matmul"] = matmul_step(dev, v.dtype)  # the peak, in the same numerics
-            if record["evaluation"] is None:
-                steps["evaluation"], images["evaluation"], eval_batch = evaluation_step(s)
-            res = race(steps, images, dev, rounds, warmup, seconds)
-            info["other_load"]["during"][v.label] = res["library"]["other_cores"]
+            for w in with_conventional:
+                steps[f"conventional {w}"] = s.conventional(conventional_loader(
+                    ds.train_images, ds.train_labels, batch_size, w, dev.type == "cuda", seed))
+            rates, others = race(steps, dict.fromkeys(steps, batch_size), dev, rounds, warmup, seconds)
             del steps  # the DataLoaders' worker processes end with their loaders
         except Exception as e:  # a variant this device or PyTorch build cannot run: recorded, not fatal
             record["errors"].append(dict(variant=v.label, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))
             log(f"  failed: {record['errors'][-1]['error']}")
             continue
-        lib, model, data = (res[k]["images_per_s"] for k in ("library", "model", "data"))
-        gflops, matmul = 6 * macs * model / 1e9, res["matmul"]["images_per_s"] / 1e9
+        median = {name: statistics.median(r) for name, r in rates.items()}
+        info["other_load"]["during"][v.label] = others
         record["variants"].append(dict(
             variant=v.label, dtype=v.dtype, channels_last=v.channels_last, compile=v.compile, numerics=s.numerics,
-            library=lib, model=model, data_ms=1000 * batch_size / data, step_ms=1000 * batch_size / lib,
-            data_share=100 * lib / data, gflops=gflops, matmul_gflops=matmul, peak_share=100 * gflops / matmul,
-            warmup_s=res["library"]["warmup_s"] + res["model"]["warmup_s"],
-            rounds=dict(library=res["library"]["rates"], model=res["model"]["rates"], data=res["data"]["rates"],
-                        matmul=[r / 1e9 for r in res["matmul"]["rates"]])))
-        record["conventional"] += [dict(variant=v.label, num_workers=w, library=lib,
-                                        images_per_s=res[f"conventional {w}"]["images_per_s"],
-                                        rounds=res[f"conventional {w}"]["rates"])
-                                   for w in (workers if v in conventional else ())]
-        peaks[v.dtype] = max(peaks.get(v.dtype, 0.0), matmul)
-        log("  " + ", ".join(f"{k}: {r['images_per_s']:,.1f}" for k, r in res.items() if k != "matmul")
-            + f" images/s; matmul {matmul:,.0f} GFLOP/s; rounds max/min up to "
-            + f"{max(r['spread'] or 1.0 for r in res.values()):.2f}")
-        if record["evaluation"] is None:
-            e = res["evaluation"]
-            record["evaluation"] = dict(variant=v.label, images_per_s=e["images_per_s"], batch_size=eval_batch,
-                                        images=images["evaluation"], rounds=e["rates"])
-            record["profile"] = profile_steps(s.library, dev, profile) if profile else None
-        del s
-    if concurrent > 1 and record["variants"]:
-        log(f"{concurrent} runs at once ...")
-        v = parse_variant(concurrent_variant or record["variants"][0]["variant"])
-        record["concurrent"] = dict(variant=v.label, **measure_concurrent(
-            concurrent, library_step, (v, ds, dev, batch_size, depth, seed), dev, batch_size, seconds, max(warmup, 1)))
+            library=median["library"], model=median["model"], data_ms=1000 * batch_size / median["data"],
+            rounds={k: rates[k] for k in ("library", "model", "data")}))
+        record["conventional"] += [dict(variant=v.label, num_workers=w, library=median["library"],
+                                        images_per_s=median[f"conventional {w}"], rounds=rates[f"conventional {w}"])
+                                   for w in with_conventional]
+        log("  " + ", ".join(f"{name} {rate:,.1f}" for name, rate in median.items()) + " images/s")
     set_numerics("float32", dev)
-    info["load_average"].append(load_average())
     return record
+
+
+def fused_rates(ns, device: str = "auto", batch_size: int = 128, depth: int = 32, train_images: int = 2_000,
+                rounds: int = 5, seconds: float = 1.0, warmup: int = 2, dataset: D.CIFAR10 | None = None,
+                data_dir: str | None = None, log=lambda text: None) -> list[dict]:
+    """For each N of `ns`: the training images/s of N runs (seeds 0..N-1) fused into one model (fused.py)
+    against one run alone, timed in turns in the same rounds; on CUDA the fused steps' peak memory too."""
+    for n in ns:
+        check_fuse(n)
+    dev = pick_device(device)
+    ds = bench_dataset(dataset or D.load_cifar10(data_dir), train_images)
+    solo, rows = setup(Variant(), ds, dev, batch_size, depth), []
+    for n in ns:
+        configs = [dataclasses.replace(solo.config, seed=seed) for seed in range(n)]
+        data = D.prepare_data(configs[0], dev, ds)
+        built = [build_training(c, dev, 1, solo.dtype) for c in configs]
+        models, optimizers = [b[0] for b in built], [b[2] for b in built]
+        batches = [D.TrainBatches(data, c, dtype=solo.dtype) for c in configs]
+        step, counter = FusedStep(models[0]), itertools.count()
+
+        def fused():
+            it = next(counter)
+            xs, ys = zip(*(b(it) for b in batches))
+            step(models, optimizers, torch.stack(xs), torch.stack(ys), [c.lr for c in configs])
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        rates, _ = race(dict(solo=solo.library, fused=fused), dict(solo=batch_size, fused=n * batch_size), dev,
+                        rounds, warmup, seconds)
+        f, s = statistics.median(rates["fused"]), statistics.median(rates["solo"])
+        rows.append(dict(n=n, images_per_s=f, solo_images_per_s=s, ratio=f / s, rounds=rounds,
+                         spread=[min(rates["fused"]), max(rates["fused"])],
+                         solo_spread=[min(rates["solo"]), max(rates["solo"])],
+                         gpu_memory_bytes=torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None))
+        log(f"  {n} fused: {f:,.1f} images/s; one alone: {s:,.1f}")
+    return rows
+
+
+# ---------------------------------------------------------------- what a record says
+
+def spread(rates) -> float | None:
+    """max / min of a figure's rounds (None: fewer than two)."""
+    rates = [r for r in rates or () if r]
+    return max(rates) / min(rates) if len(rates) > 1 else None
+
+
+def is_flagged(rounds) -> bool:
+    """The figure's rounds disagree: max / min beyond SPREAD_LIMIT."""
+    return (spread(rounds) or 1.0) > SPREAD_LIMIT
+
+
+def rounds_note(rounds) -> str:
+    """How a figure's rounds (or a row's {figure: rounds}) agree: '1.04×', '1.40× flagged' or 'not recorded'."""
+    spreads = [x for x in map(spread, rounds.values() if isinstance(rounds, dict) else [rounds]) if x]
+    if not spreads:
+        return "not recorded"
+    return f"{max(spreads):.2f}×" + (" flagged" if max(spreads) > SPREAD_LIMIT else "")
+
+
+def under_load(record: dict) -> float | None:
+    """The most cores other processes used while `record` was measured, if beyond its limit (else None):
+    then its figures are not the machine's own speed."""
+    other = record.get("info", {}).get("other_load") or {}
+    seen = [x for x in [other.get("before"), *(other.get("during") or {}).values()] if x is not None]
+    return max(seen) if seen and max(seen) > other.get("limit", LOAD_LIMIT) else None
+
+
+def tables(record: dict) -> dict:
+    """The record's tables: 'variants', 'conventional', 'fused'. Column 'rounds max / min' flags figures whose
+    rounds disagree, and says 'under load' on every row of a record taken under load."""
+    import pandas as pd
+    info, loaded = record.get("info") or {}, " · under load" if under_load(record) else ""
+    variants = [{"variant": r["variant"], "library images/s": r["library"], "model-only images/s": r["model"],
+                 "data ms/batch": r["data_ms"],  # and its share of the step's ms, 1000 * batch / library
+                 "data % of step": 100 * r["data_ms"] * r["library"] / (1000 * info["batch_size"]),
+                 "rounds max / min": rounds_note(r.get("rounds") or {}) + loaded}
+                for r in record.get("variants", [])]
+    library = {r["variant"]: (r.get("rounds") or {}).get("library") for r in record.get("variants", [])}
+    conventional = [{"variant": c["variant"], "num_workers": c["num_workers"], "library images/s": c["library"],
+                     "conventional images/s": c["images_per_s"], "ratio": c["library"] / c["images_per_s"],
+                     "rounds max / min": rounds_note(dict(library=library.get(c["variant"]),
+                                                          conventional=c.get("rounds"))) + loaded}
+                    for c in record.get("conventional", [])]
+    fused = [{"N fused": r["n"], "images/s": r["images_per_s"], "range": "–".join(f"{x:,.0f}" for x in r["spread"]),
+              "one alone": r["solo_images_per_s"], "ratio": r["ratio"],
+              "GPU memory GB": None if r.get("gpu_memory_bytes") is None else r["gpu_memory_bytes"] / 1e9}
+             for r in record.get("fused") or []]
+    return dict(variants=pd.DataFrame(variants), conventional=pd.DataFrame(conventional), fused=pd.DataFrame(fused))
 
 
 # ---------------------------------------------------------------- command line
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Training throughput (images/s) of this library's pipeline and of the conventional "
-                          "torchvision/PIL/DataLoader one, the model-only step, the data work per batch and the share "
-                          "of a measured matmul peak, per step variant. See `pydoc resnet_cifar.bench`.")
+    parser.description = ("Training images/s of this library's pipeline and of the conventional torchvision "
+                          "DataLoader one, the model-only step and the data work, per step variant.")
     add = parser.add_argument
     add("--device", default="auto", help="auto | cpu | cuda[:k] | mps (default: auto)")
     add("--batch-size", type=int, default=128, help="(default: 128, the paper's)")
     add("--depth", type=int, default=32, help="ResNet depth (default: 32)")
-    add("--variants", nargs="+", type=_variant, default=None, metavar="SPEC",
-        help=f"step variants (default: {' '.join(DEFAULT_VARIANTS)}; with --fused, none unless given); those the "
-             f"device cannot run natively are skipped with the reason")
+    add("--variants", nargs="+", type=_variant, metavar="SPEC", help=f"step variants (default: "
+        f"{' '.join(DEFAULT_VARIANTS)}; with --fused, none); those the device cannot run natively are skipped")
     add("--conventional", nargs="*", type=_variant, default=["fp32"], metavar="SPEC",
         help="variants also timed with the conventional pipeline (default: fp32)")
-    add("--workers", type=int, nargs="+", default=None, help="its DataLoader num_workers (default: 0 1 2, 4 8)")
+    add("--workers", type=int, nargs="+", help="its DataLoader num_workers (default: 0 1 2, 4 8)")
     add("--seconds", type=float, default=1.5, help="length of a timed window (default: 1.5)")
-    add("--rounds", type=int, default=3, help="timed windows per figure; the median counts, the record keeps "
-                                               "each (default: 3)")
+    add("--rounds", type=int, default=3, help="timed windows per figure; the median counts (default: 3)")
     add("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
-    add("--quick", action="store_true", help=f"variants {' '.join(QUICK_VARIANTS)}, 3 windows of 0.5 s, no profile")
+    add("--quick", action="store_true", help=f"variants {' '.join(QUICK_VARIANTS)}, windows of 0.5 s")
     add("--train-images", type=int, default=10_000, help="training images used (default: 10000)")
-    add("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    add("--profile", type=int, default=3, metavar="STEPS", help="library steps under torch.profiler (0: none)")
-    add("--concurrent", type=int, default=0, metavar="K", help="also time K runs at once against one (default: off)")
-    add("--concurrent-variant", type=_variant, default=None, metavar="SPEC", help="their variant (default: the first)")
-    add("--fused", type=int, nargs="+", action="extend", default=None, metavar="N",
-        help="instead: the images/s of N runs fused into one model (fused.py) against one alone, per N "
-             "(e.g. --fused 1 4 16 64); with --json, merged into OUT's `fused` section")
-    add("--data-dir", default=None)
-    add("--json", default=None, metavar="OUT", help="write the record as JSON to OUT")
+    add("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    add("--fused", type=int, nargs="+", action="extend", metavar="N", help="instead: N runs fused into one model "
+        "(fused.py) against one alone, per N (e.g. 1 4 16 64); with --json and no --variants, merged into OUT")
+    add("--data-dir", help="default: $RESNET_CIFAR_DATA, then ./data")
+    add("--json", metavar="OUT", help="write the record as JSON to OUT")
 
 
 def _variant(spec: str) -> Variant:
@@ -286,30 +364,35 @@ def _variant(spec: str) -> Variant:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def main(args, fused: list[dict] | None = None) -> int:
-    """`bench`: the step variants (`fused`: bench_fused's rows, added to the record)."""
-    settings = {k: getattr(args, k) for k in ("device", "batch_size", "depth", "conventional", "workers",
-                                              "seconds", "rounds", "warmup", "train_images", "data_dir", "threads",
-                                              "profile", "concurrent", "concurrent_variant")}
-    settings["variants"] = args.variants or (QUICK_VARIANTS if args.quick else list(DEFAULT_VARIANTS))
-    if args.quick:
-        settings.update(seconds=min(args.seconds, 0.5), rounds=min(args.rounds, 3), profile=0)
-    record = run_benchmark(**settings, log=lambda text: print(text, file=sys.stderr, flush=True))
-    import pandas as pd
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.2f}".format):
-        print(f"{record['info']['device_name']}, torch {record['info']['torch']}, ResNet-{args.depth}, batch "
-              f"{args.batch_size}")
-        for name, df in tables(record).items():
-            print("" if df.empty else f"\n{name}:\n{df.to_string(index=False)}")
-    print("".join(f"skipped {s['variant']}: {s['reason']}\n" for s in record["skipped"])
-          + "".join(f"failed {e['variant']}: {e['error']}\n" for e in record["errors"]), end="")
-    if record["concurrent"]:
-        c = record["concurrent"]
-        print(f"{c['runs']} runs at once: {c['total']:,.1f} images/s in all; one alone: {c['single']:,.1f} "
-              f"({c['speedup']:.2f}x)")
-    if fused is not None:
-        record["fused"] = fused
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record, indent=1))
+def main(args) -> int:
+    """`bench`: with --fused its figures first (their `fused N: X× solo` lines count if a time limit cuts
+    the rest), then the step variants unless --fused came without --variants."""
+    def log(text):
+        print(text, file=sys.stderr, flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path, record, shown = Path(args.json) if args.json else None, {}, {}
+    if args.fused:
+        rows = fused_rates(args.fused, args.device, args.batch_size, args.depth, args.train_images, args.rounds,
+                           args.seconds, args.warmup, data_dir=args.data_dir, log=log)
+        print("".join(f"fused {r['n']}: {r['ratio']:.2f}× solo\n" for r in rows), end="", flush=True)
+        if path and path.is_file() and not args.variants:  # merged into the record there
+            record = json.loads(path.read_text())
+        kept = [r for r in record.get("fused") or [] if r["n"] not in args.fused]
+        record["fused"], shown["fused"] = sorted(kept + rows, key=lambda r: r["n"]), rows
+    if args.variants or not args.fused:
+        variants = args.variants or (QUICK_VARIANTS if args.quick else DEFAULT_VARIANTS)
+        seconds = min(args.seconds, 0.5) if args.quick else args.seconds
+        shown = record = dict(run_benchmark(args.device, args.batch_size, args.depth, variants, args.conventional,
+                                            args.workers, seconds, args.rounds, args.warmup, args.train_images,
+                                            args.data_dir, log=log), **record)
+        print(f"{record['info']['device_name']}, torch {torch.__version__}, ResNet-{args.depth}, "
+              f"batch {args.batch_size}")
+    for name, table in tables(shown).items():
+        print("" if table.empty else f"\n{name}:\n{table.to_string(index=False, float_format='{:,.2f}'.format)}")
+    for s in shown.get("skipped", []) + shown.get("errors", []):
+        print(f"skipped {s['variant']}: {s['reason']}" if "reason" in s else f"failed {s['variant']}: {s['error']}")
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
     return 0
