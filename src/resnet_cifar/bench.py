@@ -27,7 +27,7 @@ import torch
 from . import data as D
 from .config import TrainConfig
 from .devices import device_label, native_bf16, pick_device, set_numerics
-from .fused import FusedStep, check_fuse
+from .fused import FusedModel, check_fuse
 from .records import BENCH_FORMAT
 from .runs import git_commit
 from .train import build_training, step_dtypes, train_step
@@ -260,12 +260,12 @@ def fused_rates(ns, device: str = "auto", batch_size: int = 128, depth: int = 32
         built = [build_training(c, dev, 1, solo.dtype) for c in configs]
         models, optimizers = [b[0] for b in built], [b[2] for b in built]
         batches = [D.TrainBatches(data, c, dtype=solo.dtype) for c in configs]
-        step, counter = FusedStep(models[0]), itertools.count()
+        forward, counter = functools.partial(FusedModel(models[0]), models), itertools.count()
 
         def fused():
             it = next(counter)
             xs, ys = zip(*(b(it) for b in batches))
-            step(models, optimizers, torch.stack(xs), torch.stack(ys), [c.lr for c in configs])
+            train_step(forward, optimizers, torch.stack(xs), torch.stack(ys), [c.lr for c in configs])
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         rates, _ = race(dict(solo=solo.library, fused=fused), dict(solo=batch_size, fused=n * batch_size), dev,

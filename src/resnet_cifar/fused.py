@@ -12,7 +12,6 @@ run's gradient lands on its own weights, which its own optimizer steps.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import os
 
@@ -87,13 +86,6 @@ class FusedModel:
                     else:
                         buffer.copy_(stats[name][i])
         return logits
-
-
-class FusedStep(FusedModel):
-    """`step(models, optimizers, xs, ys, lrs)`: one `train.train_step` of the runs as one model (the benchmark's)."""
-
-    def __call__(self, models, optimizers, xs, ys, lrs) -> torch.Tensor:
-        return train.train_step(functools.partial(super().__call__, models), optimizers, xs, ys, lrs)
 
 
 def train_group(configs: list[TrainConfig], dataset: CIFAR10 | None = None) -> list[RunResult]:
