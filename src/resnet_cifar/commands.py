@@ -88,63 +88,56 @@ def dataset_identity(data_dir) -> str:
 def main(args) -> int:
     identity = dataset_identity(args.data_dir)
     root = project_root()
-    if args.command == "records" and args.verify:
-        result = verify(root, identity, args.verify, args.iterations, args.data_dir)
-        _print_verification(result)
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
-        return 1 if result["verdict"] == "different" else 0
     if args.command == "records":
-        return _records(root, identity, args.best, args.markdown)
+        return _records(args, root, identity)
     folder = Path(args.runs_dir) / identity / args.profile
+    runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
     if args.command == "export":
-        records = Path(args.records_dir) if args.records_dir else root / RECORDS
-        if args.profile == "smoke" and not args.records_dir:
-            raise ValueError("smoke runs are not published: the smoke build always trains from scratch (it is what "
-                             "the tests build); pass --records-dir to export them elsewhere")
-        runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
-        planned = len(runs) if args.set else len(P.plan(args.profile, args.seed))
-        manifest = export(runs, args.profile, identity, folder, records / identity / args.profile, args.partial,
-                          planned)
-        unfinished = {n: e for n, e in manifest["runs"].items() if e.get("status") == REC.UNFINISHED}
-        print(f"exported {len(manifest['runs']) - len(unfinished)} finished runs of the {planned} of profile "
-              f"{args.profile} to {shown_path(records / identity / args.profile)} (config, summary, history; "
-              f"weights only of {', '.join(REC.KEPT_WEIGHTS.get(args.profile, ())) or 'none'})"
-              + "".join(f"; {n} unfinished at {e['iterations_done']:,} iterations, with its checkpoint"
-                        for n, e in unfinished.items()))
-        return 0
+        return _export(args, root, identity, folder, runs)
     if read_manifest(folder) is not None or inside(folder, root / RECORDS):
         raise ValueError(f"{folder} holds published records; runs are trained into a runs folder (--runs-dir runs) "
                          f"and published with `export`")
-    runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
     # trained before, perhaps on another machine: `run` does not train published runs again, and `plan` says so
     committed_here = root / RECORDS / identity / args.profile
     has_records = read_manifest(committed_here) is not None  # read (and checked) once
-    published = None if args.profile == "smoke" or getattr(args, "retrain_published", False) or not has_records \
-        else committed_here
-    if args.command == "run" and published is not None:
-        done = {r.name for r in runs if P.status(r, args.profile, folder, published).get("published")}
-        if done:
-            print(f"{len(done)} run(s) of the plan are published in {shown_path(published)} and not trained again: "
-                  f"{', '.join(sorted(done))}")
-            runs = [r for r in runs if r.name not in done]
-    if args.command == "run" and has_records:
-        for r in runs:  # published unfinished, perhaps by another machine: resumed from its checkpoint
-            source = committed_here / r.name
-            if REC.restore(source, folder / r.name, r.config(args.profile)):
-                print(f"{r.name}: resumes from the checkpoint published in {shown_path(source)} "
-                      f"(iteration {REC.read_json(folder / r.name / 'summary.json')['iterations_done']:,})")
-    if args.command == "run":
-        # --jobs > 1 asks for worker processes, which train single runs
-        fuse = (default_fuse(args.device) if args.jobs == 1 else 1) if args.fuse is None else check_fuse(args.fuse)
-        return run_plan(runs, args.profile, folder, args.device, args.jobs, args.data_dir, args.threads,
-                        args.status_every, fuse=fuse)
-    if args.commands:
+    retrain = args.profile == "smoke" or getattr(args, "retrain_published", False)
+    published = committed_here if has_records and not retrain else None
+    if args.command == "plan" and args.commands:
         for r in runs:
             if P.status(r, args.profile, folder, published)["state"] != "finished":
                 print(" ".join(["python -m resnet_cifar run", *_flags(args), "--only", r.name]))
         return 0
-    return _show_plan(args, runs, folder, identity, root, published)
+    if args.command == "plan":
+        return _show_plan(args, runs, folder, identity, root, published)
+    done = {r.name for r in runs if published and P.status(r, args.profile, folder, published).get("published")}
+    if done:
+        print(f"{len(done)} run(s) of the plan are published in {shown_path(published)} and not trained again: "
+              f"{', '.join(sorted(done))}")
+        runs = [r for r in runs if r.name not in done]
+    for r in runs if has_records else []:  # published unfinished, perhaps by another machine: resumed from there
+        if REC.restore(committed_here / r.name, folder / r.name, r.config(args.profile)):
+            print(f"{r.name}: resumes from the checkpoint published in {shown_path(committed_here / r.name)} "
+                  f"(iteration {REC.read_json(folder / r.name / 'summary.json')['iterations_done']:,})")
+    # --jobs > 1 asks for one process per run, and those train single runs
+    fuse = (default_fuse(args.device) if args.jobs == 1 else 1) if args.fuse is None else check_fuse(args.fuse)
+    return run_plan(runs, args.profile, folder, args.device, args.jobs, args.data_dir, args.threads,
+                    args.status_every, fuse=fuse)
+
+
+def _export(args, root: Path, identity: str, folder: Path, runs) -> int:
+    records = Path(args.records_dir) if args.records_dir else root / RECORDS
+    if args.profile == "smoke" and not args.records_dir:
+        raise ValueError("smoke runs are not published: the smoke build always trains from scratch (it is what "
+                         "the tests build); pass --records-dir to export them elsewhere")
+    planned = len(runs) if args.set else len(P.plan(args.profile, args.seed))
+    manifest = export(runs, args.profile, identity, folder, records / identity / args.profile, args.partial, planned)
+    unfinished = {n: e for n, e in manifest["runs"].items() if e.get("status") == REC.UNFINISHED}
+    print(f"exported {len(manifest['runs']) - len(unfinished)} finished runs of the {planned} of profile "
+          f"{args.profile} to {shown_path(records / identity / args.profile)} (config, summary, history; "
+          f"weights only of {', '.join(REC.KEPT_WEIGHTS.get(args.profile, ())) or 'none'})"
+          + "".join(f"; {n} unfinished at {e['iterations_done']:,} iterations, with its checkpoint"
+                    for n, e in unfinished.items()))
+    return 0
 
 
 def _flags(args) -> list[str]:
@@ -216,12 +209,20 @@ def fused_groups(rows: list[dict], fuse: int) -> dict:
     return out
 
 
-def _records(root: Path, identity: str, best: bool, markdown: str | None = None) -> int:
-    if markdown:
-        print(results_markdown(root, identity, markdown))
-        return 0
-    if best:
-        print(" ".join(best_records(root, identity) or ()))
+def _records(args, root: Path, identity: str) -> int:
+    if args.verify:
+        result = verify(root, identity, args.verify, args.iterations, args.data_dir)
+        print(f"{'iteration':>9}  {'quantity':<11}  {'record':>20}  {'here':>20}  |Δ|")
+        for row in result["rows"]:
+            print(f"{row['iteration']:>9,}  {row['quantity']:<11}  {row['record']:>20.15g}  {row['here']:>20.15g}  "
+                  f"{row['diff']:.3g}")
+        print(result["sentence"])
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
+        return 1 if result["verdict"] == "different" else 0
+    if args.markdown or args.best:
+        print(results_markdown(root, identity, args.markdown) if args.markdown
+              else " ".join(best_records(root, identity) or ()))
         return 0
     found = committed(root, identity)
     if not found:
@@ -251,65 +252,52 @@ def recorded_threads(summary: dict) -> int | None:
 
 
 def verify(root: Path, identity: str, spec: str, iterations: int | None, data_dir=None) -> dict:
-    """Retrain the committed run `spec` (profile/run) on this CPU from its config up to
-    `iterations` (default: its first evaluation), with its thread count, and compare every
-    history row it reaches with the record: 'bit for bit', 'within tolerance' or 'different'."""
-    import math
+    """Retrain the committed run `spec` (profile/run) on this CPU, with its thread count, up to
+    `iterations` (default: its first evaluation); compare each history row it reaches with the
+    record: 'bit for bit', 'within tolerance' or 'different'."""
     import tempfile
     from .train import train
     profile, _, name = spec.partition("/")
-    folder = root / RECORDS / identity / profile
-    manifest = read_manifest(folder) if profile in PROFILES else None
+    manifest = read_manifest(root / RECORDS / identity / profile) if profile in PROFILES else None
     if not name or manifest is None or name not in manifest.get("runs", {}):
         found = [f"{r['profile']}/…" for r in committed(root, identity)]
         raise RunError(f"no committed record {spec!r} for {identity}: give PROFILE/RUN, e.g. cpu/resnet20-seed0 "
                        f"(`python -m resnet_cifar records` lists them; committed: {', '.join(found) or 'none'})")
-    record = load_run(folder / name)
-    first = int(record.history["iteration"].iloc[0]) if len(record.history) else None
-    if first is None:
+    record = load_run(root / RECORDS / identity / spec)
+    history = record.history.set_index("iteration")[list(COMPARED)]
+    if history.empty:
         raise RunError(f"the record {spec} has no evaluation to compare with")
-    rows = record.history[record.history["iteration"] <= (iterations or first)]
+    rows = history.loc[:iterations or history.index[0]]
     if rows.empty:
-        raise RunError(f"--iterations {iterations} is before the record's first evaluation, at iteration {first:,}: "
-                       f"pass --iterations {first} or more")
-    until = int(rows["iteration"].iloc[-1])
-    threads, before = recorded_threads(record.summary), torch.get_num_threads()
-    start = time.perf_counter()
+        raise RunError(f"--iterations {iterations} is before the record's first evaluation, at iteration "
+                       f"{history.index[0]:,}: pass --iterations {history.index[0]} or more")
+    threads, before, start = recorded_threads(record.summary), torch.get_num_threads(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(**{**record.config, "name": name, "runs_dir": tmp, "data_dir": data_dir, "device": "cpu",
-                                "progress": "none", "stop_at": until, "force": True, "wait": False})
+                                "progress": "none", "stop_at": int(rows.index[-1]), "force": True, "wait": False})
         torch.set_num_threads(threads or before)
         try:
-            here = train(config)
+            here = train(config).history.set_index("iteration").reindex(rows.index)[list(COMPARED)]
             here_device = device_label(torch.device("cpu"))  # with the record's thread count
         finally:
             torch.set_num_threads(before)
-        seconds = time.perf_counter() - start
-        mine = here.history.set_index("iteration")
-    table, worst, exact = [], {}, True
-    for _, row in rows.iterrows():
-        it = int(row["iteration"])
-        for column in COMPARED:
-            a, b = float(row[column]), float(mine.loc[it, column]) if it in mine.index else math.nan
-            same = a == b or (math.isnan(a) and math.isnan(b))
-            exact &= same
-            diff = 0.0 if same else abs(a - b)
-            if column != "lr":
-                kind = column.split("_")[1]
-                worst[column] = max(worst.get(column, 0.0), diff / (abs(a) if kind == "loss" and a else 1))
-            table.append(dict(iteration=it, quantity=column, record=a, here=b, diff=diff))
-    within = all(v <= TOLERANCE[k.split("_")[1]] or math.isnan(v) for k, v in worst.items())
-    lr_same = all(t["diff"] == 0 for t in table if t["quantity"] == "lr")
+    same = (rows == here) | (rows.isna() & here.isna())
+    diff = (rows - here).abs().where(~same, 0.0)  # NaN where this run has no such row
+    worst = {c: float((diff[c] / rows[c].abs().where(rows[c] != 0, 1.0) if c.endswith("loss") else diff[c])
+                      .fillna(0.0).max()) for c in COMPARED[1:]}  # losses: relative
+    within = all(v <= TOLERANCE[k.split("_")[1]] for k, v in worst.items()) and same["lr"].all()
     causes = []
     if record.summary.get("device_name") != here_device:
         causes.append(f"another CPU or thread count (record: {record.summary.get('device_name')}; here: {here_device})")
     if str(record.summary.get("torch_version")) != str(torch.__version__):
         causes.append(f"another torch (record: {record.summary.get('torch_version')}; here: {torch.__version__})")
-    verdict = "bit for bit" if exact else "within tolerance" if within and lr_same else "different"
-    result = dict(run=spec, dataset=identity, iterations=until, verdict=verdict, threads=threads,
-                  record_device=record.summary.get("device_name"), here_device=here_device,
+    result = dict(run=spec, dataset=identity, iterations=int(rows.index[-1]),
+                  verdict="bit for bit" if same.all().all() else "within tolerance" if within else "different",
+                  threads=threads, record_device=record.summary.get("device_name"), here_device=here_device,
                   record_torch=str(record.summary.get("torch_version")), here_torch=str(torch.__version__),
-                  worst=worst, tolerance=TOLERANCE, causes=causes, seconds=seconds, rows=table,
+                  worst=worst, tolerance=TOLERANCE, causes=causes, seconds=time.perf_counter() - start,
+                  rows=[dict(iteration=int(it), quantity=c, record=float(rows.at[it, c]), here=float(here.at[it, c]),
+                             diff=float(diff.at[it, c])) for it in rows.index for c in COMPARED],
                   checked=time.strftime("%Y-%m-%d %H:%M"), commit=git_commit())
     return dict(result, sentence=verify_sentence(result))
 
@@ -329,11 +317,3 @@ def verify_sentence(result: dict) -> str:
                 f"points), not bit for bit: largest differences {worst}. Why: {why}.")
     return (f"{head} DIFFERS from its record beyond the tolerance (largest differences {worst}). "
             f"Record vs here: {why}.")
-
-
-def _print_verification(result: dict) -> None:
-    print(f"{'iteration':>9}  {'quantity':<11}  {'record':>20}  {'here':>20}  |Δ|")
-    for row in result["rows"]:
-        print(f"{row['iteration']:>9,}  {row['quantity']:<11}  {row['record']:>20.15g}  {row['here']:>20.15g}  "
-              f"{row['diff']:.3g}")
-    print(result["sentence"])
