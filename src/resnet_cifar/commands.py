@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -157,56 +158,42 @@ def _show_plan(args, runs, folder: Path, identity: str, root: Path, published: P
         device = torch.device(args.device)
         on = f"{device} (not on this machine: rates of runs recorded on {device.type} devices)"
     rows = P.estimates(runs, args.profile, folder, device, root / RECORDS, published)
-    fused = fused_groups(rows, args.fuse) if args.fuse is not None else None
+    by_name = {r["run"].name: r for r in rows if r["state"] != "finished"}
+    made = groups([r["config"] for r in by_name.values()], check_fuse(args.fuse)) if args.fuse is not None else []
+    group_of = {c.name: f"g{i}" for i, group in enumerate(made, 1) for c in group}
     print(f"plan of profile {args.profile} · {dataset_label(identity)} · runs in {folder} · times on {on}")
     head = ("run", "chapters", "seed", "model", "dtype", "iterations", "status", "time", "time from")
     lines = [(r["run"].name, ",".join(c.split("_")[0] for c in r["run"].chapters), str(r["run"].seed),
-              r["run"].model(), r["config"].dtype, f"{r['config'].iterations:,}", r["text"],
-              hms(r["seconds"]) if r["seconds"] is not None else "unknown", r["source"]) for r in rows]
-    if fused is not None:
-        head = ("group", *head)
-        lines = [(fused["of"].get(r["run"].name, "-"), *line) for r, line in zip(rows, lines)]
+              r["run"].model(), r["config"].dtype, f"{r['config'].iterations:,}", r["text"], hms(r["seconds"])
+              if r["seconds"] is not None else "unknown", r["source"]) for r in rows]
+    if args.fuse is not None:
+        head, lines = ("group", *head), [(group_of.get(line[0], "-"), *line) for line in lines]
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head) - 1)]
     for line in [head, *lines]:
         print("  ".join(x.ljust(w) for x, w in zip(line, widths)) + "  " + line[-1])
-    states = {s: sum(r["state"] == s for r in rows) for s in ("finished", "running", "interrupted", "failed",
-                                                               "conflict", "missing")}
-    measured = sum(r["seconds"] for r in rows if r["state"] == "finished")
+    states = Counter(r["state"] for r in rows)
     rest = [r["seconds"] for r in rows if r["state"] != "finished"]
-    unknown = sum(x is None for x in rest)
-    images = sum(r["config"].iterations * r["config"].batch_size for r in rows)
-    print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in states.items() if n) +
-          f" · {sum(r['config'].iterations for r in rows):,} iterations, {images:,} training images")
-    shared = sum(bool(r.get("published")) for r in rows)
-    if shared:
-        print(f"{shared} of them published in {shown_path(published)}: `run` does not train them again "
-              f"(`run --retrain-published` does)")
-    print(f"time: {hms(measured)} measured (finished runs) + {hms(sum(x for x in rest if x is not None))} estimated "
-          f"for the {len(rest) - unknown} others, one run at a time on {on}"
-          + (f"; {unknown} run(s) without an estimate (no measured rate on this device: finish one run of that "
-             f"dtype, or record a benchmark with `python -m resnet_cifar bench --device {device.type} --json "
-             f"book/records/bench-{device.type}.json`)" if unknown else ""))
-    for g in (fused or {}).get("groups", []):
-        print(f"group {g['label']}: {len(g['runs'])} run(s) fused ({', '.join(g['runs'])}): "
-              f"{hms(g['seconds']) if g['seconds'] is not None else 'unknown'} estimated")
-    if fused is not None:
+    unknown = rest.count(None)
+    print(f"{len(rows)} runs: " + ", ".join(f"{states[s]} {s}" for s in ("finished", "running", "interrupted",
+                                                                         "failed", "conflict", "missing") if states[s])
+          + f" · {sum(r['config'].iterations for r in rows):,} iterations, "
+          f"{sum(r['config'].iterations * r['config'].batch_size for r in rows):,} training images")
+    if any(r.get("published") for r in rows):
+        print(f"{sum(bool(r.get('published')) for r in rows)} of them published in {shown_path(published)}: `run` "
+              f"does not train them again (`run --retrain-published` does)")
+    print(f"time: {hms(sum(r['seconds'] for r in rows if r['state'] == 'finished'))} measured (finished runs) + "
+          f"{hms(sum(x for x in rest if x is not None))} estimated for the {len(rest) - unknown} others, one run at a "
+          f"time on {on}" + (f"; {unknown} run(s) without an estimate (no measured rate on this device: finish one "
+                             f"run of that dtype, or record a benchmark with `python -m resnet_cifar bench --device "
+                             f"{device.type} --json book/records/bench-{device.type}.json`)" if unknown else ""))
+    for i, group in enumerate(made, 1):
+        times = [by_name[c.name]["seconds"] for c in group]
+        print(f"group g{i}: {len(group)} run(s) fused ({', '.join(c.name for c in group)}): "
+              f"{'unknown' if None in times else hms(sum(times))} estimated")
+    if args.fuse is not None:
         print("a group's time is estimated as the sum of its runs' times: on a CPU `bench --fused 2` measured no "
               "gain from fusing; on a GPU a group should take less (not yet measured)")
     return 0
-
-
-def fused_groups(rows: list[dict], fuse: int) -> dict:
-    """The groups `run --fuse` makes of the runs that are not finished (plan.estimates rows):
-    {"of": run name -> group label, "groups": [{label, runs, seconds (the sum of the runs')}]}."""
-    pending = {r["run"].name: r for r in rows if r["state"] != "finished"}
-    made = groups([r["config"] for r in pending.values()], check_fuse(fuse))
-    out = {"of": {}, "groups": []}
-    for i, group in enumerate(made, 1):
-        times = [pending[c.name]["seconds"] for c in group]
-        out["groups"].append(dict(label=f"g{i}", runs=[c.name for c in group],
-                                  seconds=None if None in times else sum(times)))
-        out["of"].update({c.name: f"g{i}" for c in group})
-    return out
 
 
 def _records(args, root: Path, identity: str) -> int:

@@ -1,11 +1,9 @@
 """The runner: train every run of the plan that is not finished, `--jobs` at a time per GPU.
 
-With one slot (one run, or --jobs 1 on one device) or fused groups, the runs train in this
-process. With several, each run trains in its own process (`python -m resnet_cifar.runner
-CONFIG`), started with its slot's GPU (CUDA_VISIBLE_DEVICES) and threads (OMP_NUM_THREADS). A
-finished run is reused, an interrupted one resumed, one another process trains waited for (its
-lock); a failing run is reported and the others go on. A status line every --status-every
-seconds; `runner.json` in the runs folder keeps how each run ended.
+One run at a time, or fused groups, train in this process. Several at a time, each run trains in a
+process of its own (`python -m resnet_cifar.runner CONFIG`) that sees only its slot's GPU
+(CUDA_VISIBLE_DEVICES) and threads (OMP_NUM_THREADS). A failing run is reported and the others go
+on. A status line every --status-every seconds; `runner.json` in the runs folder tells how each ended.
 """
 from __future__ import annotations
 
@@ -78,12 +76,6 @@ class Runner:
         task.state, task.detail, task.seconds = "done" if ok else "failed", detail, time.perf_counter() - task.started
         self.say(f"{'finished' if ok else 'FAILED'} {task.name} ({task.where}, {hms(task.seconds)}): {detail}")
 
-    def interrupted(self) -> int:
-        for t in self.tasks:
-            if t.state == "running":
-                t.state = "interrupted"
-        return 130
-
 
 def train_runs(configs: list[TrainConfig], dataset=None) -> list[tuple[bool, str]]:
     """Train (or reuse, or resume) one run, or a group as one fused model (fused.py): per run,
@@ -103,11 +95,10 @@ def train_runs(configs: list[TrainConfig], dataset=None) -> list[tuple[bool, str
 
 
 def main(argv=None) -> int:
-    """One run in its own process: its config as JSON in, its answer as the last line out."""
+    """One run in a process of its own: its config as JSON in, its answer as the last line out."""
     signal.signal(signal.SIGTERM, _interrupt)
-    config = TrainConfig(**json.loads((argv or sys.argv[1:])[0]))
     try:
-        [(ok, detail)] = train_runs([config])
+        [(ok, detail)] = train_runs([TrainConfig(**json.loads((argv or sys.argv[1:])[0]))])
     except KeyboardInterrupt:  # the run has recorded itself as interrupted
         return 130
     print(json.dumps(dict(ok=ok, detail=detail)), flush=True)
@@ -115,11 +106,11 @@ def main(argv=None) -> int:
 
 
 def _interrupt(*_):
-    raise KeyboardInterrupt
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the run in progress records itself as interrupted
 
 
 def slots(device: str, jobs: int, n_runs: int) -> tuple[list[str | None], str]:
-    """(the GPU of each slot, None off CUDA; the device name the slots train on)."""
+    """(the GPU of each slot, None off CUDA; the device the slots train on)."""
     from .devices import pick_device
     dev = pick_device(device)
     if dev.type != "cuda":
@@ -128,8 +119,7 @@ def slots(device: str, jobs: int, n_runs: int) -> tuple[list[str | None], str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = [g.strip() for g in visible.split(",") if g.strip()] if visible else \
         [str(i) for i in range(torch.cuda.device_count())]
-    if dev.index is not None:
-        gpus = [gpus[dev.index]]
+    gpus = gpus if dev.index is None else [gpus[dev.index]]
     return [gpus[i % len(gpus)] for i in range(max(min(jobs * len(gpus), n_runs), 1))], "cuda"
 
 
@@ -144,44 +134,59 @@ def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int =
         raise ValueError(f"jobs must be >= 1 and status_every > 0, got {jobs} and {status_every}")
     if check_fuse(fuse) > 1 and jobs > 1:
         raise ValueError(f"--fuse {fuse} trains its groups in this process, one group at a time: pass --jobs 1, "
-                         f"or --fuse 1 to train single runs in --jobs {jobs} processes")
+                         f"or --fuse 1 to train single runs, --jobs {jobs} at a time")
     tasks = []
     for r in runs:
         s = status(r, profile, folder)
-        if s["state"] == "finished":
-            continue
-        config = r.config(profile, device=device, data_dir=data_dir, runs_dir=str(folder), wait=True)
-        done = s["done"] if s["state"] in ("interrupted", "running") else 0
-        tasks.append(Task(r.name, config, done, (config.iterations - done) * config.batch_size * model_flops(config)))
-    runner = Runner(tasks, out)
+        if s["state"] != "finished":
+            config = r.config(profile, device=device, data_dir=data_dir, runs_dir=str(folder), wait=True)
+            done = s["done"] if s["state"] in ("interrupted", "running") else 0
+            work = (config.iterations - done) * config.batch_size * model_flops(config)
+            tasks.append(Task(r.name, config, done, work))
+    runner = Runner(sorted(tasks, key=lambda t: -t.work), out)  # the longest first: the last to finish are short
     if not tasks:
         runner.say(f"all {len(runs)} runs of profile {profile} are finished in {folder}")
         return 0
-    tasks.sort(key=lambda t: -t.work)  # the longest first: the last ones to finish are short
     gpus, slot_device = slots(device, jobs, len(tasks))
     gpus = gpus if fuse == 1 else gpus[:1]  # fused groups train in this process
     if threads is None and gpus[0] is None:  # CPU: the profile's thread count (smoke: 1; see config.PROFILE_THREADS)
         threads = PROFILE_THREADS.get(profile)
-    threads_given, threads = threads, threads or max(1, (os.cpu_count() or 1) // len(gpus))
+    per_slot = threads or max(1, (os.cpu_count() or 1) // len(gpus))
     if len(gpus) == 1:
         where = f"in this process on {device}" + (f", fused in groups of at most {fuse}" if fuse > 1 else "")
     elif gpus[0] is not None:
         where = f"{len(gpus)} worker processes on GPU(s) {', '.join(sorted(set(gpus)))}"
     else:
-        where = f"{len(gpus)} worker processes on {slot_device}, {threads} thread(s) each"
+        where = f"{len(gpus)} worker processes on {slot_device}, {per_slot} thread(s) each"
     runner.say(f"{len(tasks)} of {len(runs)} runs to train ({len(runs) - len(tasks)} finished) into {folder}; {where}")
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous, stop = signal.signal(signal.SIGTERM, _interrupt), threading.Event()
+
+    def tick():
+        while not stop.wait(status_every):
+            runner.say(runner.status())
+    threading.Thread(target=tick, daemon=True).start()
+    code = 0
     try:
         if len(gpus) == 1:
-            if threads_given:
-                import torch
-                torch.set_num_threads(threads_given)
-            code = _in_process(runner, status_every, fuse)
+            _in_process(runner, fuse, threads)
         else:
-            code = _in_processes(runner, gpus, slot_device, threads, status_every)
+            _in_processes(runner, gpus, slot_device, per_slot)
+    except KeyboardInterrupt:
+        runner.say("interrupted: the runs in progress are recorded as interrupted; run again to resume them")
+        for t in runner.tasks:
+            t.state = "interrupted" if t.state == "running" else t.state
+        code = 130
     finally:
+        stop.set()
         signal.signal(signal.SIGTERM, previous)
-        _report(folder, profile, device, gpus, runner)
+        try:
+            write_json(Path(folder) / "runner.json", dict(
+                profile=profile, device=device, workers=len(gpus), gpus=[g for g in gpus if g is not None],
+                finished=time.strftime("%Y-%m-%dT%H:%M:%S"), seconds=time.perf_counter() - runner.start,
+                progress=runner.status(), runs={t.name: dict(state=t.state, detail=t.detail, seconds=t.seconds,
+                                                             where=t.where) for t in runner.tasks}))
+        except OSError:
+            pass
     failed = [t for t in tasks if t.state == "failed"]
     runner.say(f"{runner.status()}" + (f" · FAILED: {', '.join(t.name for t in failed)}" if failed else "")
                + f" · report {folder / 'runner.json'}")
@@ -192,73 +197,54 @@ def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int =
     return code or (1 if failed else 0)
 
 
-def _in_process(runner: Runner, status_every: float, fuse: int) -> int:
+def _in_process(runner: Runner, fuse: int, threads: int | None) -> None:
     from .data import load_cifar10
     from .fused import groups
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
     tasks = {t.name: t for t in runner.tasks}
     configs = [dataclasses.replace(t.config, progress="log") for t in runner.tasks]
-    stop = threading.Event()
-
-    def tick():
-        while not stop.wait(status_every):
-            runner.say(runner.status())
-    threading.Thread(target=tick, daemon=True).start()
-    try:
-        dataset = load_cifar10(configs[0].data_dir)  # once for all the runs
-        for group in [[c] for c in configs] if fuse == 1 else groups(configs, fuse):
-            members = [tasks[c.name] for c in group]
-            fused = f", fused with {len(group) - 1} other(s)" if len(group) > 1 else ""
-            for task in members:
-                runner.begin(task, task.config.device + fused)
-            runner.say(f"start {members[0].name}" if len(group) == 1 else
-                       f"start a fused group of {len(group)}: {', '.join(t.name for t in members)}")
-            for task, (ok, detail) in zip(members, train_runs(group, dataset)):
-                runner.finish(task, ok, detail)
-    except KeyboardInterrupt:
-        runner.say("interrupted: the run in progress is recorded as interrupted; run again to resume it")
-        return runner.interrupted()
-    finally:
-        stop.set()
-    return 0
+    dataset = load_cifar10(configs[0].data_dir)  # once for all the runs
+    for group in [[c] for c in configs] if fuse == 1 else groups(configs, fuse):
+        members = [tasks[c.name] for c in group]
+        for task in members:
+            runner.begin(task, task.config.device + (f", fused with {len(group) - 1} other(s)" if len(group) > 1
+                                                     else ""))
+        runner.say(f"start {members[0].name}" if len(group) == 1 else
+                   f"start a fused group of {len(group)}: {', '.join(t.name for t in members)}")
+        for task, (ok, detail) in zip(members, train_runs(group, dataset)):
+            runner.finish(task, ok, detail)
 
 
-def _in_processes(runner: Runner, gpus: list[str | None], device: str, threads: int, status_every: float) -> int:
-    """Each run in its own process; slot k's process sees only GPU gpus[k]."""
-    pending, running = list(runner.tasks), {}  # slot -> (task, process, its output)
-    last = time.perf_counter()
+def _in_processes(runner: Runner, gpus: list[str | None], device: str, threads: int) -> None:
+    """Each run in a process of its own; slot k's processes see only GPU gpus[k]."""
+    pending, running = list(runner.tasks), {}  # slot -> (task, its process, the process's output)
     try:
         while pending or running:
             for slot, gpu in enumerate(gpus):
-                if slot not in running and pending:
-                    task = pending.pop(0)
-                    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-                    if gpu is not None:
-                        env["CUDA_VISIBLE_DEVICES"] = gpu
-                    config = json.dumps(vars(dataclasses.replace(task.config, device=device, progress="none")))
-                    output = tempfile.TemporaryFile("w+")
-                    process = subprocess.Popen([sys.executable, "-m", "resnet_cifar.runner", config], stdout=output,
-                                               text=True, env=env)
-                    running[slot] = task, process, output
-                    runner.begin(task, device + (f", GPU {gpu}" if gpu is not None else ""))
-                    runner.say(f"start {task.name} ({task.where})")
+                if slot in running or not pending:
+                    continue
+                task, output = pending.pop(0), tempfile.TemporaryFile("w+")
+                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                if gpu is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = gpu
+                config = json.dumps(vars(dataclasses.replace(task.config, device=device, progress="none")))
+                running[slot] = task, subprocess.Popen([sys.executable, "-m", "resnet_cifar.runner", config],
+                                                       stdout=output, text=True, env=env), output
+                runner.begin(task, device + (f", GPU {gpu}" if gpu is not None else ""))
+                runner.say(f"start {task.name} ({task.where})")
             time.sleep(0.2)
             for slot, (task, process, output) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                del running[slot]
-                output.seek(0)
-                lines = output.read().splitlines() or [""]
-                try:
-                    answer = json.loads(lines[-1])
-                except ValueError:  # it died during the run (out of memory, a crash)
-                    answer = dict(ok=False, detail=f"its process exited with status {process.returncode}")
-                runner.finish(task, answer["ok"], answer["detail"])
-            if time.perf_counter() - last >= status_every:
-                runner.say(runner.status())
-                last = time.perf_counter()
-    except KeyboardInterrupt:
-        runner.say("interrupted: stopping the runs' processes; their runs are recorded as interrupted; "
-                   "run again to resume")
+                if process.poll() is not None:
+                    del running[slot]
+                    output.seek(0)
+                    try:
+                        answer = json.loads((output.read().splitlines() or [""])[-1])
+                    except ValueError:  # it died during the run (out of memory, a crash)
+                        answer = dict(ok=False, detail=f"its process exited with status {process.returncode}")
+                    runner.finish(task, answer["ok"], answer["detail"])
+    finally:  # interrupted: each process records its run as interrupted
         for _, process, _ in running.values():
             process.send_signal(signal.SIGINT)
         for _, process, _ in running.values():
@@ -266,20 +252,6 @@ def _in_processes(runner: Runner, gpus: list[str | None], device: str, threads: 
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
-        return runner.interrupted()
-    return 0
-
-
-def _report(folder: Path, profile: str, device: str, gpus, runner: Runner) -> None:
-    """runner.json in the runs folder: how each run of this runner ended."""
-    try:
-        write_json(Path(folder) / "runner.json", dict(
-            profile=profile, device=device, workers=len(gpus), gpus=[g for g in gpus if g is not None],
-            finished=time.strftime("%Y-%m-%dT%H:%M:%S"), seconds=time.perf_counter() - runner.start,
-            progress=runner.status(), runs={t.name: dict(state=t.state, detail=t.detail, seconds=t.seconds,
-                                                         where=t.where) for t in runner.tasks}))
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":
