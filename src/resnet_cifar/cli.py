@@ -11,74 +11,55 @@ import sys
 from .config import TrainConfig
 
 
+# The help of train's flags, one flag per TrainConfig field (a field without help here has none).
+HELP = dict(
+    name="run folder name; default: derived from the config",
+    arch="resnet | plain | resnet34-imagenet",
+    depth="6n+2: 20, 32, 44, 56, 110, 1202",
+    shortcut="A: zero-pad identity (paper, CIFAR) | B: 1x1 conv + BN | B-no-bn",
+    final_relu="the seed log's question: a ReLU after the last FC",
+    data_dir="default: $RESNET_CIFAR_DATA, then ./data",
+    val_size="the 45k/5k split",
+    subset="n//10 images of each class from each split, for quick runs; default: all",
+    normalization="per-pixel-mean (paper) | per-channel | none",
+    normalize_eval="--no-normalize-eval: test without mean subtraction (the seed log's failure)",
+    crop="4-pixel zero pad + random 32x32 crop",
+    flip="random horizontal flip",
+    optimizer="sgd | adam | adamw | nadam",
+    schedule="multistep | plateau | cosine | constant",
+    schedule_unit="milestones and warm-up in iterations or epochs: iteration | epoch",
+    milestones="lr drops (x gamma)",
+    warmup="lr = warmup_lr for this many iterations (or epochs)",
+    warmup_until_error="ResNet-110 (Sec. 4.2): lr = warmup_lr until the training error is below this",
+    plateau_patience="evaluations without val-loss improvement",
+    eval_every="iterations; default: one epoch",
+    checkpoint_every="iterations; default: at every evaluation",
+    stop_at="stop after this iteration, resumable (a prefix of the run; not fused)",
+    device="auto (cuda, then mps, then cpu) | cpu | cuda[:k] | mps",
+    dtype="float32 (true fp32) | tf32 | float64 | bfloat16 (autocast)",
+    compile="torch.compile the model",
+    compile_mode="with --compile: default | reduce-overhead (CUDA graphs) | max-autotune | ...",
+    sync_bn="SyncBatchNorm across torchrun processes (GPUs only)",
+    resume="continue an interrupted run from its checkpoint",
+    force="retrain even if a record exists",
+    wait="another process trains this run: wait for it, then reuse or resume",
+    progress="auto (a bar on a terminal, log lines otherwise) | bar | log | none",
+)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, its default the dataclass's (the paper's recipe)."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-    def flag(name: str, help: str = "", cast=None) -> None:
-        default = fields[name].default
-        option = "--" + name.replace("_", "-")
-        help = f"{help} (default: {default})".strip() if default is not None else help
+    for f in dataclasses.fields(TrainConfig):
+        option, default, help = "--" + f.name.replace("_", "-"), f.default, HELP.get(f.name, "")
+        help = help if default is None else f"{help} (default: {default})".strip()
         if isinstance(default, bool):
             parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default, help=help)
         elif isinstance(default, tuple):
             parser.add_argument(option, type=int, nargs="*", default=default, help=help)
-        else:  # a field that may be None takes "none" too
-            cast = cast or type(default)
+        else:  # the annotation's first type: "int | None" is an int, or None (as "none")
+            cast = {"int": int, "float": float, "str": str}[str(f.type).split(" |")[0]]
             parser.add_argument(option, default=default, help=help, type=cast if default is not None else
-                                lambda text: None if text.lower() in ("none", "") else cast(text))
-    flag("name", "run folder name; default: derived from the config", str)
-    # model (models.py)
-    flag("arch", "resnet | plain | resnet34-imagenet")
-    flag("depth", "6n+2: 20, 32, 44, 56, 110, 1202")
-    flag("shortcut", "A: zero-pad identity (paper, CIFAR) | B: 1x1 conv + BN | B-no-bn")
-    flag("final_relu", "the seed log's question: a ReLU after the last FC")
-    flag("bn_eps")
-    flag("bn_momentum")
-    # data (data.py)
-    flag("data_dir", "> $RESNET_CIFAR_DATA > ./data", str)
-    flag("val_size", "the 45k/5k split")
-    flag("split_seed")
-    flag("subset", "n//10 images of each class from each split, for quick runs", int)
-    flag("normalization", "per-pixel-mean (paper) | per-channel | none")
-    flag("normalize_eval", "--no-normalize-eval: test without mean subtraction (the seed log's failure)")
-    flag("crop", "4-pixel zero pad + random 32x32 crop")
-    flag("flip", "random horizontal flip")
-    flag("pad")
-    # optimization
-    flag("optimizer", "sgd | adam | adamw | nadam")
-    flag("lr")
-    flag("momentum")
-    flag("nesterov")
-    flag("weight_decay")
-    flag("batch_size")
-    flag("iterations")
-    flag("schedule", "multistep | plateau | cosine | constant")
-    flag("schedule_unit", "milestones and warm-up in iterations or epochs: iteration | epoch")
-    flag("milestones", "lr drops (x gamma)")
-    flag("gamma")
-    flag("warmup", "lr = warmup_lr for this many iterations (or epochs)")
-    flag("warmup_until_error", "ResNet-110 (Sec. 4.2): lr = warmup_lr until training error < this", float)
-    flag("warmup_lr")
-    flag("plateau_patience", "evaluations without val-loss improvement")
-    flag("plateau_threshold")
-    # evaluation, checkpoints
-    flag("eval_every", "iterations; default: one epoch", int)
-    flag("checkpoint_every", "iterations; default: at every evaluation", int)
-    flag("stop_at", "stop after this iteration, resumable (a prefix of the run; not fused)", int)
-    # execution
-    flag("device", "auto (cuda, then mps, then cpu) | cpu | cuda[:k] | mps")
-    flag("dtype", "float32 (true fp32) | tf32 | float64 | bfloat16 (autocast)")
-    flag("channels_last")
-    flag("compile", "torch.compile the model")
-    flag("compile_mode", "with --compile: default | reduce-overhead (CUDA graphs) | max-autotune | ...")
-    flag("sync_bn", "SyncBatchNorm across torchrun processes (GPUs only)")
-    flag("seed")
-    flag("runs_dir")
-    flag("resume", "continue an interrupted run from its checkpoint")
-    flag("force", "retrain even if a record exists")
-    flag("wait", "another process trains this run: wait for it, then reuse or resume")
-    flag("progress", "auto (a bar on a terminal, log lines otherwise) | bar | log | none")
+                                lambda text, cast=cast: None if text.lower() in ("none", "") else cast(text))
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,5 @@
-"""The plan's commands: `python -m resnet_cifar plan | run | export | records`, over the plan
-(plan.py), the worker pool (runner.py) and the published records (records.py)."""
+"""The commands `plan | run | export | records`, over the plan (plan.py), the runner (runner.py) and
+the published records (records.py)."""
 from __future__ import annotations
 
 import json
@@ -50,13 +50,11 @@ def add_commands(sub) -> None:
     selection(p)
     p.add_argument("--jobs", type=int, default=1, help="runs at once per GPU (on a CPU: in all) (default: 1)")
     p.add_argument("--retrain-published", action="store_true",
-                   help="train the runs the committed records of the profile hold too (default: skip them; "
-                        "`make book PROFILE=...` retrains, as a build from its own runs reads them from runs/)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per worker (default: cores / workers)")
+                   help="train the runs the committed records hold too (as `make book PROFILE=...` does)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: cores / --jobs)")
     p.add_argument("--status-every", type=float, default=30.0, help="seconds between progress lines (default: 30)")
     p.add_argument("--fuse", type=int, default=None, metavar="N",
-                   help="train at most N runs of one architecture as one fused model, in this process (1: each "
-                        "run alone; default: per device, fused.DEFAULT_FUSE: 1 on a CPU, 16 on CUDA)")
+                   help="train up to N runs of one architecture as one fused model (default: 1 on a CPU, 16 on CUDA)")
     p = sub.add_parser("export", help="copy the finished runs' small files to book/records/<dataset>/<profile>/ "
                                       "(to commit; no weights)")
     selection(p, device=False)
@@ -65,14 +63,12 @@ def add_commands(sub) -> None:
     p = sub.add_parser("records", help="the committed records of this dataset, per profile")
     p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
     p.add_argument("--best", action="store_true",
-                   help="print only the profile and data copy of the most complete records, this data's first, "
-                        "else another copy's (nothing if none)")
+                   help="print the profile and data copy of the most complete records (this data's first)")
     p.add_argument("--markdown", metavar="PROFILE", default=None,
                    help="print the results table of PROFILE's committed records in markdown (README's results)")
     p.add_argument("--verify", metavar="PROFILE/RUN", default=None,
-                   help="retrain a committed run (e.g. cpu/resnet20-seed0) on this CPU up to --iterations and compare "
-                        "each history row with its record: bit for bit, within a stated tolerance, or different "
-                        "(exit 1)")
+                   help="retrain a committed run (cpu/resnet20-seed0) here up to --iterations and compare it with its "
+                        "record: bit for bit, within tolerance, or different (exit 1)")
     p.add_argument("--iterations", type=int, default=None,
                    help="with --verify: how far to retrain (default: the record's first evaluation)")
     p.add_argument("--json", default=None, help="with --verify: also write what it found to this JSON file")
