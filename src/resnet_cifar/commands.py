@@ -99,10 +99,15 @@ def main(args) -> int:
     has_records = read_manifest(committed_here) is not None  # read (and checked) once
     retrain = args.profile == "smoke" or getattr(args, "retrain_published", False)
     published = committed_here if has_records and not retrain else None
-    if args.command == "plan" and args.commands:
+    if args.command == "plan" and args.commands:  # one line per run, for a job array or GNU parallel
+        flags = [f"--profile {args.profile}", f"--device {args.device}"]
+        flags += [f"--seed {args.seed}"] if args.seed else []
+        flags += ["--chapters", *args.chapters, "--set", *map(shlex.quote, args.set)] if args.set else []
+        flags += [f"--data-dir {shlex.quote(str(args.data_dir))}"] if args.data_dir else []
+        flags += [f"--runs-dir {shlex.quote(str(args.runs_dir))}"] if args.runs_dir != "runs" else []
         for r in runs:
             if P.status(r, args.profile, folder, published)["state"] != "finished":
-                print(" ".join(["python -m resnet_cifar run", *_flags(args), "--only", r.name]))
+                print(" ".join(["python -m resnet_cifar run", *flags, "--only", r.name]))
         return 0
     if args.command == "plan":
         return _show_plan(args, runs, folder, identity, root, published)
@@ -135,15 +140,6 @@ def _export(args, root: Path, identity: str, folder: Path, runs) -> int:
           + "".join(f"; {n} unfinished at {e['iterations_done']:,} iterations, with its checkpoint"
                     for n, e in unfinished.items()))
     return 0
-
-
-def _flags(args) -> list[str]:
-    flags = [f"--profile {args.profile}", f"--device {args.device}"]
-    flags += [f"--seed {args.seed}"] if args.seed else []
-    flags += ["--chapters", *args.chapters, "--set", *map(shlex.quote, args.set)] if args.set else []
-    flags += [f"--data-dir {shlex.quote(str(args.data_dir))}"] if args.data_dir else []
-    flags += [f"--runs-dir {shlex.quote(str(args.runs_dir))}"] if args.runs_dir != "runs" else []
-    return flags
 
 
 def _show_plan(args, runs, folder: Path, identity: str, root: Path, published: Path | None) -> int:
