@@ -93,18 +93,16 @@ def main(argv=None) -> int:
 
 
 def as_flags(message: str) -> str:
-    """Library messages name arguments (`force=True`, `runs_dir=`); on the command line the
-    same advice names flags (`--force`, `--runs-dir`)."""
+    """Library advice names arguments (`force=True`, `runs_dir=`); the command line's names flags."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
 
     def flag(match: re.Match) -> str:
         name, value = match.group(1), match.group(2)
+        option = name.replace("_", "-")
         if name not in fields:
             return match.group(0)
-        option = "--" + name.replace("_", "-")
-        if value == "False":
-            return "--no-" + name.replace("_", "-")
-        return option if value in ("True", "") else f"{option} {value.strip(chr(39))}"
+        return {"True": f"--{option}", "": f"--{option}", "False": f"--no-{option}"}.get(
+            value, f"--{option} {value.strip(chr(39))}")
     return re.sub(r"\b([a-z_]+)=(True|False|'[^']*'|[\w.]*)", flag, message)
 
 
