@@ -208,9 +208,9 @@ def _in_process(runner: Runner, fuse: int, threads: int | None) -> None:
     dataset = load_cifar10(configs[0].data_dir)  # once for all the runs
     for group in [[c] for c in configs] if fuse == 1 else groups(configs, fuse):
         members = [tasks[c.name] for c in group]
+        fused = f", fused with {len(group) - 1} other(s)" if len(group) > 1 else ""
         for task in members:
-            runner.begin(task, task.config.device + (f", fused with {len(group) - 1} other(s)" if len(group) > 1
-                                                     else ""))
+            runner.begin(task, task.config.device + fused)
         runner.say(f"start {members[0].name}" if len(group) == 1 else
                    f"start a fused group of {len(group)}: {', '.join(t.name for t in members)}")
         for task, (ok, detail) in zip(members, train_runs(group, dataset)):
