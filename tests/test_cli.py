@@ -82,6 +82,18 @@ def test_missing_data_exit_2(capsys, tmp_path):
     assert err.startswith("error: CIFAR-10 not found") and "download" in err
 
 
+def test_a_run_in_a_process_of_its_own_answers_on_its_last_line(tmp_path):
+    """The process the runner starts for one run (`python -m resnet_cifar.runner CONFIG`) answers
+    whether it finished and why not, as JSON on its last line; a failing run is an answer, not a crash."""
+    config = json.dumps(dict(name="bad", depth=33, runs_dir=str(tmp_path / "runs"), progress="none"))
+    proc = subprocess.run([sys.executable, "-m", "resnet_cifar.runner", config], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answer = json.loads(proc.stdout.splitlines()[-1])
+    assert answer["ok"] is False and answer["detail"].startswith("ValueError: depth must be 6n+2"), answer
+    assert not (tmp_path / "runs").exists()
+
+
 def test_eval_of_a_non_run(capsys, tmp_path):
     assert cli.main(["eval", str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
 import re
@@ -12,34 +11,55 @@ import sys
 from .config import TrainConfig
 
 
-def field_help() -> dict[str, str]:
-    """Each TrainConfig field's comment in config.py: the flags' help, written once."""
-    source = inspect.getsource(TrainConfig)
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^ +(\w+): [^#\n]*#(.*)$", source, re.M)}
-
-
-def _optional(cast):
-    def parse(text: str):
-        return None if text.lower() in ("none", "") else cast(text)
-    parse.__name__ = cast.__name__
-    return parse
+# The help of train's flags, one flag per TrainConfig field (a field without help here has none).
+HELP = dict(
+    name="run folder name; default: derived from the config",
+    arch="resnet | plain | resnet34-imagenet",
+    depth="6n+2: 20, 32, 44, 56, 110, 1202",
+    shortcut="A: zero-pad identity (paper, CIFAR) | B: 1x1 conv + BN | B-no-bn",
+    final_relu="the seed log's question: a ReLU after the last FC",
+    data_dir="default: $RESNET_CIFAR_DATA, then ./data",
+    val_size="the 45k/5k split",
+    subset="n//10 images of each class from each split, for quick runs; default: all",
+    normalization="per-pixel-mean (paper) | per-channel | none",
+    normalize_eval="--no-normalize-eval: test without mean subtraction (the seed log's failure)",
+    crop="4-pixel zero pad + random 32x32 crop",
+    flip="random horizontal flip",
+    optimizer="sgd | adam | adamw | nadam",
+    schedule="multistep | plateau | cosine | constant",
+    schedule_unit="milestones and warm-up in iterations or epochs: iteration | epoch",
+    milestones="lr drops (x gamma)",
+    warmup="lr = warmup_lr for this many iterations (or epochs)",
+    warmup_until_error="ResNet-110 (Sec. 4.2): lr = warmup_lr until the training error is below this",
+    plateau_patience="evaluations without val-loss improvement",
+    eval_every="iterations; default: one epoch",
+    checkpoint_every="iterations; default: at every evaluation",
+    stop_at="stop after this iteration, resumable (a prefix of the run; not fused)",
+    device="auto (cuda, then mps, then cpu) | cpu | cuda[:k] | mps",
+    dtype="float32 (true fp32) | tf32 | float64 | bfloat16 (autocast)",
+    compile="torch.compile the model",
+    compile_mode="with --compile: default | reduce-overhead (CUDA graphs) | max-autotune | ...",
+    sync_bn="SyncBatchNorm across torchrun processes (GPUs only)",
+    resume="continue an interrupted run from its checkpoint",
+    force="retrain even if a record exists",
+    wait="another process trains this run: wait for it, then reuse or resume",
+    progress="auto (a bar on a terminal, log lines otherwise) | bar | log | none",
+)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, defaults from the dataclass (the paper's recipe)."""
-    helps = field_help()
+    """One flag per TrainConfig field, its default the dataclass's (the paper's recipe)."""
     for f in dataclasses.fields(TrainConfig):
-        flag, default = "--" + f.name.replace("_", "-"), f.default
-        help_text = f"{helps.get(f.name, '')} (default: {default})".strip()
+        option, default, help = "--" + f.name.replace("_", "-"), f.default, HELP.get(f.name, "")
+        help = help if default is None else f"{help} (default: {default})".strip()
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default, help=help)
         elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs="*", default=default, help=help_text)
-        else:
-            kind = "float" if isinstance(default, float) else "int" if "int" in str(f.type) else "str"
-            cast = {"float": float, "int": int, "str": str}[kind]
-            parser.add_argument(flag, type=_optional(cast) if "None" in str(f.type) else cast,
-                                default=default, help=help_text)
+            parser.add_argument(option, type=int, nargs="*", default=default, help=help)
+        else:  # the annotation's first type: "int | None" is an int, or None (as "none")
+            cast = {"int": int, "float": float, "str": str}[str(f.type).split(" |")[0]]
+            parser.add_argument(option, default=default, help=help, type=cast if default is not None else
+                                lambda text, cast=cast: None if text.lower() in ("none", "") else cast(text))
 
 
 def main(argv=None) -> int:
@@ -73,18 +93,16 @@ def main(argv=None) -> int:
 
 
 def as_flags(message: str) -> str:
-    """Library messages name arguments (`force=True`, `runs_dir=`); on the command line the
-    same advice names flags (`--force`, `--runs-dir`)."""
+    """Library advice names arguments (`force=True`, `runs_dir=`); the command line's names flags."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
 
     def flag(match: re.Match) -> str:
         name, value = match.group(1), match.group(2)
+        option = name.replace("_", "-")
         if name not in fields:
             return match.group(0)
-        option = "--" + name.replace("_", "-")
-        if value == "False":
-            return "--no-" + name.replace("_", "-")
-        return option if value in ("True", "") else f"{option} {value.strip(chr(39))}"
+        return {"True": f"--{option}", "": f"--{option}", "False": f"--no-{option}"}.get(
+            value, f"--{option} {value.strip(chr(39))}")
     return re.sub(r"\b([a-z_]+)=(True|False|'[^']*'|[\w.]*)", flag, message)
 
 

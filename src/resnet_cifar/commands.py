@@ -1,11 +1,12 @@
-"""The plan's commands: `python -m resnet_cifar plan | run | export | records`, over the plan
-(plan.py), the worker pool (runner.py) and the published records (records.py)."""
+"""The commands `plan | run | export | records`, over the plan (plan.py), the runner (runner.py) and
+the published records (records.py)."""
 from __future__ import annotations
 
 import json
 import re
 import shlex
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -49,13 +50,11 @@ def add_commands(sub) -> None:
     selection(p)
     p.add_argument("--jobs", type=int, default=1, help="runs at once per GPU (on a CPU: in all) (default: 1)")
     p.add_argument("--retrain-published", action="store_true",
-                   help="train the runs the committed records of the profile hold too (default: skip them; "
-                        "`make book PROFILE=...` retrains, as a build from its own runs reads them from runs/)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per worker (default: cores / workers)")
+                   help="train the runs the committed records hold too (as `make book PROFILE=...` does)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: cores / --jobs)")
     p.add_argument("--status-every", type=float, default=30.0, help="seconds between progress lines (default: 30)")
     p.add_argument("--fuse", type=int, default=None, metavar="N",
-                   help="train at most N runs of one architecture as one fused model, in this process (1: each "
-                        "run alone; default: per device, fused.DEFAULT_FUSE: 1 on a CPU, 16 on CUDA)")
+                   help="train up to N runs of one architecture as one fused model (default: 1 on a CPU, 16 on CUDA)")
     p = sub.add_parser("export", help="copy the finished runs' small files to book/records/<dataset>/<profile>/ "
                                       "(to commit; no weights)")
     selection(p, device=False)
@@ -64,14 +63,12 @@ def add_commands(sub) -> None:
     p = sub.add_parser("records", help="the committed records of this dataset, per profile")
     p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
     p.add_argument("--best", action="store_true",
-                   help="print only the profile and data copy of the most complete records, this data's first, "
-                        "else another copy's (nothing if none)")
+                   help="print the profile and data copy of the most complete records (this data's first)")
     p.add_argument("--markdown", metavar="PROFILE", default=None,
                    help="print the results table of PROFILE's committed records in markdown (README's results)")
     p.add_argument("--verify", metavar="PROFILE/RUN", default=None,
-                   help="retrain a committed run (e.g. cpu/resnet20-seed0) on this CPU up to --iterations and compare "
-                        "each history row with its record: bit for bit, within a stated tolerance, or different "
-                        "(exit 1)")
+                   help="retrain a committed run (cpu/resnet20-seed0) here up to --iterations and compare it with its "
+                        "record: bit for bit, within tolerance, or different (exit 1)")
     p.add_argument("--iterations", type=int, default=None,
                    help="with --verify: how far to retrain (default: the record's first evaluation)")
     p.add_argument("--json", default=None, help="with --verify: also write what it found to this JSON file")
@@ -88,72 +85,61 @@ def dataset_identity(data_dir) -> str:
 def main(args) -> int:
     identity = dataset_identity(args.data_dir)
     root = project_root()
-    if args.command == "records" and args.verify:
-        result = verify(root, identity, args.verify, args.iterations, args.data_dir)
-        _print_verification(result)
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
-        return 1 if result["verdict"] == "different" else 0
     if args.command == "records":
-        return _records(root, identity, args.best, args.markdown)
+        return _records(args, root, identity)
     folder = Path(args.runs_dir) / identity / args.profile
+    runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
     if args.command == "export":
-        records = Path(args.records_dir) if args.records_dir else root / RECORDS
-        if args.profile == "smoke" and not args.records_dir:
-            raise ValueError("smoke runs are not published: the smoke build always trains from scratch (it is what "
-                             "the tests build); pass --records-dir to export them elsewhere")
-        runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
-        planned = len(runs) if args.set else len(P.plan(args.profile, args.seed))
-        manifest = export(runs, args.profile, identity, folder, records / identity / args.profile, args.partial,
-                          planned)
-        unfinished = {n: e for n, e in manifest["runs"].items() if e.get("status") == REC.UNFINISHED}
-        print(f"exported {len(manifest['runs']) - len(unfinished)} finished runs of the {planned} of profile "
-              f"{args.profile} to {shown_path(records / identity / args.profile)} (config, summary, history; "
-              f"weights only of {', '.join(REC.KEPT_WEIGHTS.get(args.profile, ())) or 'none'})"
-              + "".join(f"; {n} unfinished at {e['iterations_done']:,} iterations, with its checkpoint"
-                        for n, e in unfinished.items()))
-        return 0
+        return _export(args, root, identity, folder, runs)
     if read_manifest(folder) is not None or inside(folder, root / RECORDS):
         raise ValueError(f"{folder} holds published records; runs are trained into a runs folder (--runs-dir runs) "
                          f"and published with `export`")
-    runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
     # trained before, perhaps on another machine: `run` does not train published runs again, and `plan` says so
     committed_here = root / RECORDS / identity / args.profile
     has_records = read_manifest(committed_here) is not None  # read (and checked) once
-    published = None if args.profile == "smoke" or getattr(args, "retrain_published", False) or not has_records \
-        else committed_here
-    if args.command == "run" and published is not None:
-        done = {r.name for r in runs if P.status(r, args.profile, folder, published).get("published")}
-        if done:
-            print(f"{len(done)} run(s) of the plan are published in {shown_path(published)} and not trained again: "
-                  f"{', '.join(sorted(done))}")
-            runs = [r for r in runs if r.name not in done]
-    if args.command == "run" and has_records:
-        for r in runs:  # published unfinished, perhaps by another machine: resumed from its checkpoint
-            source = committed_here / r.name
-            if REC.restore(source, folder / r.name, r.config(args.profile)):
-                print(f"{r.name}: resumes from the checkpoint published in {shown_path(source)} "
-                      f"(iteration {REC.read_json(folder / r.name / 'summary.json')['iterations_done']:,})")
-    if args.command == "run":
-        # --jobs > 1 asks for worker processes, which train single runs
-        fuse = (default_fuse(args.device) if args.jobs == 1 else 1) if args.fuse is None else check_fuse(args.fuse)
-        return run_plan(runs, args.profile, folder, args.device, args.jobs, args.data_dir, args.threads,
-                        args.status_every, fuse=fuse)
-    if args.commands:
+    retrain = args.profile == "smoke" or getattr(args, "retrain_published", False)
+    published = committed_here if has_records and not retrain else None
+    if args.command == "plan" and args.commands:  # one line per run, for a job array or GNU parallel
+        flags = [f"--profile {args.profile}", f"--device {args.device}"]
+        flags += [f"--seed {args.seed}"] if args.seed else []
+        flags += ["--chapters", *args.chapters, "--set", *map(shlex.quote, args.set)] if args.set else []
+        flags += [f"--data-dir {shlex.quote(str(args.data_dir))}"] if args.data_dir else []
+        flags += [f"--runs-dir {shlex.quote(str(args.runs_dir))}"] if args.runs_dir != "runs" else []
         for r in runs:
             if P.status(r, args.profile, folder, published)["state"] != "finished":
-                print(" ".join(["python -m resnet_cifar run", *_flags(args), "--only", r.name]))
+                print(" ".join(["python -m resnet_cifar run", *flags, "--only", r.name]))
         return 0
-    return _show_plan(args, runs, folder, identity, root, published)
+    if args.command == "plan":
+        return _show_plan(args, runs, folder, identity, root, published)
+    done = {r.name for r in runs if published and P.status(r, args.profile, folder, published).get("published")}
+    if done:
+        print(f"{len(done)} run(s) of the plan are published in {shown_path(published)} and not trained again: "
+              f"{', '.join(sorted(done))}")
+        runs = [r for r in runs if r.name not in done]
+    for r in runs if has_records else []:  # published unfinished, perhaps by another machine: resumed from there
+        if REC.restore(committed_here / r.name, folder / r.name, r.config(args.profile)):
+            print(f"{r.name}: resumes from the checkpoint published in {shown_path(committed_here / r.name)} "
+                  f"(iteration {REC.read_json(folder / r.name / 'summary.json')['iterations_done']:,})")
+    # --jobs > 1 asks for one process per run, and those train single runs
+    fuse = (default_fuse(args.device) if args.jobs == 1 else 1) if args.fuse is None else check_fuse(args.fuse)
+    return run_plan(runs, args.profile, folder, args.device, args.jobs, args.data_dir, args.threads,
+                    args.status_every, fuse=fuse)
 
 
-def _flags(args) -> list[str]:
-    flags = [f"--profile {args.profile}", f"--device {args.device}"]
-    flags += [f"--seed {args.seed}"] if args.seed else []
-    flags += ["--chapters", *args.chapters, "--set", *map(shlex.quote, args.set)] if args.set else []
-    flags += [f"--data-dir {shlex.quote(str(args.data_dir))}"] if args.data_dir else []
-    flags += [f"--runs-dir {shlex.quote(str(args.runs_dir))}"] if args.runs_dir != "runs" else []
-    return flags
+def _export(args, root: Path, identity: str, folder: Path, runs) -> int:
+    records = Path(args.records_dir) if args.records_dir else root / RECORDS
+    if args.profile == "smoke" and not args.records_dir:
+        raise ValueError("smoke runs are not published: the smoke build always trains from scratch (it is what "
+                         "the tests build); pass --records-dir to export them elsewhere")
+    planned = len(runs) if args.set else len(P.plan(args.profile, args.seed))
+    manifest = export(runs, args.profile, identity, folder, records / identity / args.profile, args.partial, planned)
+    unfinished = {n: e for n, e in manifest["runs"].items() if e.get("status") == REC.UNFINISHED}
+    print(f"exported {len(manifest['runs']) - len(unfinished)} finished runs of the {planned} of profile "
+          f"{args.profile} to {shown_path(records / identity / args.profile)} (config, summary, history; "
+          f"weights only of {', '.join(REC.KEPT_WEIGHTS.get(args.profile, ())) or 'none'})"
+          + "".join(f"; {n} unfinished at {e['iterations_done']:,} iterations, with its checkpoint"
+                    for n, e in unfinished.items()))
+    return 0
 
 
 def _show_plan(args, runs, folder: Path, identity: str, root: Path, published: Path | None) -> int:
@@ -164,64 +150,58 @@ def _show_plan(args, runs, folder: Path, identity: str, root: Path, published: P
         device = torch.device(args.device)
         on = f"{device} (not on this machine: rates of runs recorded on {device.type} devices)"
     rows = P.estimates(runs, args.profile, folder, device, root / RECORDS, published)
-    fused = fused_groups(rows, args.fuse) if args.fuse is not None else None
+    by_name = {r["run"].name: r for r in rows if r["state"] != "finished"}
+    made = groups([r["config"] for r in by_name.values()], check_fuse(args.fuse)) if args.fuse is not None else []
+    group_of = {c.name: f"g{i}" for i, group in enumerate(made, 1) for c in group}
     print(f"plan of profile {args.profile} · {dataset_label(identity)} · runs in {folder} · times on {on}")
     head = ("run", "chapters", "seed", "model", "dtype", "iterations", "status", "time", "time from")
     lines = [(r["run"].name, ",".join(c.split("_")[0] for c in r["run"].chapters), str(r["run"].seed),
-              r["run"].model(), r["config"].dtype, f"{r['config'].iterations:,}", r["text"],
-              hms(r["seconds"]) if r["seconds"] is not None else "unknown", r["source"]) for r in rows]
-    if fused is not None:
-        head = ("group", *head)
-        lines = [(fused["of"].get(r["run"].name, "-"), *line) for r, line in zip(rows, lines)]
+              r["run"].model(), r["config"].dtype, f"{r['config'].iterations:,}", r["text"], hms(r["seconds"])
+              if r["seconds"] is not None else "unknown", r["source"]) for r in rows]
+    if args.fuse is not None:
+        head, lines = ("group", *head), [(group_of.get(line[0], "-"), *line) for line in lines]
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head) - 1)]
     for line in [head, *lines]:
         print("  ".join(x.ljust(w) for x, w in zip(line, widths)) + "  " + line[-1])
-    states = {s: sum(r["state"] == s for r in rows) for s in ("finished", "running", "interrupted", "failed",
-                                                               "conflict", "missing")}
-    measured = sum(r["seconds"] for r in rows if r["state"] == "finished")
+    states = Counter(r["state"] for r in rows)
     rest = [r["seconds"] for r in rows if r["state"] != "finished"]
-    unknown = sum(x is None for x in rest)
-    images = sum(r["config"].iterations * r["config"].batch_size for r in rows)
-    print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in states.items() if n) +
-          f" · {sum(r['config'].iterations for r in rows):,} iterations, {images:,} training images")
-    shared = sum(bool(r.get("published")) for r in rows)
-    if shared:
-        print(f"{shared} of them published in {shown_path(published)}: `run` does not train them again "
-              f"(`run --retrain-published` does)")
-    print(f"time: {hms(measured)} measured (finished runs) + {hms(sum(x for x in rest if x is not None))} estimated "
-          f"for the {len(rest) - unknown} others, one run at a time on {on}"
-          + (f"; {unknown} run(s) without an estimate (no measured rate on this device: finish one run of that "
-             f"dtype, or record a benchmark with `python -m resnet_cifar bench --device {device.type} --json "
-             f"book/records/bench-{device.type}.json`)" if unknown else ""))
-    for g in (fused or {}).get("groups", []):
-        print(f"group {g['label']}: {len(g['runs'])} run(s) fused ({', '.join(g['runs'])}): "
-              f"{hms(g['seconds']) if g['seconds'] is not None else 'unknown'} estimated")
-    if fused is not None:
+    unknown = rest.count(None)
+    print(f"{len(rows)} runs: " + ", ".join(f"{states[s]} {s}" for s in ("finished", "running", "interrupted",
+                                                                         "failed", "conflict", "missing") if states[s])
+          + f" · {sum(r['config'].iterations for r in rows):,} iterations, "
+          f"{sum(r['config'].iterations * r['config'].batch_size for r in rows):,} training images")
+    if any(r.get("published") for r in rows):
+        print(f"{sum(bool(r.get('published')) for r in rows)} of them published in {shown_path(published)}: `run` "
+              f"does not train them again (`run --retrain-published` does)")
+    print(f"time: {hms(sum(r['seconds'] for r in rows if r['state'] == 'finished'))} measured (finished runs) + "
+          f"{hms(sum(x for x in rest if x is not None))} estimated for the {len(rest) - unknown} others, one run at a "
+          f"time on {on}" + (f"; {unknown} run(s) without an estimate (no measured rate on this device: finish one "
+                             f"run of that dtype, or record a benchmark with `python -m resnet_cifar bench --device "
+                             f"{device.type} --json book/records/bench-{device.type}.json`)" if unknown else ""))
+    for i, group in enumerate(made, 1):
+        times = [by_name[c.name]["seconds"] for c in group]
+        print(f"group g{i}: {len(group)} run(s) fused ({', '.join(c.name for c in group)}): "
+              f"{'unknown' if None in times else hms(sum(times))} estimated")
+    if args.fuse is not None:
         print("a group's time is estimated as the sum of its runs' times: on a CPU `bench --fused 2` measured no "
               "gain from fusing; on a GPU a group should take less (not yet measured)")
     return 0
 
 
-def fused_groups(rows: list[dict], fuse: int) -> dict:
-    """The groups `run --fuse` makes of the runs that are not finished (plan.estimates rows):
-    {"of": run name -> group label, "groups": [{label, runs, seconds (the sum of the runs')}]}."""
-    pending = {r["run"].name: r for r in rows if r["state"] != "finished"}
-    made = groups([r["config"] for r in pending.values()], check_fuse(fuse))
-    out = {"of": {}, "groups": []}
-    for i, group in enumerate(made, 1):
-        times = [pending[c.name]["seconds"] for c in group]
-        out["groups"].append(dict(label=f"g{i}", runs=[c.name for c in group],
-                                  seconds=None if None in times else sum(times)))
-        out["of"].update({c.name: f"g{i}" for c in group})
-    return out
-
-
-def _records(root: Path, identity: str, best: bool, markdown: str | None = None) -> int:
-    if markdown:
-        print(results_markdown(root, identity, markdown))
-        return 0
-    if best:
-        print(" ".join(best_records(root, identity) or ()))
+def _records(args, root: Path, identity: str) -> int:
+    if args.verify:
+        result = verify(root, identity, args.verify, args.iterations, args.data_dir)
+        print(f"{'iteration':>9}  {'quantity':<11}  {'record':>20}  {'here':>20}  |Δ|")
+        for row in result["rows"]:
+            print(f"{row['iteration']:>9,}  {row['quantity']:<11}  {row['record']:>20.15g}  {row['here']:>20.15g}  "
+                  f"{row['diff']:.3g}")
+        print(result["sentence"])
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
+        return 1 if result["verdict"] == "different" else 0
+    if args.markdown or args.best:
+        print(results_markdown(root, identity, args.markdown) if args.markdown
+              else " ".join(best_records(root, identity) or ()))
         return 0
     found = committed(root, identity)
     if not found:
@@ -251,65 +231,52 @@ def recorded_threads(summary: dict) -> int | None:
 
 
 def verify(root: Path, identity: str, spec: str, iterations: int | None, data_dir=None) -> dict:
-    """Retrain the committed run `spec` (profile/run) on this CPU from its config up to
-    `iterations` (default: its first evaluation), with its thread count, and compare every
-    history row it reaches with the record: 'bit for bit', 'within tolerance' or 'different'."""
-    import math
+    """Retrain the committed run `spec` (profile/run) on this CPU, with its thread count, up to
+    `iterations` (default: its first evaluation); compare each history row it reaches with the
+    record: 'bit for bit', 'within tolerance' or 'different'."""
     import tempfile
     from .train import train
     profile, _, name = spec.partition("/")
-    folder = root / RECORDS / identity / profile
-    manifest = read_manifest(folder) if profile in PROFILES else None
+    manifest = read_manifest(root / RECORDS / identity / profile) if profile in PROFILES else None
     if not name or manifest is None or name not in manifest.get("runs", {}):
         found = [f"{r['profile']}/…" for r in committed(root, identity)]
         raise RunError(f"no committed record {spec!r} for {identity}: give PROFILE/RUN, e.g. cpu/resnet20-seed0 "
                        f"(`python -m resnet_cifar records` lists them; committed: {', '.join(found) or 'none'})")
-    record = load_run(folder / name)
-    first = int(record.history["iteration"].iloc[0]) if len(record.history) else None
-    if first is None:
+    record = load_run(root / RECORDS / identity / spec)
+    history = record.history.set_index("iteration")[list(COMPARED)]
+    if history.empty:
         raise RunError(f"the record {spec} has no evaluation to compare with")
-    rows = record.history[record.history["iteration"] <= (iterations or first)]
+    rows = history.loc[:iterations or history.index[0]]
     if rows.empty:
-        raise RunError(f"--iterations {iterations} is before the record's first evaluation, at iteration {first:,}: "
-                       f"pass --iterations {first} or more")
-    until = int(rows["iteration"].iloc[-1])
-    threads, before = recorded_threads(record.summary), torch.get_num_threads()
-    start = time.perf_counter()
+        raise RunError(f"--iterations {iterations} is before the record's first evaluation, at iteration "
+                       f"{history.index[0]:,}: pass --iterations {history.index[0]} or more")
+    threads, before, start = recorded_threads(record.summary), torch.get_num_threads(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(**{**record.config, "name": name, "runs_dir": tmp, "data_dir": data_dir, "device": "cpu",
-                                "progress": "none", "stop_at": until, "force": True, "wait": False})
+                                "progress": "none", "stop_at": int(rows.index[-1]), "force": True, "wait": False})
         torch.set_num_threads(threads or before)
         try:
-            here = train(config)
+            here = train(config).history.set_index("iteration").reindex(rows.index)[list(COMPARED)]
             here_device = device_label(torch.device("cpu"))  # with the record's thread count
         finally:
             torch.set_num_threads(before)
-        seconds = time.perf_counter() - start
-        mine = here.history.set_index("iteration")
-    table, worst, exact = [], {}, True
-    for _, row in rows.iterrows():
-        it = int(row["iteration"])
-        for column in COMPARED:
-            a, b = float(row[column]), float(mine.loc[it, column]) if it in mine.index else math.nan
-            same = a == b or (math.isnan(a) and math.isnan(b))
-            exact &= same
-            diff = 0.0 if same else abs(a - b)
-            if column != "lr":
-                kind = column.split("_")[1]
-                worst[column] = max(worst.get(column, 0.0), diff / (abs(a) if kind == "loss" and a else 1))
-            table.append(dict(iteration=it, quantity=column, record=a, here=b, diff=diff))
-    within = all(v <= TOLERANCE[k.split("_")[1]] or math.isnan(v) for k, v in worst.items())
-    lr_same = all(t["diff"] == 0 for t in table if t["quantity"] == "lr")
+    same = (rows == here) | (rows.isna() & here.isna())
+    diff = (rows - here).abs().where(~same, 0.0)  # NaN where this run has no such row
+    worst = {c: float((diff[c] / rows[c].abs().where(rows[c] != 0, 1.0) if c.endswith("loss") else diff[c])
+                      .fillna(0.0).max()) for c in COMPARED[1:]}  # losses: relative
+    within = all(v <= TOLERANCE[k.split("_")[1]] for k, v in worst.items()) and same["lr"].all()
     causes = []
     if record.summary.get("device_name") != here_device:
         causes.append(f"another CPU or thread count (record: {record.summary.get('device_name')}; here: {here_device})")
     if str(record.summary.get("torch_version")) != str(torch.__version__):
         causes.append(f"another torch (record: {record.summary.get('torch_version')}; here: {torch.__version__})")
-    verdict = "bit for bit" if exact else "within tolerance" if within and lr_same else "different"
-    result = dict(run=spec, dataset=identity, iterations=until, verdict=verdict, threads=threads,
-                  record_device=record.summary.get("device_name"), here_device=here_device,
+    result = dict(run=spec, dataset=identity, iterations=int(rows.index[-1]),
+                  verdict="bit for bit" if same.all().all() else "within tolerance" if within else "different",
+                  threads=threads, record_device=record.summary.get("device_name"), here_device=here_device,
                   record_torch=str(record.summary.get("torch_version")), here_torch=str(torch.__version__),
-                  worst=worst, tolerance=TOLERANCE, causes=causes, seconds=seconds, rows=table,
+                  worst=worst, tolerance=TOLERANCE, causes=causes, seconds=time.perf_counter() - start,
+                  rows=[dict(iteration=int(it), quantity=c, record=float(rows.at[it, c]), here=float(here.at[it, c]),
+                             diff=float(diff.at[it, c])) for it in rows.index for c in COMPARED],
                   checked=time.strftime("%Y-%m-%d %H:%M"), commit=git_commit())
     return dict(result, sentence=verify_sentence(result))
 
@@ -329,11 +296,3 @@ def verify_sentence(result: dict) -> str:
                 f"points), not bit for bit: largest differences {worst}. Why: {why}.")
     return (f"{head} DIFFERS from its record beyond the tolerance (largest differences {worst}). "
             f"Record vs here: {why}.")
-
-
-def _print_verification(result: dict) -> None:
-    print(f"{'iteration':>9}  {'quantity':<11}  {'record':>20}  {'here':>20}  |Δ|")
-    for row in result["rows"]:
-        print(f"{row['iteration']:>9,}  {row['quantity']:<11}  {row['record']:>20.15g}  {row['here']:>20.15g}  "
-              f"{row['diff']:.3g}")
-    print(result["sentence"])

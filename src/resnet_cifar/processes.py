@@ -1,5 +1,5 @@
-"""Several processes on one run (torchrun): each takes its device before any collective, and
-rank 0's decisions (reuse, resume, the lock) reach every rank."""
+"""torchrun: each process takes its device before any collective, and rank 0's decisions (reuse,
+resume, the lock) reach every rank."""
 from __future__ import annotations
 
 import os
@@ -13,26 +13,23 @@ from .runs import RunError
 
 
 def start_processes(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
-    """(rank, world size, device, whether this call made the process group). Under torchrun
-    each process takes the GPU of its LOCAL_RANK before any collective (NCCL needs one GPU
-    per process), and every refusal happens before the group exists, on every rank alike."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = pick_device(config.device)
+    """(rank, world size, device, whether this call made the process group). Every refusal comes
+    before the group exists, on every rank alike; then each rank takes the GPU of its LOCAL_RANK."""
+    world, device = int(os.environ.get("WORLD_SIZE", "1")), pick_device(config.device)
     if world == 1:
         return 0, 1, device, False
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
     if config.wait:
-        raise RunError("wait=True is for single-process runs; a torchrun job cannot wait on another "
-                       "process's run")
+        raise RunError("wait=True is for single-process runs; a torchrun job cannot wait on another process's run")
     if config.sync_bn and device.type != "cuda":
         raise RunError("sync_bn needs CUDA devices (SyncBatchNorm only runs on GPUs); set sync_bn=False for a CPU run.")
     if config.compile and config.compile_mode in ("reduce-overhead", "max-autotune"):
-        # BatchNorm's running statistics are inputs that the step mutates; with DDP, CUDA graphs are
-        # then skipped and the step runs >10x slower (a known PyTorch limitation).
+        # BatchNorm's running statistics are inputs the step mutates: under DDP, CUDA graphs are then
+        # skipped and the step runs >10x slower (a known PyTorch limitation)
         raise ValueError(f"compile_mode={config.compile_mode!r} (CUDA graphs) does not work with torchrun's "
                          f"DistributedDataParallel and BatchNorm; use compile_mode='default'")
-    if device.type == "cuda":
+    if device.type == "cuda":  # NCCL needs one GPU per process
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     made = not dist.is_initialized()
@@ -43,18 +40,17 @@ def start_processes(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
 
 
 def on_rank0(world: int, rank: int, fn):
-    """fn() on rank 0, its result (or its exception) handed to every rank: a lock rank 0
-    cannot take stops every process at once instead of leaving the others waiting."""
+    """fn() on rank 0, its result (or its exception) handed to every rank: a lock rank 0 cannot
+    take stops every process at once instead of leaving the others waiting."""
     if world == 1:
         return fn()
     box = [None]
     if rank == 0:
         try:
-            box[0] = ("ok", fn())
+            box[0] = fn()
         except Exception as e:
-            box[0] = ("error", e)
+            box[0] = e
     dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
-    if kind == "error":
-        raise value
-    return value
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]

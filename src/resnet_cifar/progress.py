@@ -9,8 +9,6 @@ from .config import TrainConfig
 
 
 class Progress:
-    """A tqdm bar on a terminal; one plain line per evaluation otherwise (papermill, CI)."""
-
     def __init__(self, config: TrainConfig, name: str, start: int, rank: int):
         mode = config.progress if config.progress != "auto" else ("bar" if sys.stderr.isatty() else "log")
         self.mode, self.name, self.total, self.bar = (mode if rank == 0 else "none"), name, config.iterations, None
