@@ -138,9 +138,6 @@ def _run(args) -> int:
         print(f"CIFAR-10 is in {download(args.data_dir)}")
         return 0
     from . import bench
-    if args.fused:
-        from . import bench_fused
-        return bench_fused.main(args)
     return bench.main(args)
 
 
