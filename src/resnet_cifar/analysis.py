@@ -37,11 +37,6 @@ def fmt(value, spec: str = ".1f", missing: str = "–") -> str:
     return format(value, spec)
 
 
-def use_book_style() -> None:
-    """Set BOOK_STYLE for the figures that follow."""
-    plt.rcParams.update(BOOK_STYLE)
-
-
 def detached(fig):
     """`fig`, closed in pyplot: a cell that returns it shows it once, a glued one not at all."""
     plt.close(fig)
@@ -68,9 +63,8 @@ def _is_number(value) -> bool:
 
 
 def styled(table: pd.DataFrame, caption: str, precision: int = 1):
-    """`table` as the book shows it: every number through `_number` (thousands separators,
-    `precision` decimals, '–' for missing), columns of numbers marked with the CSS class
-    `number` (right-aligned by book/_static/book.css), the caption above it."""
+    """`table` as the book shows it: numbers through `_number`, their columns right-aligned (CSS class
+    `number`, book/_static/book.css), the caption above it."""
     numeric = [c for c in table.columns if len(table) and all(_is_number(v) or v is None for v in table[c])
                and any(_is_number(v) for v in table[c])]
     classes = pd.DataFrame("", index=table.index, columns=table.columns)
@@ -89,8 +83,7 @@ def complexity_table(models: dict[str, nn.Module]) -> pd.DataFrame:
 
 
 def runs_table(runs: dict[str, RunResult]) -> pd.DataFrame:
-    """One row per run: status, iterations, errors (%), final training loss, time, speed, data, device
-    (None where a run has no number)."""
+    """One row per run: status, iterations, errors (%), training loss, time, speed, data, device."""
     def pct(v):  # NaN (an evaluation that failed) as None too
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else 100 * v
 

@@ -41,8 +41,7 @@ def data_folder(data_dir=None, root: Path | None = None) -> Path:
 
 @dataclass
 class Chapter:
-    """One page's checked parameters and its dataset. With `records_data` the page reads another copy's
-    published records: captions name the runs' copy, and what is computed here says so (`here`)."""
+    """One page's checked parameters and its dataset; `records_data`: the copy whose records it reads."""
     profile: str
     device: str
     dataset: D.CIFAR10
@@ -77,8 +76,7 @@ class Chapter:
         return profile_config(self.profile, **{**settings, **overrides})
 
     def experiments(self, chapter: str, **params) -> dict[str, dict[str, list[RunResult]]]:
-        """The chapter's experiments at `params`: section -> label -> runs (one per seed, its own first),
-        each read or trained. Runs outside the default plan are remembered for `plan_slice`."""
+        """The chapter's experiments at `params`: section -> label -> runs (one per seed, its own first)."""
         self.params[chapter] = params
         sections = E.sections(chapter, self.profile, self.seed, **params)
         default = {r.name: r for r in plan(self.profile, chapters=[chapter])}
@@ -156,8 +154,7 @@ class Chapter:
 
     # -- labels
     def source(self, *runs: RunResult) -> str:
-        """'profile cpu · CIFAR-10 (JPEG q75 copy) · published records · AMD EPYC CPU': where a figure came
-        from; with no runs, the device this page would train on, marked 'no training'."""
+        """Where a figure came from: 'profile cpu · CIFAR-10 (JPEG q75 copy) · published records · AMD EPYC'."""
         runs = tuple(r for r in runs if r is not None)  # an arm the profile does not train
         where = ", ".join(sorted({machine(r.summary["device_name"]) for r in runs}))
         if not runs:  # a data-only figure: name the device this chapter would train on
@@ -232,8 +229,7 @@ class Chapter:
 
     @staticmethod
     def glue(facts: dict) -> None:
-        """Glue every item of `facts` for the page's text, showing nothing: myst-nb's
-        `glue(name, value, display=False)` outputs; outside a kernel, nothing happens."""
+        """Glue every item of `facts` as myst-nb's `glue(name, value, display=False)` does (in a kernel)."""
         shell = getattr(builtins, "get_ipython", lambda: None)()
         if shell is None:
             return
@@ -277,7 +273,7 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
                         f"got {records_data!r}")
     TrainConfig(device=device).validate()
     warnings.filterwarnings("ignore", r".*torch\.jit\.script.* is deprecated", FutureWarning)  # fvcore's tracing
-    A.use_book_style()
+    plt.rcParams.update(A.BOOK_STYLE)
     root = project_root()
     dataset = D.load_cifar10(data_folder(data_dir, root))
     if profile == "auto":  # opened as it is, a notebook shows the page the published book shows
@@ -301,8 +297,7 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
 # ---------------------------------------------------------------- the headline (introduction, chapters 6 and 7)
 @dataclass
 class Headline:
-    """ResNet-32 with the paper's recipe over seeds: the book's headline. The mean and spread use the
-    complete runs; the others are listed with their status and left out."""
+    """ResNet-32 with the paper's recipe over seeds, the book's headline: mean and spread of complete runs."""
     chapter: Chapter
     runs: dict[str, RunResult]
 
@@ -371,8 +366,7 @@ class Headline:
                    if train > test - 5 else "they fit the training images better than they generalize."))
 
     def checks(self) -> dict:
-        """`head_best`, `head_checks`: same data? same budget? The difference from the paper's 7.51 % is
-        tested only where both are the paper's (no spread is borrowed from another model)."""
+        """Same data? same budget? Only then is the difference from the paper's 7.51 % tested."""
         ch, budget, paper = self.chapter, self.chapter.config("results"), A.PAPER_ERROR["ResNet-32"]
         same_data = ch.runs_data == "official"
         same_budget = (budget.iterations, budget.batch_size, budget.subset) == (PAPER_ITERATIONS, PAPER_BATCH, None)
@@ -404,8 +398,7 @@ PAPER_RUN = "resnet32-all50k-seed0"  # the paper's protocol: all 50k training im
 
 
 def paper_run(dataset: str, name: str = PAPER_RUN) -> RunResult | None:
-    """A run of profile paper (default: ResNet-32 on the paper's whole schedule) from the committed
-    records of the copy `dataset`, however far it has trained; None when none is committed."""
+    """A run of profile paper from the committed records of the copy `dataset`, or None."""
     folder = project_root() / RECORDS / dataset / "paper"
     if not (folder / name / "summary.json").is_file():
         return None

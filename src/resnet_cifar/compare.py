@@ -45,8 +45,7 @@ def verdict(arm: list[float], ref: list[float], ref_label: str) -> str:
 
 def seed_comparison(arms: dict[str, list[RunResult]], reference: str,
                     key: str = "final_test_error") -> tuple[pd.DataFrame, dict[str, str]]:
-    """One row per arm: n complete of n runs, mean, std, best, each seed's value, Δ mean vs
-    `reference` and the verdict; and {arm: verdict}."""
+    """One row per arm (n, mean, std, best, each seed, Δ mean vs `reference`, verdict); {arm: verdict}."""
     if reference not in arms:
         raise KeyError(f"reference arm {reference!r} is not one of {list(arms)}")
     ref = values(arms[reference], key)
@@ -77,8 +76,7 @@ def summary_sentence(verdicts: dict[str, str], condition: str) -> str:
 
 
 def comparison(ch, arms: dict[str, list[RunResult]], reference: str, title: str, prefix: str):
-    """`seed_comparison` as a styled table captioned with the runs' source, and the chapter's
-    text values: `<prefix>_verdict` (every arm, with its condition) and `<prefix>_n` (seeds per arm)."""
+    """`seed_comparison` as a captioned table, and the text values `<prefix>_verdict`, `<prefix>_n`."""
     from .analysis import styled
     table, verdicts = seed_comparison(arms, reference)
     every = [r for runs in arms.values() for r in runs]
