@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from resnet_cifar import records as R  # noqa: E402
-from resnet_cifar.chapters import ch06_results as C  # noqa: E402
+from resnet_cifar import book as C  # noqa: E402
 
 README = ROOT / "README.md"
 FIGURE = "book/_static/paper-run.png"

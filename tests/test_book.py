@@ -12,6 +12,7 @@ those chapters (and the root page), for working on a few chapters.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import http.server
 import importlib.util
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pytest
@@ -30,7 +32,7 @@ import yaml
 
 from conftest import missing
 from resnet_cifar import data as D
-from resnet_cifar.chapters import ch06_results as results
+from resnet_cifar import book as shared  # what the pages share
 from resnet_cifar.experiments import CHAPTERS
 from resnet_cifar.records import shown_path
 
@@ -263,6 +265,9 @@ return Array.from(article.querySelectorAll('table')).map(t => {
 # in cells and in the pages' code blocks alike, and table headers that break inside a word.
 CODE_JS = """
 const article = document.querySelector('article.bd-article') || document.querySelector('main');
+// show the folded code (hide-input) as a reader who opens it sees it
+article.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
+article.querySelectorAll('details').forEach(d => { d.open = true; });
 return Array.from(article.querySelectorAll('pre')).filter(p => !p.closest('.cell_output'))
   .filter(p => p.scrollWidth > p.clientWidth + 1)
   .map(p => p.innerText.split('\\n').reduce((a, b) => b.length > a.length ? b : a, '').slice(0, 90));
@@ -336,20 +341,23 @@ def test_every_page_fits_and_publishes_no_path_parameters_cell_or_raw_latex(brow
 
 
 CODE_COLUMNS = 78  # what a code cell shows of a line on a 1280-px page
+FOLDED_COLUMNS = 76  # what a folded cell (hide-input), opened, shows: its box is narrower
 
 
 def test_no_code_line_is_wider_than_a_page_shows():
-    """The pages' code as a reader sees it (code cells, parameters cells included, and the code
-    blocks of the text and the manual): the browser test finds lines that do not fit the column;
-    this finds them in the source, before a build."""
+    """The pages' code as a reader sees it (code cells, parameters cells included, folded cells
+    opened, and the code blocks of the text and the manual): the browser test finds lines that do
+    not fit the column; this finds them in the source, before a build."""
     import re
     code = []
     for path in sorted((ROOT / "book").glob("*.ipynb")):
         for c in nbformat.read(path, as_version=4).cells:
+            width = FOLDED_COLUMNS if "hide-input" in c.metadata.get("tags", []) else CODE_COLUMNS
             blocks = [c.source] if c.cell_type == "code" else re.findall(r"```[a-z]*\n(.*?)```", c.source, re.S)
-            code += [(path.name, block) for block in blocks]
-    code += [("manual.md", b) for b in re.findall(r"```[a-z]*\n(.*?)```", (ROOT / "book" / "manual.md").read_text(), re.S)]
-    wide = [f"{where}: {line}" for where, block in code for line in block.splitlines() if len(line) > CODE_COLUMNS]
+            code += [(path.name, block, width) for block in blocks]
+    code += [("manual.md", b, CODE_COLUMNS)
+             for b in re.findall(r"```[a-z]*\n(.*?)```", (ROOT / "book" / "manual.md").read_text(), re.S)]
+    wide = [f"{where}: {line}" for where, block, width in code for line in block.splitlines() if len(line) > width]
     assert len(code) > 100 and wide == [], "\n".join(wide)
 
 
@@ -391,6 +399,22 @@ def test_build_reports_every_notebooks_time(book):
 
 # ---------------------------------------------------------------- the chapters' helpers, on made-up run records
 
+DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.Assign)
+
+
+@functools.cache
+def page_code(page: str) -> SimpleNamespace:
+    """The functions a page defines in its hidden cells (tagged hide-input, holding only imports,
+    constants and functions), run on their own: the code the page runs, for tests."""
+    namespace = {}
+    for cell in nbformat.read(ROOT / "book" / f"{page}.ipynb", as_version=4).cells:
+        body = ast.parse(cell.source).body if cell.cell_type == "code" else []
+        if ("hide-input" in cell.metadata.get("tags", []) and any(isinstance(s, ast.FunctionDef) for s in body)
+                and all(isinstance(s, DEFINITIONS) for s in body)):
+            exec(compile(cell.source, f"{page}.ipynb", "exec"), namespace)
+    return SimpleNamespace(**namespace)
+
+
 def _record(tmp_path, name, status, final=None, history=True, iterations=20):
     """A RunResult as `runs.load_run` returns it, for a run that ended with `status`."""
     import pandas as pd
@@ -409,7 +433,7 @@ def _record(tmp_path, name, status, final=None, history=True, iterations=20):
 def test_headline_leaves_out_runs_that_did_not_finish(dataset, tmp_path):
     from resnet_cifar import book
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
-    head = results.Headline(ch, {"seed 0": _record(tmp_path, "a", "complete", 0.2),
+    head = shared.Headline(ch, {"seed 0": _record(tmp_path, "a", "complete", 0.2),
                               "seed 1": _record(tmp_path, "b", "diverged", None, history=False, iterations=7)})
     facts = head.facts()
     assert (facts["head_mean"], facts["head_n"], facts["head_runs"], facts["head_std"]) == ("20.00", "1", "2", "–")
@@ -420,9 +444,9 @@ def test_headline_leaves_out_runs_that_did_not_finish(dataset, tmp_path):
     assert facts["head_fit"] == ("Their final training error, on the augmented batches, is 80.0 % against 20.0 % "
                                  "test error (means over 1 seed(s)): the runs still underfit, so at this budget the "
                                  "iterations, not the recipe, limit them.")
-    comparison = head.comparison().to_html()
+    comparison = page_code("intro").comparison_table(head).to_html()
     assert "– (diverged)" in comparison and "20.00" in comparison and "7.51" in comparison
-    seeds = head.seeds_table().to_html()
+    seeds = page_code("06_results").seeds_table(head).to_html()
     assert "1 of 2 complete" in seeds and "20.00 ± –" in seeds and "64,000" in seeds
     legend = [t.get_text() for t in head.figure().axes[0].get_legend().get_texts()]
     assert "seed 1: diverged at iteration 7" in legend and "paper: 7.51 %" in legend
@@ -431,11 +455,11 @@ def test_headline_leaves_out_runs_that_did_not_finish(dataset, tmp_path):
 def test_headline_without_a_finished_run_says_so(dataset, tmp_path):
     from resnet_cifar import book
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
-    head = results.Headline(ch, {f"seed {s}": _record(tmp_path, str(s), "diverged", None, history=False) for s in (0, 1)})
+    head = shared.Headline(ch, {f"seed {s}": _record(tmp_path, str(s), "diverged", None, history=False) for s in (0, 1)})
     facts = head.facts()
     assert facts["head_mean"] == "–" and facts["head_gap"] == "–"
     assert facts["head_verdict"].startswith("None of the 2 runs finished")
-    fig, table, class_facts = results.class_errors(ch, head.runs)
+    fig, table, class_facts = page_code("06_results").class_errors(ch, head.runs)
     assert fig is None and class_facts["res_best"] == "no run with weights (no run finished)"
 
 
@@ -446,7 +470,7 @@ def _paper_record(tmp_path):
     import pandas as pd
     from resnet_cifar.config import profile_config
     from resnet_cifar.runs import RunResult
-    config = dataclasses.asdict(profile_config("paper", name=results.PAPER_RUN, val_size=0))
+    config = dataclasses.asdict(profile_config("paper", name=shared.PAPER_RUN, val_size=0))
     rows = [dict(iteration=390, lr=0.1, train_error=0.6, test_error=0.3),
             dict(iteration=780, lr=0.1, train_error=0.5, test_error=0.35)]
     segments = [dict(start=0, end=390, seconds=1800.0, device="CPU A", threads=2, commit="aaaaaaa", began=None),
@@ -455,35 +479,35 @@ def _paper_record(tmp_path):
     summary = dict(status="unfinished", status_detail="unfinished", iterations_done=780, iterations=64000,
                    final_test_error=0.35, dataset="jpeg-q75-copy", dataset_label="CIFAR-10 (JPEG q75 copy)",
                    device="cpu", device_name="CPU B", train_size=50000, test_size=10000, segments=segments)
-    return RunResult(tmp_path / results.PAPER_RUN, config, summary, pd.DataFrame(rows), pd.DataFrame())
+    return RunResult(tmp_path / shared.PAPER_RUN, config, summary, pd.DataFrame(rows), pd.DataFrame())
 
 
 def test_the_paper_schedule_section_states_what_its_record_holds(dataset, tmp_path):
     from resnet_cifar import book
     run = _paper_record(tmp_path)
-    facts = results.paper_facts(run)
+    facts = shared.paper_facts(run)
     assert facts["sched_status"] == "780 of 64,000 iterations (1 %), still training"
     assert (facts["sched_error"], facts["sched_at"], facts["sched_lr"]) == ("35.00", "780", "0.1")
     assert facts["sched_lowest"] == "30.00 % at iteration 390"
     assert facts["sched_sittings"] == "2 sittings, 1.0 hours of training and evaluation, on CPU A; CPU B"
     assert facts["sched_data"] == "CIFAR-10 (JPEG q75 copy), 50,000 training and 10,000 test images"
-    ax = results.paper_figure(run).axes[0]
+    ax = shared.paper_figure(run).axes[0]
     assert ax.get_xlim() == (0, 64000)
     assert sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "-.") == [32000, 48000]
     assert "paper: 7.51 %" in [t.get_text() for t in ax.get_legend().get_texts()]
-    sittings = results.paper_sittings(run).data
+    sittings = shared.paper_sittings(run).data
     assert sittings["iterations"].tolist() == ["0 – 390", "390 – 780"] and sittings["device"].tolist() == ["CPU A",
                                                                                                          "CPU B"]
     assert sittings["images/s"].tolist() == pytest.approx([390 * 128 / 1800] * 2)
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
-    head = results.Headline(ch, {"seed 0": _record(tmp_path, "a", "complete", 0.2)})
-    table = head.comparison(run).data
+    head = shared.Headline(ch, {"seed 0": _record(tmp_path, "a", "complete", 0.2)})
+    table = page_code("intro").comparison_table(head, run).data
     row = table.loc["this book, the paper's schedule (all 50k, seed 0)"]
     assert row["test error %"] == "35.00 (latest)" and row["budget"] == "780 of 64,000 iterations × batch 128"
     assert row["comparable"] == "NO: not the official data and unfinished (780 of 64,000)"
-    none = results.paper_facts(None)
+    none = shared.paper_facts(None)
     assert none["sched_status"].startswith("no run of the paper's whole schedule is committed")
-    assert results.paper_sittings(None).data.empty
+    assert shared.paper_sittings(None).data.empty
 
 
 def test_the_committed_paper_run_is_the_plans_run(dataset, tmp_path):
@@ -491,12 +515,12 @@ def test_the_committed_paper_run_is_the_plans_run(dataset, tmp_path):
     plan's identity: a change to the recipe's defaults would make it another run."""
     from resnet_cifar import book
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0, records_data="jpeg-q75-copy")
-    run = results.paper_run(ch.runs_data)
+    run = shared.paper_run(ch.runs_data)
     if run is None:
         missing("no record of the paper's schedule is committed for the JPEG copy")
-    assert run.name == results.PAPER_RUN and run.config["val_size"] == 0 and run.summary["train_size"] == 50000
+    assert run.name == shared.PAPER_RUN and run.config["val_size"] == 0 and run.summary["train_size"] == 50000
     assert run.status in ("unfinished", "complete")
-    assert results.paper_facts(run)["sched_at"] == f"{run.summary['iterations_done']:,}"
+    assert shared.paper_facts(run)["sched_at"] == f"{run.summary['iterations_done']:,}"
     assert run.history["iteration"].iloc[-1] == run.summary["iterations_done"]
     if run.status == "unfinished":  # its checkpoint holds exactly what its summary claims
         saved = torch.load(run.run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -507,16 +531,16 @@ def test_table6_shows_the_paper_schedule_runs_beside_the_papers_rows(dataset, tm
     """Chapter 7's Table 6 shows each depth's run of the paper's whole schedule from the committed
     records (how far it has trained while unfinished), '–' where none is committed."""
     from resnet_cifar import book
-    from resnet_cifar.chapters import ch07_depth
+    depth = page_code("07_depth")
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0, records_data="jpeg-q75-copy")
-    run = results.paper_run(ch.runs_data)
+    run = shared.paper_run(ch.runs_data)
     if run is None:
         missing("no record of the paper's schedule is committed for the JPEG copy")
-    shown = ch07_depth.paper_schedule(ch, 32)
+    shown = depth.paper_schedule(ch, 32)
     s = run.summary
     assert shown == f"{100 * s['final_test_error']:.2f}" + (
         "" if run.complete else f" ({s['iterations_done']:,} of 64,000 its)")
-    assert ch07_depth.paper_schedule(ch, 1202) == "–"
+    assert depth.paper_schedule(ch, 1202) == "–"
 
 
 def test_published_records_without_weights_render_placeholders(dataset, tmp_path):
@@ -526,7 +550,7 @@ def test_published_records_without_weights_render_placeholders(dataset, tmp_path
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
     published = {f"seed {s}": _record(tmp_path, str(s), "complete", 0.2) for s in (0, 1)}
     assert not any(r.has_weights for r in published.values())
-    fig, table, facts = results.class_errors(ch, published)
+    fig, table, facts = page_code("06_results").class_errors(ch, published)
     assert fig is None and facts["res_check"] == "cannot be checked: published records carry no weights"
     assert "No run with weights: published records carry no weights" in table.to_html()
 
@@ -536,31 +560,31 @@ def test_cpu_pages_say_what_the_profile_left_out_and_use_what_it_trained(dataset
     both patiences named from the page's parameters, the constant-lr Adam runs standing in for
     the scheduled ones, and the headline says where the recipe stands, not that the code runs."""
     from resnet_cifar import book
-    from resnet_cifar.chapters import ch02_model, ch04_schedule, ch05_optimizers
+    model, schedule, optimizers = map(page_code, ("02_model", "04_schedule", "05_optimizers"))
     from resnet_cifar.compare import summary_sentence
     ch = book.Chapter("cpu", "cpu", dataset, tmp_path, 0)
     plain = {"plain-20": _record(tmp_path, "p20", "complete", 0.45)}
     residual = {"ResNet-20": _record(tmp_path, "r20", "complete", 0.40),
                 "ResNet-32": _record(tmp_path, "r32", "complete", 0.37)}
-    facts = ch02_model.fig6_facts(ch, plain, residual, [20, 32])
+    facts = model.fig6_facts(ch, plain, residual, [20, 32])
     assert (facts["fig6_depths"], facts["fig6_deepest"], facts["fig6_plain_err"], facts["fig6_resnet_err"]) == \
         ("20", "20", "45.0", "40.0")
-    facts = ch04_schedule.schedule_facts(ch, {"multistep (paper)": residual["ResNet-32"]}, 1000, 10)
+    facts = schedule.schedule_facts(ch, {"multistep (paper)": residual["ResNet-32"]}, 1000, 10)
     assert (facts["sch_long_patience"], facts["sch_short_patience"]) == ("1,000", "10")
     assert facts["sch_long_verdict"] == facts["sch_short_verdict"] == "was not run at this profile"
     assert facts["sch_plateau"] == "Neither plateau run (patience 1,000, patience 10) was trained at this profile"
     sgd = {"SGD, momentum 0.9 (paper)": residual["ResNet-32"]}
     constant = {"Adam, constant lr 0.001": _record(tmp_path, "a3", "complete", 0.31),
                 "Adam, constant lr 0.1": _record(tmp_path, "a1", "complete", 0.56)}
-    _, facts = ch05_optimizers.adam_facts(ch, sgd, 1e-3, 0.1, constant)
+    _, facts = optimizers.adam_facts(ch, sgd, 1e-3, 0.1, constant)
     assert (facts["opt_adam_high_err"], facts["opt_adam_low_err"], facts["opt_sgd_err"]) == ("56.0", "31.0", "37.0")
     assert facts["opt_adam_high_status"] == "complete (at a constant learning rate: this profile trains Adam only " \
                                            "without a schedule)"
-    _, facts = ch05_optimizers.adam_facts(ch, sgd, 1e-3, 0.1)
+    _, facts = optimizers.adam_facts(ch, sgd, 1e-3, 0.1)
     assert facts["opt_adam_high_status"] == "not trained at this profile" and facts["opt_adam_high_err"] == "–"
     assert summary_sentence({"SGD": "reference"}, "At profile cpu").endswith(
         "only the reference arm is trained at this profile: nothing to compare.")
-    verdict = results.Headline(ch, {"seed 0": residual["ResNet-32"]}).facts()["head_verdict"]
+    verdict = shared.Headline(ch, {"seed 0": residual["ResNet-32"]}).facts()["head_verdict"]
     assert "37.00 % is where the recipe stands after 20 of the paper's 64,000 iterations" in verdict
 
 
@@ -641,8 +665,7 @@ def test_styled_numbers_use_separators_and_sensible_precision():
 
 
 def test_profiles_table_spells_out_each_budget():
-    from resnet_cifar import book
-    html = book.profiles_table().to_html()
+    html = page_code("intro").profiles_table().to_html()
     for text in (">3,200 and 4,800<", ">32,000 and 48,000<", ">100 (10 per class)<", ">all 45,000<", ">64,000<"):
         assert text in html, text
 
@@ -719,27 +742,27 @@ def test_make_book_renders_the_committed_records_headline():
     page = intro.read_text()
     assert f"{100 * statistics.mean(errors):.2f}" in page and f"{100 * statistics.stdev(errors):.2f}" in page
     assert f"profile {profile}" in page or profile in page
-    paper = ROOT / "book" / "records" / copy / "paper" / results.PAPER_RUN / "summary.json"
+    paper = ROOT / "book" / "records" / copy / "paper" / shared.PAPER_RUN / "summary.json"
     if paper.is_file():
         done = json.loads(paper.read_text())["iterations_done"]
         assert f"{done:,} of 64,000 iterations" in page or "complete: all 64,000 iterations" in page
 
 
 def test_the_depth_ordering_is_read_against_table_6_at_the_same_depths():
-    from resnet_cifar.chapters import ch07_depth
-    assert ch07_depth.paper_ordering([20, 56], False) == (
+    depth = page_code("07_depth")
+    assert depth.paper_ordering([20, 56], False) == (
         "; not Table 6's ordering at these depths, where the error falls with every added depth "
         "(ResNet-20 8.75 %, ResNet-56 6.97 %)")
-    assert ch07_depth.paper_ordering([20, 32], True).startswith("; the means fall with every added depth, as Table 6")
+    assert depth.paper_ordering([20, 32], True).startswith("; the means fall with every added depth, as Table 6")
     # Table 6's error rises from ResNet-110 to ResNet-1202: falling there is not the paper's ordering
-    assert ch07_depth.paper_ordering([110, 1202], True) == (
+    assert depth.paper_ordering([110, 1202], True) == (
         "; not Table 6's ordering at these depths (ResNet-110 6.43 %, ResNet-1202 7.93 %)")
-    assert ch07_depth.paper_ordering([110, 1202], False) == "; Table 6 at these depths: ResNet-110 6.43 %, ResNet-1202 7.93 %"
+    assert depth.paper_ordering([110, 1202], False) == "; Table 6 at these depths: ResNet-110 6.43 %, ResNet-1202 7.93 %"
 
 
 def test_two_plateau_runs_that_never_fired_read_as_one_sentence(dataset, tmp_path):
     from resnet_cifar import book
-    from resnet_cifar.chapters import ch04_schedule
+    schedule = page_code("04_schedule")
     ch = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
     runs = {"multistep (paper)": _record(tmp_path, "m", "complete", 0.4)}
     for patience in (1000, 10):
@@ -747,11 +770,11 @@ def test_two_plateau_runs_that_never_fired_read_as_one_sentence(dataset, tmp_pat
         run.config.update(schedule="plateau", plateau_patience=patience, lr=0.1)
         runs[f"plateau, patience {patience}"] = run
     runs["multistep (paper)"].config["lr"] = 0.1
-    facts = ch04_schedule.schedule_facts(ch, runs, 1000, 10)
+    facts = schedule.schedule_facts(ch, runs, 1000, 10)
     assert facts["sch_plateau"] == ("With patience 1,000 and with patience 10 alike, the scheduler never reduced the "
                                     "learning rate")
     runs["plateau, patience 10"].lr_trace = runs["plateau, patience 10"].lr_trace.assign(lr=[0.1, 0.01])
-    facts = ch04_schedule.schedule_facts(ch, runs, 1000, 10)
+    facts = schedule.schedule_facts(ch, runs, 1000, 10)
     assert facts["sch_plateau"] == ("With patience 1,000 the scheduler never reduced the learning rate; with "
                                     "patience 10 it reduced it 1 time(s), first at iteration 2")
 
@@ -759,37 +782,37 @@ def test_two_plateau_runs_that_never_fired_read_as_one_sentence(dataset, tmp_pat
 def test_a_setting_whose_seeds_split_between_training_and_chance_says_so(tmp_path):
     import math
     import pandas as pd
-    from resnet_cifar.chapters import ch05_optimizers
+    optimizers = page_code("05_optimizers")
     trained, stuck = _record(tmp_path, "a", "complete", 0.265), _record(tmp_path, "b", "complete", 0.9)
     trained.config["seed"], stuck.config["seed"] = 0, 1
     stuck.history = pd.DataFrame(dict(iteration=[200, 400], train_loss=[2.312, math.log(10)], test_error=[0.9, 0.9]))
-    facts = ch05_optimizers.chance_runs({"eps 0.9": [trained, stuck], "eps 0.1": [trained]})
+    facts = optimizers.chance_runs({"eps 0.9": [trained, stuck], "eps 0.1": [trained]})
     assert facts["eps_chance"] == ("With eps 0.9, seed 1 (90.0 %) never left chance (training loss ln 10 = 2.303 at "
                                    "every evaluation) while seed 0 (26.5 %) trained. A mean over seeds that split like "
                                    "this describes neither of them.")
-    assert ch05_optimizers.chance_runs({"eps 0.1": [trained]})["eps_chance"] == "No seed of these settings stayed at chance."
+    assert optimizers.chance_runs({"eps 0.1": [trained]})["eps_chance"] == "No seed of these settings stayed at chance."
 
 
 def test_adam_at_a_constant_lr_is_read_against_the_papers_sgd(dataset, tmp_path):
     """Chapter 5 compares the log's Adam (constant 1e-3) with the paper's SGD runs over seeds and
     says what that ranking at a short budget does and does not tell."""
     from resnet_cifar import book
-    from resnet_cifar.chapters import ch05_optimizers
+    optimizers = page_code("05_optimizers")
     ch = book.Chapter("cpu", "cpu", dataset, tmp_path, 0)
     adam = [_record(tmp_path, f"a{i}", "complete", e) for i, e in enumerate((0.3129, 0.2898))]
     sgd = [_record(tmp_path, f"s{i}", "complete", e) for i, e in enumerate((0.3692, 0.4062))]
-    _, facts = ch05_optimizers.adam_constant(ch, {"Adam, constant lr 0.001": adam}, [1e-3], sgd)
+    _, facts = optimizers.adam_constant(ch, {"Adam, constant lr 0.001": adam}, [1e-3], sgd)
     assert facts["adamc_vs_sgd"] == (
         "Adam, constant lr 0.001 ends at 30.14 % over 2 seed(s) and the paper's SGD recipe at 38.77 % over 2 "
         "seed(s): lower error than the paper's SGD by 8.63 points, beyond the seeds' spread of 4.25 (n = 2 and 2)")
-    _, none = ch05_optimizers.adam_constant(ch, {"Adam, constant lr 0.001": adam}, [1e-3], [])
+    _, none = optimizers.adam_constant(ch, {"Adam, constant lr 0.001": adam}, [1e-3], [])
     assert none["adamc_vs_sgd"].endswith("the paper's SGD recipe at no complete run: no complete run to compare")
 
 
 def test_fig6_compares_plain_and_residual_at_the_same_depth(tmp_path):
     """At a short budget a deeper net also trains more slowly; the same depth with and without
     shortcuts is the comparison the budget does not blur, and the page states it."""
-    from resnet_cifar.chapters import ch07_depth
+    depth = page_code("07_depth")
 
     def run(name, train_error):
         r = _record(tmp_path, name, "complete", 0.5)
@@ -797,10 +820,10 @@ def test_fig6_compares_plain_and_residual_at_the_same_depth(tmp_path):
         return r
     plain = {20: [run("p20", 0.33), run("p20b", 0.33)], 56: [run("p56", 0.74), run("p56b", 0.76)]}
     residual = {20: [run("r20", 0.29), run("r20b", 0.31)], 56: [run("r56", 0.50), run("r56b", 0.52)]}
-    facts = ch07_depth.degradation(plain, residual)
+    facts = depth.degradation(plain, residual)
     assert facts["dep_same_depth"].startswith("At the same depth, 56 layers, the plain net ends at 75.0 % training "
                                               "error and the ResNet at 51.0 % (mean of 2 and 2 seed(s)): ")
-    assert ch07_depth.degradation({20: plain[20]}, {56: residual[56]})["dep_same_depth"] == (
+    assert depth.degradation({20: plain[20]}, {56: residual[56]})["dep_same_depth"] == (
         "No depth was trained both plain and residual at this profile.")
 
 
@@ -814,7 +837,7 @@ def test_the_logs_questions_are_answered_from_runs_or_say_there_are_none(dataset
     arms = {"05_optimizers": {"adam_constant": {"Adam, constant lr 0.001": good},
                               "optimizers": {"SGD, momentum 0.9 (paper)": base}}}
     monkeypatch.setattr(book.Chapter, "experiments", lambda self, chapter: arms.get(chapter, {}))
-    table = results.answers(ch).data
+    table = page_code("intro").answers(ch).data
     adam = table.loc["Adam at a constant lr or the paper's SGD?"]
     assert adam["answer at this profile"] == ("Adam, constant lr 0.001 30.5 % against SGD, momentum 0.9 (paper) 39.0 % "
                                               "test error")
@@ -822,7 +845,8 @@ def test_the_logs_questions_are_answered_from_runs_or_say_there_are_none(dataset
     assert adam["verdict"].startswith("lower error than SGD, momentum 0.9 (paper) by 8.50 points, beyond the seeds'")
     relu = table.loc["Why does a ReLU after the last FC stop learning?"]
     assert relu["answer at this profile"] == "ReLU after the last FC: not trained (or not finished) at profile cpu"
-    assert relu["verdict"] == "no runs here; chapter 05 answers otherwise" and len(table) == len(results.QUESTIONS)
+    assert relu["verdict"] == "no runs here; chapter 05 answers otherwise"
+    assert len(table) == len(page_code("intro").QUESTIONS)
 
 
 def test_a_notebook_opened_as_committed_shows_the_books_records():

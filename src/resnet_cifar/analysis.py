@@ -1,10 +1,5 @@
-"""Tables and matplotlib figures for the book. Figures only: no saving, no display (every
-figure comes back closed in pyplot, so it shows only where a cell returns it).
-
-Tables come back as pandas Stylers (`styled`): thousands separators, one precision per
-table, "–" where a run has no value, and a caption; figures use the book's font sizes
-(`use_book_style`), sized to the page's width so that their text reads at page width.
-"""
+"""Tables (pandas Stylers: separators, one precision, '–' for no value, a caption) and figures of run
+records for the book; every figure comes back closed in pyplot, so it shows only where a cell returns it."""
 from __future__ import annotations
 
 import math
@@ -21,8 +16,7 @@ from .runs import RunResult
 # Table 6 of the paper: parameters of the CIFAR-10 ResNets (option A).
 PAPER_PARAMS = {"ResNet-20": 0.27e6, "ResNet-32": 0.46e6, "ResNet-44": 0.66e6, "ResNet-56": 0.85e6,
                 "ResNet-110": 1.7e6, "ResNet-1202": 19.4e6}
-# Table 6: test error (%) on CIFAR-10 (best of 5 runs for ResNet-110: 6.43, mean 6.61 ± 0.16).
-# Table 6's only reported spread: ResNet-110, best of 5 runs 6.43, mean ± std 6.61 ± 0.16.
+# Table 6: test error (%) on CIFAR-10; its only spread: ResNet-110, best of 5 runs 6.43, mean 6.61 ± 0.16.
 PAPER_110_MEAN, PAPER_110_STD = 6.61, 0.16
 PAPER_ERROR = {"ResNet-20": 8.75, "ResNet-32": 7.51, "ResNet-44": 7.17, "ResNet-56": 6.97,
                "ResNet-110": 6.43, "ResNet-1202": 7.93}
@@ -43,21 +37,14 @@ def fmt(value, spec: str = ".1f", missing: str = "–") -> str:
     return format(value, spec)
 
 
-def use_book_style() -> None:
-    """Set BOOK_STYLE for the figures that follow."""
-    plt.rcParams.update(BOOK_STYLE)
-
-
 def detached(fig):
-    """`fig`, closed in pyplot: a notebook cell that returns it shows it once (pyplot's inline
-    backend would show it again at the end of the cell), and a glued figure is not shown."""
+    """`fig`, closed in pyplot: a cell that returns it shows it once, a glued one not at all."""
     plt.close(fig)
     return fig
 
 
 def _number(value, precision: int) -> str:
-    """One table cell: '–' for a missing value, 12,345 for integers, 1,234.5 for floats
-    (`precision` decimals below 100, none from 100 on), text as it is."""
+    """One table cell: '–', 12,345, or 1,234.5 (`precision` decimals below 100, none above)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, (bool, np.bool_)):
@@ -76,9 +63,8 @@ def _is_number(value) -> bool:
 
 
 def styled(table: pd.DataFrame, caption: str, precision: int = 1):
-    """`table` as the book shows it: every number through `_number` (thousands separators,
-    `precision` decimals, '–' for missing), columns of numbers marked with the CSS class
-    `number` (right-aligned by book/_static/book.css), the caption above it."""
+    """`table` as the book shows it: numbers through `_number`, their columns right-aligned (CSS class
+    `number`, book/_static/book.css), the caption above it."""
     numeric = [c for c in table.columns if len(table) and all(_is_number(v) or v is None for v in table[c])
                and any(_is_number(v) for v in table[c])]
     classes = pd.DataFrame("", index=table.index, columns=table.columns)
@@ -97,9 +83,7 @@ def complexity_table(models: dict[str, nn.Module]) -> pd.DataFrame:
 
 
 def runs_table(runs: dict[str, RunResult]) -> pd.DataFrame:
-    """One row per run: status, iterations, final and best errors (%), final training loss,
-    lowest test error seen, time, speed, data, device. A run that never evaluated (or
-    diverged before its first evaluation) has None where it has no number."""
+    """One row per run: status, iterations, errors (%), training loss, time, speed, data, device."""
     def pct(v):  # NaN (an evaluation that failed) as None too
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else 100 * v
 
@@ -118,27 +102,10 @@ def runs_table(runs: dict[str, RunResult]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run").astype(object)
 
 
-def train_test_gap(run: RunResult) -> str:
-    """Final test error minus final (augmented) training error, in points, formatted."""
-    h = run.history
-    if h.empty or pd.isna(h["test_error"].iloc[-1]) or pd.isna(h["train_error"].iloc[-1]):
-        return "–"
-    return f"{100 * (h['test_error'].iloc[-1] - h['train_error'].iloc[-1]):.1f}"
-
-
-def curve_gap(a: RunResult, b: RunResult, column: str = "train_error") -> float | None:
-    """The largest difference (points) between two runs' `column` at the same evaluations;
-    None where they share no evaluation."""
-    merged = a.history[["iteration", column]].merge(b.history[["iteration", column]], on="iteration")
-    return None if merged.empty else 100 * float((merged[column + "_x"] - merged[column + "_y"]).abs().max())
-
-
 def error_curves(runs: dict[str, RunResult], title: str = "", ax=None, metric: str = "error",
                  splits=("train", "test"), reference: tuple[float, str] | None = None):
-    """The paper's Fig. 6 style: thin dashed training error, bold test error, per iteration,
-    one colour per run. The legend names each run once (plus what dashed and bold mean) and
-    sits beside the plot. A diverged run ends with an x at the iteration where its loss
-    stopped being finite. `reference`: (value, label) drawn as a dotted horizontal line."""
+    """The paper's Fig. 6 style: dashed training error, bold test error, one colour per run, the legend
+    beside the plot; a diverged run ends with an x; `reference`: (value, label), a dotted line."""
     from matplotlib.lines import Line2D
     own = ax is None
     ax = ax or plt.subplots(figsize=(10, 4.5))[1]
@@ -170,21 +137,6 @@ def error_curves(runs: dict[str, RunResult], title: str = "", ax=None, metric: s
     return detached(ax.figure) if own else ax.figure
 
 
-def lr_traces(runs: dict[str, RunResult], title: str = "", ax=None):
-    """Learning rate of every iteration, log scale."""
-    own = ax is None
-    ax = ax or plt.subplots(figsize=(10, 3.8))[1]
-    for label, run in runs.items():
-        if not run.lr_trace.empty:
-            ax.plot(run.lr_trace["iteration"], run.lr_trace["lr"], label=label)
-    ax.set(xlabel="iteration", ylabel="learning rate", yscale="log")
-    ax.set_title(title, wrap=True)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, frameon=False)
-    ax.figure.tight_layout()
-    return detached(ax.figure) if own else ax.figure
-
-
 def image_grid(images: torch.Tensor, titles: list[str] | None = None, ncols: int = 8, title: str = ""):
     """Show uint8 (N, 3, 32, 32) images, or float images (scaled to [0, 1] per image)."""
     n = len(images)
@@ -204,42 +156,8 @@ def image_grid(images: torch.Tensor, titles: list[str] | None = None, ncols: int
     return detached(fig)
 
 
-def confusion_matrix(confusion: torch.Tensor, classes: list[str], title: str = ""):
-    """Row-normalized confusion matrix (rows: true class, columns: predicted)."""
-    cm = confusion.double() / confusion.sum(1, keepdim=True).clamp(min=1)
-    fig, ax = plt.subplots(figsize=(8, 7))
-    im = ax.imshow(cm.numpy(), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{100 * cm[i, j]:.0f}", ha="center", va="center", fontsize=10,
-                    color="white" if cm[i, j] > 0.5 else "black")
-    ax.set(xlabel="predicted", ylabel="true")
-    ax.set_title(title, wrap=True)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    return detached(fig)
-
-
-def weight_stats(model: nn.Module) -> pd.DataFrame:
-    """Root-mean-square of the conv and linear weights (parameters with >= 2 dims), grouped
-    by the model's top-level child (conv1, stage1..3, fc for the CIFAR ResNets): one row per
-    group with its number of weights and their RMS, e.g. to compare a trained model with a
-    fresh one (chapter 5: how far Adam at lr 0.1 moves the weights)."""
-    groups: dict[str, list] = {}
-    for name, p in model.named_parameters():
-        if p.dim() >= 2:
-            g = groups.setdefault(name.split(".")[0], [0, 0.0])
-            g[0] += p.numel()
-            g[1] += p.detach().double().pow(2).sum().item()
-    rows = [dict(group=k, weights=n, rms=(s / n) ** 0.5) for k, (n, s) in groups.items()]
-    return pd.DataFrame(rows).set_index("group")
-
-
 def layer_table(model: nn.Module, parts: list[str], image_size: int = 32) -> pd.DataFrame:
-    """Output shape (C×H×W), weighted layers (conv + linear) and parameters of each named
-    top-level part of `model` for one 3×image_size×image_size input, plus a total row."""
+    """Output shape, weighted layers and parameters of each named part of `model`, and a total row."""
     shapes, hooks = {}, []
     for name in parts:
         hooks.append(getattr(model, name).register_forward_hook(
@@ -265,15 +183,8 @@ def layer_table(model: nn.Module, parts: list[str], image_size: int = 32) -> pd.
     return pd.DataFrame(rows).set_index("part")
 
 
-def module_flops(model: nn.Module, names: list[str]) -> dict[str, float]:
-    """fvcore FLOPs (millions of multiply-adds, one 3x32x32 image) of the named submodules."""
-    by_module = flop_count(model, by_module=True)
-    return {name: by_module[name] / 1e6 for name in names}
-
-
 def side_by_side(groups: dict[str, dict[str, RunResult]], title: str = ""):
-    """`error_curves` of each group of runs in its own panel, one panel per row, sharing the
-    error axis (e.g. plain networks above ResNets, the paper's Fig. 6)."""
+    """`error_curves` of each group of runs in its own panel, one per row, sharing the error axis."""
     fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.6 * len(groups)), sharey=True, squeeze=False)
     for ax, (name, runs) in zip(axes.flat, groups.items()):
         error_curves(runs, title=name, ax=ax)

@@ -1,70 +1,47 @@
-"""What the book's chapters share: parameter checks, the chapter set-up (data, runs, the chapter's
-experiments), captions and caveats, glue, run tables and curves. The numbers, tables and figures
-particular to each chapter are free functions in chapters/chNN_<name>.py, one module per notebook.
-
-The profiles (budgets) are config.PROFILES; each chapter's arms are experiments.py's.
-"""
+"""What the book's pages share: the chapter set-up (parameters checked, data, runs read or trained),
+captions and caveats, glue, run tables and curves, and the headline ResNet-32 with the paper's run.
+A computation particular to one page lives in that notebook, in a cell whose input is hidden."""
 from __future__ import annotations
 
 import builtins
 import contextlib
+import datetime
 import os
+import statistics
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
 from . import analysis as A
 from . import data as D
-from .config import PAPER_ITERATIONS, PROFILE_THREADS, PROFILES, TrainConfig, profile_config
-from .devices import device_label, machine, pick_device
 from . import experiments as E
-from .plan import accounting, match_chapters, plan
+from .analysis import fmt
+from .compare import mean_std
+from .config import PAPER_BATCH, PAPER_ITERATIONS, PROFILE_THREADS, PROFILES, TrainConfig, profile_config
+from .devices import device_label, machine, pick_device
+from .plan import match_chapters, plan
 from .plan import table as plan_table
 from .records import (RECORDS, PublishedRun, best_records, load_record, partial_records, project_root, published,
                       resolve_runs, restore, shown_path, source_text)
 from .runs import RunResult, state
-from .analysis import fmt
 from .train import train
 
 GLUE_PREFIX = "application/papermill.record/"  # myst-nb's glue outputs (display=False)
 
-# Warnings a chapter's reader cannot act on, silenced once by `chapter()`.
-KNOWN_WARNINGS = [
-    dict(message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning),  # fvcore's tracing
-]
-
-
-def profiles_table() -> "pd.io.formats.style.Styler":
-    """The profiles side by side: budget, learning-rate drops, batch, training images."""
-    rows = {}
-    for name in PROFILES:
-        cfg = profile_config(name)
-        rows[name] = {"iterations": f"{cfg.iterations:,}",
-                      "lr ÷10 at iterations": " and ".join(f"{m:,}" for m in cfg.milestones),
-                      "batch size": cfg.batch_size,
-                      "training images": "all 45,000" if cfg.subset is None else
-                                         f"{cfg.subset // 10 * 10:,} ({cfg.subset // 10} per class)"}
-    return A.styled(pd.DataFrame(rows).T.rename_axis("profile"), "The profiles (resnet_cifar.config.PROFILES)")
-
 
 def data_folder(data_dir=None, root: Path | None = None) -> Path:
-    """`data.resolve_data_dir` (argument > $RESNET_CIFAR_DATA > data), a relative result taken
-    from the project root, so that a chapter finds ./data wherever its kernel was started."""
+    """`data.resolve_data_dir`, a relative path taken from the project root (wherever the kernel started)."""
     path = D.resolve_data_dir(data_dir)
     return path if path.is_absolute() else (root or project_root()) / path
 
 
 @dataclass
 class Chapter:
-    """One chapter's parameters, checked, with the dataset loaded once.
-
-    Runs go to `<runs_dir>/<dataset identity>/<profile>/<name>`, so smoke runs, JPEG-copy
-    runs and official-data runs never mix. A build may read the published records of another
-    copy than the machine's (`records_data`): captions then name the runs' copy, and what is
-    computed on the data here says so (`here`)."""
+    """One page's checked parameters and its dataset; `records_data`: the copy whose records it reads."""
     profile: str
     device: str
     dataset: D.CIFAR10
@@ -79,8 +56,7 @@ class Chapter:
 
     @property
     def runs_data(self) -> str:
-        """The identity of the data the runs were trained and tested on: `dataset`'s, unless this
-        build reads the published records of another copy."""
+        """The identity of the data the runs were trained and tested on."""
         return self.records_data or self.dataset.identity
 
     @property
@@ -88,9 +64,7 @@ class Chapter:
         return D.dataset_label(self.runs_data)
 
     def here(self) -> str:
-        """'' when the runs were trained on this machine's data; else ' (computed here on <this
-        machine's copy>; the runs were trained on <theirs>)', for sentences whose numbers this
-        page computes on the data (a published model evaluated again, images)."""
+        """'' when the runs were trained on this machine's data, else a note for numbers computed here."""
         if self.runs_data == self.dataset.identity:
             return ""
         return f" (computed here on {self.dataset.label}; the runs were trained on {self.runs_label})"
@@ -102,10 +76,7 @@ class Chapter:
         return profile_config(self.profile, **{**settings, **overrides})
 
     def experiments(self, chapter: str, **params) -> dict[str, dict[str, list[RunResult]]]:
-        """The chapter's experiments (experiments.py) for its parameter values `params`, each run
-        read from published records or trained (reused, resumed): section -> label -> runs (one
-        per seed, the chapter's own seed first). Runs outside the default plan are remembered for
-        `plan_slice`."""
+        """The chapter's experiments at `params`: section -> label -> runs (one per seed, its own first)."""
         self.params[chapter] = params
         sections = E.sections(chapter, self.profile, self.seed, **params)
         default = {r.name: r for r in plan(self.profile, chapters=[chapter])}
@@ -117,8 +88,7 @@ class Chapter:
 
     @staticmethod
     def errors(named: dict[str, RunResult | None], spec: str = ".1f") -> dict[str, str]:
-        """Final test error (%) of each run, formatted, under its key; '–' for a run without one
-        (or no run: an arm this profile does not train)."""
+        """Final test error (%) of each run, formatted; '–' for none (or an arm this profile does not train)."""
         return {key: fmt(run.error() if run is not None else None, spec) for key, run in named.items()}
 
     @staticmethod
@@ -131,10 +101,8 @@ class Chapter:
         return ", ".join(E.left_out(chapter, self.profile, self.seed)) or "none"
 
     def train(self, name: str, overrides: dict) -> RunResult:
-        """Run `name` with `overrides` on this chapter's profile: read from published records, or
-        trained (reused, resumed); on the CPU with the profile's PROFILE_THREADS (the kernel's
-        own setting is restored afterwards). With records, only a run they lack that lies outside
-        the default plan (other parameter values made it) is trained, in `train_dir`."""
+        """Run `name` on this profile: read from published records, else trained (reused, resumed) on the
+        profile's threads. With records, only a run outside the default plan trains, in `train_dir`."""
         config = self.config(name, **overrides)
         if self.partial is not None:  # published finished: read; published unfinished: resumed here
             if state(config, self.partial / config.run_name())["state"] == "finished":
@@ -150,13 +118,12 @@ class Chapter:
 
     @property
     def threads(self) -> int | None:
-        """The CPU threads this profile's work runs on (config.PROFILE_THREADS; None: the kernel's)."""
+        """The CPU threads of this profile's work (config.PROFILE_THREADS; None: the kernel's)."""
         return PROFILE_THREADS.get(self.profile) if self.torch_device.type == "cpu" else None
 
     @contextlib.contextmanager
     def profile_threads(self):
-        """`threads` for what runs inside (the profile's runs, the appendix's benchmark); the
-        kernel's own setting is restored afterwards."""
+        """`threads` for what runs inside; the kernel's own setting is restored afterwards."""
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads or before)
         try:
@@ -165,17 +132,13 @@ class Chapter:
             torch.set_num_threads(before)
 
     def plan_table(self, chapter: str | None = None):
-        """The plan's runs of `chapter` ('02', '05_optimizers'; default: every chapter), at this
-        page's parameter values, as a DataFrame: status (published records first, then the runs
-        trained in `train_dir`, else this chapter's runs folder), time measured or estimated."""
+        """The plan's runs of `chapter` (default: all) at this page's parameter values: status, time."""
         folder, records = (self.train_dir, self.runs_dir) if self.train_dir else (self.runs_dir, None)
         return plan_table(self.profile, folder, self.device, project_root() / RECORDS, records, seed=self.seed,
                           chapters=[chapter] if chapter else None, params=self.params)
 
     def plan_slice(self, chapter: str) -> "pd.io.formats.style.Styler":
-        """The runs `chapter` trains, from the plan: seed, model, iterations, status and time
-        (measured, else estimated, with where the estimate comes from)."""
-        import datetime
+        """The runs `chapter` trains: seed, model, iterations, status, time (measured, else estimated)."""
         table = self.plan_table(chapter)[["seed", "model", "iterations", "status", "time s", "time from"]]
         outside = self.outside.get(match_chapters([chapter])[0], [])
         table.insert(0, "default plan", ["no" if name in outside else "yes" for name in table.index])
@@ -185,22 +148,13 @@ class Chapter:
         return (table.rename(columns={"time s": "time"}).style.format({"iterations": "{:,}", "time": clock})
                 .set_caption(self.caption(f"The plan's runs of this chapter ({len(table)}){note}")))
 
-    def accounting(self) -> "pd.io.formats.style.Styler":
-        """What each profile's plan costs: runs, iterations, images, measured and estimated time."""
-        table = accounting(self.dataset.identity, device=self.device, seed=self.seed).T  # profiles as columns
-        return table.style.format(lambda v: f"{v:,.0f}" if isinstance(v, (int, float)) else v).set_caption(
-            f"Compute per profile (estimates for {self.torch_device}, one run at a time) — {self.dataset.label}")
-
     @property
     def torch_device(self) -> torch.device:
         return pick_device(self.device)
 
     # -- labels
     def source(self, *runs: RunResult) -> str:
-        """'profile cpu · CIFAR-10 (JPEG q75 copy) · published records · AMD EPYC CPU': where a
-        figure came from, in one line (the records' date and commits are in the page's parameters
-        table, each run's machine in its run table); with no runs, the device this chapter would
-        train on, marked 'no training'."""
+        """Where a figure came from: 'profile cpu · CIFAR-10 (JPEG q75 copy) · published records · AMD EPYC'."""
         runs = tuple(r for r in runs if r is not None)  # an arm the profile does not train
         where = ", ".join(sorted({machine(r.summary["device_name"]) for r in runs}))
         if not runs:  # a data-only figure: name the device this chapter would train on
@@ -216,8 +170,7 @@ class Chapter:
         return f"{text} — {self.source(*runs)}"
 
     def caveats(self) -> list[str]:
-        """What a reader must know before reading this chapter's numbers (HTML sentences): the
-        smoke or cpu budget, and data that is not the official CIFAR-10."""
+        """What a reader must know before the numbers (HTML): a short budget, data that is not official."""
         budget, notes = self.config("budget"), []
         if self.profile == "smoke":
             notes.append(f"Profile <b>smoke</b>: every run is {budget.iterations} iterations on {budget.subset}-image "
@@ -236,18 +189,17 @@ class Chapter:
         return notes
 
     def caveats_box(self) -> "HTML | str":
-        """`caveats()` as one warning box (empty when there is nothing to say)."""
+        """`caveats()` as one of the book theme's warning boxes (empty when there is nothing to say)."""
+        title = "<p class='admonition-title'>Read the numbers with care</p>"
         notes = self.caveats()
-        return admonitions([" ".join(notes)], "warning", "Read the numbers with care") if notes else ""
+        return HTML(f"<div class='admonition warning'>{title}<p>{' '.join(notes)}</p></div>") if notes else ""
 
     def noise(self) -> str:
-        """' (with the smoke budget, noise)' on the smoke profile, else '': for sentences that
-        quote a number."""
+        """' (with the smoke budget, noise)' on the smoke profile, else ''."""
         return " (with the smoke budget, noise)" if self.profile == "smoke" else ""
 
     def parameters(self, **knobs) -> "pd.io.formats.style.Styler":
-        """The parameters this page was built with, as a table (the data folder by its label, the
-        device as resolved), plus the chapter's own `knobs`."""
+        """The parameters this page was built with, plus the chapter's own `knobs`, as a table."""
         rows = {"profile": self.profile, "device": f"{self.device} → {self.torch_device}",
                 "data": f"{self.dataset.label}, {shown_path(self.dataset.root)}",
                 "runs": shown_path(self.runs_dir), "seed": self.seed}
@@ -262,9 +214,7 @@ class Chapter:
         return A.styled(table, "This page's parameters (papermill -p NAME VALUE changes them)")
 
     def header(self, **knobs) -> "HTML":
-        """The page's parameters table and, for budgets or data that are not the paper's, the
-        warning boxes: the cell after `chapter(...)` shows it. Glues `noise` and `here` (see
-        `noise()`, `here()`)."""
+        """The parameters table and the caveats box (the cell after `chapter(...)`); glues `noise`, `here`."""
         self.glue({"noise": self.noise(), "here": self.here()})
         return HTML(self.parameters(**knobs).to_html() + str(self.caveats_box()))
 
@@ -279,12 +229,7 @@ class Chapter:
 
     @staticmethod
     def glue(facts: dict) -> None:
-        """Glue every item of `facts` for the page's text ({glue:text}`name`), showing nothing.
-
-        The outputs are myst-nb's glue outputs (`myst_nb.glue(name, value, display=False)`:
-        the value's display data under the papermill-record MIME prefix, named in the
-        `scrapbook` metadata), published through the running IPython kernel; outside a
-        kernel there is no page to glue into and nothing happens."""
+        """Glue every item of `facts` as myst-nb's `glue(name, value, display=False)` does (in a kernel)."""
         shell = getattr(builtins, "get_ipython", lambda: None)()
         if shell is None:
             return
@@ -295,7 +240,6 @@ class Chapter:
 
     def figure(self, name: str, fig, caption: str, *runs: RunResult) -> None:
         """Glue `fig` as `name` and its captioned text as `cap_<name>` for a {glue:figure}."""
-        import matplotlib.pyplot as plt
         self.glue({name: fig, f"cap_{name}": self.caption(caption, *runs)})
         plt.close(fig)
 
@@ -307,28 +251,11 @@ class HTML(str):
         return str(self)
 
 
-def admonitions(texts: list[str], kind: str = "note", title: str | None = None) -> HTML:
-    """HTML fragments as the book theme's admonition boxes (`kind`: note, warning, ...)."""
-    head = f"<p class='admonition-title'>{title}</p>" if title else ""
-    return HTML("".join(f"<div class='admonition {kind}'>{head}<p>{text}</p></div>" for text in texts))
-
-
-def quiet() -> None:
-    """Silence the warnings of KNOWN_WARNINGS and give figures the book's font sizes."""
-    for spec in KNOWN_WARNINGS:
-        warnings.filterwarnings("ignore", **spec)
-    A.use_book_style()
-
-
 def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None = None,
             runs_dir: str | None = None, seed: int = 0, records_data: str | None = None) -> Chapter:
-    """Check a chapter's papermill parameters, set up the page (known warnings silenced,
-    figure style) and load the data. data_dir follows `data.resolve_data_dir` (argument >
-    $RESNET_CIFAR_DATA > data); relative paths are taken from the project root (the folder
-    with _toc.yml). `records_data` reads the published records of that copy of CIFAR-10
-    (e.g. jpeg-q75-copy) whatever the data folder holds; default: the data folder's copy.
-    profile "auto" (the parameters cell's default) is what `make book` renders: the most complete
-    committed records, this data's own first, else another copy's; with none, smoke."""
+    """Check a page's papermill parameters, set up the page and load the data. `records_data` reads the
+    published records of that copy of CIFAR-10. Profile "auto" renders what `make book` does: the most
+    complete committed records, this data's own first, else another copy's; with none, smoke."""
     checks = dict(profile=(profile, str), device=(device, str), seed=(seed, int))
     for key, (value, kind) in checks.items():
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -345,7 +272,8 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
         raise TypeError(f"parameter records_data must be the name of a copy of CIFAR-10 (e.g. jpeg-q75-copy), "
                         f"got {records_data!r}")
     TrainConfig(device=device).validate()
-    quiet()
+    warnings.filterwarnings("ignore", r".*torch\.jit\.script.* is deprecated", FutureWarning)  # fvcore's tracing
+    plt.rcParams.update(A.BOOK_STYLE)
     root = project_root()
     dataset = D.load_cifar10(data_folder(data_dir, root))
     if profile == "auto":  # opened as it is, a notebook shows the page the published book shows
@@ -364,3 +292,189 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
     own = resolve_runs(root, profile, dataset.identity, "runs")[0] if records is not None and runs_dir is None else None
     partial = partial_records(root, profile, dataset.identity) if runs_dir is None else None
     return Chapter(profile, device, dataset, runs, seed, records, train_dir=own, partial=partial)
+
+
+# ---------------------------------------------------------------- the headline (introduction, chapters 6 and 7)
+@dataclass
+class Headline:
+    """ResNet-32 with the paper's recipe over seeds, the book's headline: mean and spread of complete runs."""
+    chapter: Chapter
+    runs: dict[str, RunResult]
+
+    def __post_init__(self):
+        self.errors = [r.error() for r in self.runs.values() if r.complete and r.error() is not None]
+        self.mean, self.std = mean_std(self.errors)  # of the complete runs' final test errors (%)
+
+    def reasons(self) -> list[str]:
+        """Why these numbers cannot be compared with the paper's (empty when they can)."""
+        ch = self.chapter
+        return ([f"{ch.profile} budget"] if ch.profile != "paper" else []) + \
+               (["not the official data"] if ch.runs_data != "official" else [])
+
+    def facts(self) -> dict:
+        """The `head_*` text values of the introduction and chapter 6."""
+        ch, runs = self.chapter, list(self.runs.values())
+        first, budget = runs[0].summary, ch.config("results")
+        paper = A.PAPER_ERROR["ResNet-32"]
+        mean = self.mean
+        if not self.errors:
+            statuses = ", ".join(r.summary["status_detail"] for r in runs)
+            verdict = f"None of the {len(runs)} runs finished ({statuses}), so this build has no test error to report."
+        elif not self.reasons():
+            verdict = ("These numbers use the paper's recipe on the official data and can be compared with "
+                       f"{paper:.2f} %.")
+        else:
+            verdict = (f"Not comparable with the paper. This build used profile {ch.profile} "
+                       f"({first['iterations']:,} iterations on {first['train_size']:,} training images) and "
+                       f"{ch.runs_label}; " + (f"its {mean:.2f} % shows that the pipeline runs end to end, not what "
+                                                   "ResNet-32 reaches." if ch.profile == "smoke" else
+                                                   f"its {mean:.2f} % is where the recipe stands after "
+                                                   f"{first['iterations']:,} of the paper's {PAPER_ITERATIONS:,} "
+                                                   "iterations on this data, not what ResNet-32 reaches."))
+        context = []
+        if ch.profile == "smoke":
+            context.append(f"the smoke profile trains for {budget.iterations} iterations on {budget.subset}-image "
+                           "subsets, a budget at which any network is still near chance (90 % error), so this "
+                           "number only shows that the pipeline runs.")
+        elif ch.profile != "paper":
+            context.append(f"the {ch.profile} profile trains for {budget.iterations:,} iterations instead of 64k.")
+        if ch.runs_data == "jpeg-q75-copy":
+            context.append("The data is the JPEG q75 copy, which blurs and blocks 32×32 images; chapter 1 says "
+                           "what the copy costs, as far as the book can tell.")
+        elif ch.runs_data != "official":
+            context.append(f"The data ({ch.runs_label}) is not verified to be the official CIFAR-10.")
+        return {**self.checks(), "head_profile": ch.profile, "head_data": ch.runs_label,
+                "head_devices": ch.source(*runs).split(" · ")[-1], "head_source": ch.source(*runs),
+                "head_mean": fmt(mean, ".2f"), "head_std": fmt(self.std, ".2f", "–"),
+                "head_gap": fmt(None if mean is None else mean - paper, "+.2f"),
+                "head_n": str(len(self.errors)), "head_runs": str(len(runs)),
+                "head_iterations": f"{budget.iterations:,}", "head_batch": str(budget.batch_size),
+                "head_verdict": verdict,
+                "head_context": " ".join(context) or "both hold here, so this is a like-for-like comparison.",
+                "head_fit": self.fit()}
+
+    def fit(self) -> str:
+        """Final training error against test error: whether the runs still underfit at this budget."""
+        pairs = [(100 * r.history["train_error"].iloc[-1], r.error()) for r in self.runs.values()
+                 if r.complete and len(r.history) and r.error() is not None]
+        if not pairs:
+            return "No run finished, so there is no training error to compare with."
+        train, test = (statistics.mean(x) for x in zip(*pairs))
+        return (f"Their final training error, on the augmented batches, is {train:.1f} % against {test:.1f} % test "
+                f"error (means over {len(pairs)} seed(s)): "
+                + ("the runs still underfit, so at this budget the iterations, not the recipe, limit them."
+                   if train > test - 5 else "they fit the training images better than they generalize."))
+
+    def checks(self) -> dict:
+        """Same data? same budget? Only then is the difference from the paper's 7.51 % tested."""
+        ch, budget, paper = self.chapter, self.chapter.config("results"), A.PAPER_ERROR["ResNet-32"]
+        same_data = ch.runs_data == "official"
+        same_budget = (budget.iterations, budget.batch_size, budget.subset) == (PAPER_ITERATIONS, PAPER_BATCH, None)
+        parts = [f"same data: {'yes' if same_data else 'no'} ({ch.runs_label})",
+                 f"same budget: {'yes' if same_budget else 'no'} ({budget.iterations:,} iterations × batch "
+                 f"{budget.batch_size}" + ("" if budget.subset is None else f" on {budget.subset}-image subsets")
+                 + f"; the paper: {PAPER_ITERATIONS:,} × {PAPER_BATCH})"]
+        if self.mean is None:
+            parts.append(f"difference from the paper's {paper:.2f} %: none to state, no run finished")
+        elif not (same_data and same_budget):
+            parts.append(f"difference from the paper's {paper:.2f} %: not tested, since "
+                         + " and ".join(x for x, same in (("other data", same_data), ("another budget", same_budget))
+                                        if not same) + " explain a difference by themselves")
+        else:
+            parts.append(f"difference from the paper's {paper:.2f} %: {self.mean - paper:+.2f} points over "
+                         f"{len(self.errors)} seed(s) (std {fmt(self.std, '.2f', 'unknown: one seed')}; the paper "
+                         "reports no spread for ResNet-32)")
+        return {"head_best": fmt(min(self.errors) if self.errors else None, ".2f"),
+                "head_checks": "; ".join(parts) + "."}
+
+    def figure(self):
+        """Training and test error of every seed, with the paper's 7.51 % as a dotted line."""
+        return A.error_curves(self.runs, title=self.chapter.caption("ResNet-32, one curve per seed",
+                                                                    *self.runs.values()),
+                              reference=(A.PAPER_ERROR["ResNet-32"], f"paper: {A.PAPER_ERROR['ResNet-32']:.2f} %"))
+
+
+PAPER_RUN = "resnet32-all50k-seed0"  # the paper's protocol: all 50k training images, tested on the 10k
+
+
+def paper_run(dataset: str, name: str = PAPER_RUN) -> RunResult | None:
+    """A run of profile paper from the committed records of the copy `dataset`, or None."""
+    folder = project_root() / RECORDS / dataset / "paper"
+    if not (folder / name / "summary.json").is_file():
+        return None
+    return load_record(folder, plan("paper", only=[name])[0].config("paper"), "paper")
+
+
+def paper_caption(text: str, run: RunResult) -> str:
+    s = run.summary
+    devices = {machine(seg["device"]) for seg in s.get("segments", []) if seg.get("device")}
+    return f"{text} — profile paper · {s['dataset_label']} · {', '.join(sorted(devices)) or s['device_name']}"
+
+
+def paper_facts(run: RunResult | None) -> dict:
+    """The `sched_*` values: how far the run is, its latest and lowest test error, who trained it."""
+    if run is None:
+        none = "no run of the paper's whole schedule is committed for this copy of CIFAR-10"
+        return {"sched_status": none, "sched_error": "–", "sched_at": "–", "sched_lowest": "–", "sched_lr": "–",
+                "sched_sittings": "–", "sched_data": "–"}
+    s, h = run.summary, run.history
+    done, total = s["iterations_done"], s["iterations"]
+    status = (f"complete: all {total:,} iterations" if run.complete else
+              f"{done:,} of {total:,} iterations ({100 * done / total:.0f} %), still training")
+    tested = h.dropna(subset=["test_error"])
+    low = tested.loc[tested["test_error"].idxmin()] if len(tested) else None
+    segments = s.get("segments") or []
+    hours = sum(seg["seconds"] for seg in segments) / 3600
+    machines = sorted({seg["device"] for seg in segments if seg.get("device")})
+    sittings = f"{len(segments)} sitting{'' if len(segments) == 1 else 's'}"
+    return {"sched_status": status, "sched_error": fmt(run.error(), ".2f"),
+            "sched_at": f"{done:,}", "sched_lr": f"{h['lr'].iloc[-1]:g}" if len(h) else "–",
+            "sched_lowest": "–" if low is None else f"{100 * low['test_error']:.2f} % at iteration "
+                                                     f"{int(low['iteration']):,}",
+            "sched_sittings": f"{sittings}, {hours:.1f} hours of training and evaluation, on " + "; ".join(machines),
+            "sched_data": f"{s['dataset_label']}, {s['train_size']:,} training and {s['test_size']:,} test images"}
+
+
+def paper_glue(ch) -> RunResult | None:
+    """Glue the paper run's `sched_*` values and figure (`fig_paper`); returns the run, or None."""
+    run = paper_run(ch.runs_data)
+    fig = paper_figure(run)
+    ch.glue({**paper_facts(run), "fig_paper": fig,
+             "cap_fig_paper": paper_caption("Training (dashed) and test (bold) error over the paper's schedule", run)
+             if run is not None else "No run of the paper's schedule is committed for this copy of CIFAR-10"})
+    plt.close(fig)
+    return run
+
+
+def paper_figure(run: RunResult | None):
+    """Training and test error over the whole schedule, lr drops marked, the paper's 7.51 % dotted."""
+    if run is None:
+        fig, ax = plt.subplots(figsize=(10, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no run of the paper's schedule committed for this data", ha="center", va="center")
+        return A.detached(fig)
+    cfg = TrainConfig(**run.config)
+    fig = A.error_curves({"ResNet-32, all 50k, seed 0": run},
+                         title=paper_caption("ResNet-32 with the paper's schedule", run),
+                         reference=(A.PAPER_ERROR["ResNet-32"], f"paper: {A.PAPER_ERROR['ResNet-32']:.2f} %"))
+    ax = fig.axes[0]
+    for m in cfg.milestones:
+        ax.axvline(m, color="0.5", lw=0.8, ls="-.")
+        ax.annotate("lr ÷10", (m, 0.98), xycoords=("data", "axes fraction"), xytext=(3, 0),
+                    textcoords="offset points", ha="left", va="top", fontsize=8)
+    ax.set_xlim(0, cfg.iterations)
+    ax.set_ylim(0, min(100, 100 * max(run.history[["train_error", "test_error"]].max().max(), 0.5) + 5))
+    return fig
+
+
+def paper_sittings(run: RunResult | None) -> "pd.io.formats.style.Styler":
+    """One row per sitting that trained the run: iterations, machine, threads, hours, commit."""
+    if run is None:
+        return A.styled(pd.DataFrame(), "No run of the paper's schedule is committed for this copy of CIFAR-10")
+    rows = [{"iterations": f"{seg['start']:,} – {seg['end']:,}", "device": seg.get("device") or "–",
+             "threads": seg.get("threads") or "–", "hours": seg["seconds"] / 3600,
+             "images/s": (seg["end"] - seg["start"]) * run.config["batch_size"] / max(seg["seconds"], 1e-9),
+             "commit": seg.get("commit") or "–", "began": (seg.get("began") or "–").replace("T", " ")}
+            for seg in run.summary.get("segments") or []]
+    table = pd.DataFrame(rows, index=pd.RangeIndex(1, len(rows) + 1, name="sitting"))
+    return A.styled(table, paper_caption("The sittings that trained it (images/s: training and evaluation)", run))

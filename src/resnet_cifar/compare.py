@@ -1,15 +1,7 @@
-"""Comparisons over seeds: an arm is one setting trained once per seed; two arms differ only
-when the difference of their means is larger than the seeds' spread.
-
-`seed_comparison` turns {arm: [runs]} into a table (n, mean ± std, each seed's value, the
-difference to the reference arm) and a verdict per arm, computed from the numbers:
-
-* fewer than two complete seeds in either arm: "not resolved at this budget: one seed ...";
-* |Δmean| ≤ std_arm + std_reference: "not resolved at this budget: |Δ| ... ≤ spread ...";
-* otherwise: lower / higher error than the reference by |Δ| points (beyond the spread).
-
-The chapters glue these verdicts instead of typing conclusions.
-"""
+"""Arms over seeds: two arms differ only when the difference of their means is larger than the seeds'
+spread. The verdict: with fewer than two complete seeds in either arm, "not resolved at this budget:
+one seed"; with |Δmean| ≤ std_arm + std_reference, "not resolved"; else lower / higher error by |Δ|.
+The chapters glue these verdicts instead of typing conclusions."""
 from __future__ import annotations
 
 import math
@@ -53,8 +45,7 @@ def verdict(arm: list[float], ref: list[float], ref_label: str) -> str:
 
 def seed_comparison(arms: dict[str, list[RunResult]], reference: str,
                     key: str = "final_test_error") -> tuple[pd.DataFrame, dict[str, str]]:
-    """One row per arm: n complete of n runs, mean, std, best, each seed's value, Δ mean vs
-    `reference` and the verdict; and {arm: verdict}."""
+    """One row per arm (n, mean, std, best, each seed, Δ mean vs `reference`, verdict); {arm: verdict}."""
     if reference not in arms:
         raise KeyError(f"reference arm {reference!r} is not one of {list(arms)}")
     ref = values(arms[reference], key)
@@ -85,8 +76,7 @@ def summary_sentence(verdicts: dict[str, str], condition: str) -> str:
 
 
 def comparison(ch, arms: dict[str, list[RunResult]], reference: str, title: str, prefix: str):
-    """`seed_comparison` as a styled table captioned with the runs' source, and the chapter's
-    text values: `<prefix>_verdict` (every arm, with its condition) and `<prefix>_n` (seeds per arm)."""
+    """`seed_comparison` as a captioned table, and the text values `<prefix>_verdict`, `<prefix>_n`."""
     from .analysis import styled
     table, verdicts = seed_comparison(arms, reference)
     every = [r for runs in arms.values() for r in runs]
@@ -95,21 +85,3 @@ def comparison(ch, arms: dict[str, list[RunResult]], reference: str, title: str,
     condition = f"At profile {ch.profile} on {ch.runs_label} with {seeds} seed(s) per arm"
     facts = {f"{prefix}_verdict": summary_sentence(verdicts, condition), f"{prefix}_n": seeds}
     return styled(table, ch.caption(f"{title}: final test error over seeds", *every), 2), facts
-
-
-def drop_effect(run: RunResult) -> str:
-    """What a multistep run's learning-rate drops did, from its history: the test error at
-    the last evaluation before the first milestone and at the end of the run."""
-    h = run.history
-    milestones = run.config.get("milestones") or []
-    if run.config.get("schedule") != "multistep" or not milestones or h is None or h.empty:
-        return "the run has no learning-rate drop to look at."
-    h = h.dropna(subset=["test_error"])
-    before = h[h["iteration"] <= milestones[0]]
-    if before.empty or h.empty:
-        return "the run was not evaluated before its first drop."
-    a, b = 100 * before["test_error"].iloc[-1], 100 * h["test_error"].iloc[-1]
-    return (f"test error {a:.1f} % at iteration {int(before['iteration'].iloc[-1]):,} (before the first drop at "
-            f"{milestones[0]:,}) and {b:.1f} % at the end ({int(h['iteration'].iloc[-1]):,}): "
-            f"the error {'fell' if b < a else 'rose' if b > a else 'stayed'} by {abs(a - b):.1f} points after the "
-            f"first drop (one run, seed {run.config.get('seed')}).")

@@ -1,3 +1,2 @@
-"""Each chapter's computations, one module per notebook (ch05_optimizers.py for
-05_optimizers.ipynb): free functions `f(ch, ...)` of a `book.Chapter` and its runs that return
-tables, figures and the text values (facts) the page glues."""
+"""The few page computations kept in modules (the appendix's benchmark, chapter 5's speed per
+number format); every other page's own computation sits in its notebook, in a hidden cell."""
