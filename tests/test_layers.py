@@ -133,7 +133,7 @@ def test_the_docs_name_each_function_where_it_is_defined():
 # ---------------------------------------------------------------- the manual's library map and layer order
 
 MANUAL = ROOT / "book" / "manual.md"  # the book's page "Using and extending this book"
-MAX_LINES = 450  # fewer, larger modules: a cap against sprawl, not a shape to fill
+MAX_LINES = 500  # fewer, larger modules: a cap against sprawl, not a shape to fill
 
 
 def readme_layers(text: str) -> list[list[list[str]]]:

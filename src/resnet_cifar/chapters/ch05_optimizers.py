@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import analysis as A
-from ..bench_summary import is_flagged, rounds_note, under_load
+from ..bench import is_flagged, rounds_note, under_load
 from ..records import RECORDS, load_records, project_root
 
 
