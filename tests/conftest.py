@@ -8,10 +8,14 @@ fixtures such as the book build are made once).
 """
 from __future__ import annotations
 
+import ast
+import functools
 import os
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
+import nbformat
 import numpy as np
 import pytest
 import torch
@@ -131,3 +135,19 @@ def missing(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (required when CI=true)")
     pytest.skip(reason)
+
+
+DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.Assign)
+
+
+@functools.cache
+def page_code(page: str) -> SimpleNamespace:
+    """The functions a page defines in its hidden cells (tagged hide-input, holding only imports,
+    constants and functions), run on their own: the code the page runs, for tests."""
+    namespace = {}
+    for cell in nbformat.read(ROOT / "book" / f"{page}.ipynb", as_version=4).cells:
+        body = ast.parse(cell.source).body if cell.cell_type == "code" else []
+        if ("hide-input" in cell.metadata.get("tags", []) and any(isinstance(s, ast.FunctionDef) for s in body)
+                and all(isinstance(s, DEFINITIONS) for s in body)):
+            exec(compile(cell.source, f"{page}.ipynb", "exec"), namespace)
+    return SimpleNamespace(**namespace)

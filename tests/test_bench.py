@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import page_code
 from resnet_cifar import bench as B
 from resnet_cifar import train as T
 from resnet_cifar.cli import main as cli_main
@@ -106,7 +107,7 @@ def _record(fp32_library, fp32_conventional, cl_library):
 
 
 def test_rounds_that_disagree_are_flagged_in_the_tables_and_the_appendix():
-    from resnet_cifar.chapters.appendix_performance import recorded
+    recorded = page_code("appendix_performance").recorded
     agree = _record([39.0, 40.0, 41.0], [29.0, 30.0, 31.0], [160.0, 164.0, 168.0])
     tables = B.tables(agree)
     assert list(tables["variants"]["rounds max / min"]) == [f"{41 / 39:.2f}×", f"{168 / 160:.2f}×"]
@@ -169,7 +170,7 @@ def test_records_round_trip(tiny_record, tmp_path):
 def test_the_recorded_benchmarks_load_and_render():
     """book/records holds what the appendix shows: every record loads and gives its tables,
     the older fields (matmul peak, profile, several runs at once) ignored."""
-    from resnet_cifar.chapters.appendix_performance import recorded
+    recorded = page_code("appendix_performance").recorded
     records = load_records(RECORDS)
     assert "bench-cpu" in records
     summary = recorded(records).data
@@ -262,7 +263,7 @@ def test_the_number_format_table_flags_the_rate_it_shows_and_its_sentence_leaves
     """Chapter 5 shows one figure per variant, the library rate: its column of spreads is that
     figure's, and the sentence quotes exactly the variants whose library rounds agree."""
     from types import SimpleNamespace
-    from resnet_cifar.chapters.ch05_optimizers import format_speeds
+    format_speeds = page_code("05_optimizers").format_speeds
     record = json.loads((RECORDS / "bench-cpu.json").read_text())
     fp32, cl = record["variants"][:2]
     fp32["rounds"].update(library=[200.0, 201.0, 202.0], data=[1e5, 2e5, 3e5])  # only its data work disagrees
@@ -299,8 +300,8 @@ def test_a_record_taken_under_load_says_so_and_states_no_figure(tmp_path):
     """A benchmark record whose load samples show other processes at work: every table row says
     'under load', and no sentence of chapter 5 states one of its figures."""
     from types import SimpleNamespace
-    from resnet_cifar.chapters.appendix_performance import recorded
-    from resnet_cifar.chapters.ch05_optimizers import format_speeds
+    recorded = page_code("appendix_performance").recorded
+    format_speeds = page_code("05_optimizers").format_speeds
     record = json.loads((RECORDS / "bench-cpu.json").read_text())
     first = record["variants"][0]["variant"]
     quiet = {**record, "info": {**record["info"], "other_load": dict(before=0.02, during={first: 0.05},

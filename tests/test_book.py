@@ -12,7 +12,6 @@ those chapters (and the root page), for working on a few chapters.
 """
 from __future__ import annotations
 
-import ast
 import functools
 import http.server
 import importlib.util
@@ -23,14 +22,13 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import nbformat
 import pytest
 import torch
 import yaml
 
-from conftest import missing
+from conftest import missing, page_code
 from resnet_cifar import data as D
 from resnet_cifar import book as shared  # what the pages share
 from resnet_cifar.experiments import CHAPTERS
@@ -399,22 +397,6 @@ def test_build_reports_every_notebooks_time(book):
 
 # ---------------------------------------------------------------- the chapters' helpers, on made-up run records
 
-DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.Assign)
-
-
-@functools.cache
-def page_code(page: str) -> SimpleNamespace:
-    """The functions a page defines in its hidden cells (tagged hide-input, holding only imports,
-    constants and functions), run on their own: the code the page runs, for tests."""
-    namespace = {}
-    for cell in nbformat.read(ROOT / "book" / f"{page}.ipynb", as_version=4).cells:
-        body = ast.parse(cell.source).body if cell.cell_type == "code" else []
-        if ("hide-input" in cell.metadata.get("tags", []) and any(isinstance(s, ast.FunctionDef) for s in body)
-                and all(isinstance(s, DEFINITIONS) for s in body)):
-            exec(compile(cell.source, f"{page}.ipynb", "exec"), namespace)
-    return SimpleNamespace(**namespace)
-
-
 def _record(tmp_path, name, status, final=None, history=True, iterations=20):
     """A RunResult as `runs.load_run` returns it, for a run that ended with `status`."""
     import pandas as pd
@@ -699,7 +681,7 @@ def test_smoke_runs_train_on_one_cpu_thread_and_restore_the_kernels(dataset, tmp
 def test_the_smoke_appendix_benchmarks_on_the_profiles_thread_and_says_so(dataset, tmp_path, monkeypatch):
     import torch
     from resnet_cifar import bench, book
-    from resnet_cifar.chapters import appendix_performance as appendix
+    appendix = page_code("appendix_performance")
     seen = {}
 
     def run_benchmark(**settings):  # what the page measures with, not the measurement
