@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """README's results, generated from the committed records: the headline (the paper's whole
-schedule, however far it has trained) as a sentence, a figure and `records --markdown paper`.
+schedule, however far it has trained) as a sentence and a figure, and the results table of the
+paper profile's records.
 
     .venv/bin/python scripts/readme_results.py           # rewrite README.md's blocks and the figure
     .venv/bin/python scripts/readme_results.py --check   # exit 1 when they differ from the records
@@ -20,6 +21,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from resnet_cifar import records as R  # noqa: E402
 from resnet_cifar import book as C  # noqa: E402
+from resnet_cifar.config import profile_config  # noqa: E402
 
 README = ROOT / "README.md"
 FIGURE = "book/_static/paper-run.png"
@@ -69,10 +71,37 @@ def drawn_from(path: Path) -> str | None:
         return image.info.get("Description")
 
 
+def results_markdown(dataset: str, profile: str) -> str:
+    """The committed records of `dataset`/`profile` as README's results: a line saying what
+    they are, then one row per run (test error, best validation error, device, training time)."""
+    folder = ROOT / R.RECORDS / dataset / profile
+    manifest = R.read_manifest(folder)
+    if manifest is None:
+        return f"No committed records of profile {profile} on {dataset}."
+    pct = lambda v: "–" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    rows = ["| run | status | iterations | test error % | best val error % | device | training time |",
+            "|---|---|---|---|---|---|---|"]
+    for name in sorted(manifest.get("runs", {})):
+        s = R.read_json(folder / name / "summary.json") or {}
+        minutes = ((s.get("wall_time_s") or 0) + (s.get("eval_time_s") or 0)) / 60
+        rows.append(f"| {name} | {s.get('status', '–')} | {s.get('iterations_done', 0):,} | "
+                    f"{pct(s.get('final_test_error'))} | {pct(s.get('best_val_error'))} | "
+                    f"{s.get('device_name', '–')} | {minutes:.0f} min |")
+    cfg, done, planned = profile_config(profile), R.finished_count(manifest), manifest.get("planned")
+    training = len(manifest.get("runs", {})) - done
+    data = "" if dataset == "official" else f", {'but ' if profile == 'paper' else ''}not the official data"
+    head = (f"Profile {profile} ({cfg.iterations:,} iterations of batch {cfg.batch_size}, lr ÷10 at "
+            f"{' and '.join(f'{m:,}' for m in cfg.milestones)}) on {dataset}: {done} of {planned} planned runs "
+            f"published ({'complete' if done >= (planned or 0) else 'partial: the rest is still training'}"
+            + (f"; {training} more published unfinished, with its checkpoint, to resume" if training else "") + "), "
+            f"exported {manifest.get('exported')}. {'The' if profile == 'paper' else 'Not the'} paper's budget{data}.")
+    return head + "\n\n" + "\n".join(rows)
+
+
 def rendered(text: str, copy: str | None) -> str:
     """README with its generated blocks as the records say."""
     def block(m):
-        body = headline(copy) if m[2] == "headline" else R.results_markdown(ROOT, copy or "official", m[2])
+        body = headline(copy) if m[2] == "headline" else results_markdown(copy or "official", m[2])
         return m[1] + body + m[4]
     return BLOCK.sub(block, text)
 

@@ -1,5 +1,5 @@
-"""The commands `plan | run | export | records`, over the plan (plan.py), the runner (runner.py) and
-the published records (records.py)."""
+"""The commands `plan | run | export | records`, over the plan (plan.py), the runner (runner.py)
+and the published records (records.py)."""
 from __future__ import annotations
 
 import json
@@ -15,63 +15,58 @@ from . import data as D
 from . import plan as P
 from . import records as REC
 from .config import PROFILES, TrainConfig
-from .data import dataset_label
 from .devices import DeviceError, device_label, pick_device
 from .fused import check_fuse, default_fuse, groups
-from .records import (RECORDS, best_records, committed, export, inside, project_root, read_manifest,
-                      results_markdown, shown_path)
+from .records import RECORDS, committed, read_manifest, shown_path
 from .runner import hms, run_plan
 from .runs import RunError, git_commit, load_run
 
 
 def add_commands(sub) -> None:
     def selection(p, device=True):
-        p.add_argument("--profile", default="smoke", help=f"{' | '.join(PROFILES)} (default: smoke)")
+        p.add_argument("--profile", default="smoke", help=" | ".join(PROFILES))
         p.add_argument("--chapters", nargs="+", metavar="CHAPTER",
                        help="only the runs of these chapters (02, 05_optimizers, intro)")
-        p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (names as `plan` lists them)")
-        p.add_argument("--seed", type=int, default=0, help="the chapters' seed parameter (default: 0)")
+        p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (as `plan` names)")
+        p.add_argument("--seed", type=int, default=0, help="the chapters' seed parameter")
         p.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
-                       help="a chapter parameter other than its default, as papermill -p would set it (with "
-                            "--chapters): --chapters 05 --set adam_lr=0.01 'bn_eps_values=[0.9]'")
-        p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
-        p.add_argument("--runs-dir", default="runs",
-                       help="runs go to RUNS_DIR/<dataset>/<profile>/<run> (default: runs)")
+                       help="with --chapters: a chapter parameter, as papermill -p sets it "
+                            "(--chapters 05 --set adam_lr=0.01 'bn_eps_values=[0.9]')")
+        data_dir(p)
+        p.add_argument("--runs-dir", default="runs", help="runs train in RUNS_DIR/<data>/<profile>")
         if device:
-            p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k] | mps (default: auto)")
+            p.add_argument("--device", default="auto", help="auto | cpu | cuda[:k] | mps")
 
-    p = sub.add_parser("plan", help="every run of the book on a profile: status, time measured or estimated")
+    def data_dir(p):
+        p.add_argument("--data-dir", help="default: $RESNET_CIFAR_DATA, then ./data")
+
+    p = sub.add_parser("plan", help="every run of the book on a profile: status, time")
     selection(p)
-    p.add_argument("--fuse", type=int, default=None, metavar="N",
-                   help="show the groups `run --fuse N` trains as one fused model, and their times")
-    p.add_argument("--commands", action="store_true",
-                   help="print one shell command per run that is not finished (for a job array, GNU parallel, ...)")
-    p = sub.add_parser("run", help="train the runs of the plan that are not finished, --jobs at a time per GPU")
+    p.add_argument("--fuse", type=int, metavar="N", help="show the groups `run --fuse N` trains")
+    p.add_argument("--commands", action="store_true", help="one shell command per unfinished run")
+    p = sub.add_parser("run", help="train the runs of the plan that are not finished")
     selection(p)
-    p.add_argument("--jobs", type=int, default=1, help="runs at once per GPU (on a CPU: in all) (default: 1)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once per GPU (on a CPU: in all)")
     p.add_argument("--retrain-published", action="store_true",
-                   help="train the runs the committed records hold too (as `make book PROFILE=...` does)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: cores / --jobs)")
-    p.add_argument("--status-every", type=float, default=30.0, help="seconds between progress lines (default: 30)")
-    p.add_argument("--fuse", type=int, default=None, metavar="N",
-                   help="train up to N runs of one architecture as one fused model (default: 1 on a CPU, 16 on CUDA)")
-    p = sub.add_parser("export", help="copy the finished runs' small files to book/records/<dataset>/<profile>/ "
-                                      "(to commit; no weights)")
+                   help="train the runs the committed records hold too")
+    p.add_argument("--threads", type=int, help="CPU threads per run (default: cores / --jobs)")
+    p.add_argument("--status-every", type=float, default=30.0, help="seconds between status lines")
+    p.add_argument("--fuse", type=int, metavar="N", help="train up to N runs of one architecture "
+                   "as one fused model (default: 1 on a CPU, 16 on CUDA)")
+    p = sub.add_parser("export", help="publish the finished runs in book/records/<data>/<profile>")
     selection(p, device=False)
-    p.add_argument("--records-dir", default=None, help="default: <project>/book/records")
-    p.add_argument("--partial", action="store_true", help="publish the finished runs even if others are missing")
+    p.add_argument("--records-dir", help="default: <project>/book/records")
+    p.add_argument("--partial", action="store_true", help="publish even if runs are unfinished "
+                   "(those with their checkpoint)")
     p = sub.add_parser("records", help="the committed records of this dataset, per profile")
-    p.add_argument("--data-dir", default=None, help="default: $RESNET_CIFAR_DATA, then ./data")
+    data_dir(p)
     p.add_argument("--best", action="store_true",
-                   help="print the profile and data copy of the most complete records (this data's first)")
-    p.add_argument("--markdown", metavar="PROFILE", default=None,
-                   help="print the results table of PROFILE's committed records in markdown (README's results)")
-    p.add_argument("--verify", metavar="PROFILE/RUN", default=None,
-                   help="retrain a committed run (cpu/resnet20-seed0) here up to --iterations and compare it with its "
-                        "record: bit for bit, within tolerance, or different (exit 1)")
-    p.add_argument("--iterations", type=int, default=None,
-                   help="with --verify: how far to retrain (default: the record's first evaluation)")
-    p.add_argument("--json", default=None, help="with --verify: also write what it found to this JSON file")
+                   help="the profile and data copy of the most complete records (this data first)")
+    p.add_argument("--verify", metavar="PROFILE/RUN", help="retrain a committed run here and "
+                   "compare it with its record: bit for bit, within tolerance, or not (exit 1)")
+    p.add_argument("--iterations", type=int,
+                   help="with --verify: how far to retrain (default: to the first evaluation)")
+    p.add_argument("--json", help="with --verify: also write what it found to this JSON file")
 
 
 def dataset_identity(data_dir) -> str:
@@ -83,108 +78,121 @@ def dataset_identity(data_dir) -> str:
 
 
 def main(args) -> int:
-    identity = dataset_identity(args.data_dir)
-    root = project_root()
+    identity, root = dataset_identity(args.data_dir), REC.project_root()
     if args.command == "records":
         return _records(args, root, identity)
     folder = Path(args.runs_dir) / identity / args.profile
-    runs = P.plan(args.profile, args.seed, args.chapters, args.only, P.parse_settings(args.set, args.chapters))
+    runs = P.plan(args.profile, args.seed, args.chapters, args.only,
+                  P.parse_settings(args.set, args.chapters))
     if args.command == "export":
         return _export(args, root, identity, folder, runs)
-    if read_manifest(folder) is not None or inside(folder, root / RECORDS):
-        raise ValueError(f"{folder} holds published records; runs are trained into a runs folder (--runs-dir runs) "
-                         f"and published with `export`")
-    # trained before, perhaps on another machine: `run` does not train published runs again, and `plan` says so
+    if read_manifest(folder) is not None or REC.inside(folder, root / RECORDS):
+        raise ValueError(f"{folder} holds published records; runs are trained into a runs folder "
+                         "(--runs-dir runs) and published with `export`")
+    # trained before, perhaps on another machine: `run` does not train them again, `plan` says so
     committed_here = root / RECORDS / identity / args.profile
     has_records = read_manifest(committed_here) is not None  # read (and checked) once
     retrain = args.profile == "smoke" or getattr(args, "retrain_published", False)
     published = committed_here if has_records and not retrain else None
-    if args.command == "plan" and args.commands:  # one line per run, for a job array or GNU parallel
+    if args.command == "plan" and args.commands:  # one line per run, for a job array or parallel
         flags = [f"--profile {args.profile}", f"--device {args.device}"]
         flags += [f"--seed {args.seed}"] if args.seed else []
-        flags += ["--chapters", *args.chapters, "--set", *map(shlex.quote, args.set)] if args.set else []
+        if args.set:
+            flags += ["--chapters", *args.chapters, "--set", *map(shlex.quote, args.set)]
         flags += [f"--data-dir {shlex.quote(str(args.data_dir))}"] if args.data_dir else []
-        flags += [f"--runs-dir {shlex.quote(str(args.runs_dir))}"] if args.runs_dir != "runs" else []
+        flags += [f"--runs-dir {shlex.quote(args.runs_dir)}"] if args.runs_dir != "runs" else []
         for r in runs:
             if P.status(r, args.profile, folder, published)["state"] != "finished":
                 print(" ".join(["python -m resnet_cifar run", *flags, "--only", r.name]))
         return 0
     if args.command == "plan":
         return _show_plan(args, runs, folder, identity, root, published)
-    done = {r.name for r in runs if published and P.status(r, args.profile, folder, published).get("published")}
+    done = {r.name for r in runs
+            if published and P.status(r, args.profile, folder, published).get("published")}
     if done:
-        print(f"{len(done)} run(s) of the plan are published in {shown_path(published)} and not trained again: "
-              f"{', '.join(sorted(done))}")
+        print(f"{len(done)} run(s) of the plan are published in {shown_path(published)} and not "
+              f"trained again: {', '.join(sorted(done))}")
         runs = [r for r in runs if r.name not in done]
-    for r in runs if has_records else []:  # published unfinished, perhaps by another machine: resumed from there
+    for r in runs if has_records else []:  # published unfinished (by any machine): resumed there
         if REC.restore(committed_here / r.name, folder / r.name, r.config(args.profile)):
-            print(f"{r.name}: resumes from the checkpoint published in {shown_path(committed_here / r.name)} "
-                  f"(iteration {REC.read_json(folder / r.name / 'summary.json')['iterations_done']:,})")
+            at = REC.read_json(folder / r.name / "summary.json")["iterations_done"]
+            print(f"{r.name}: resumes from the checkpoint published in "
+                  f"{shown_path(committed_here / r.name)} (iteration {at:,})")
     # --jobs > 1 asks for one process per run, and those train single runs
-    fuse = (default_fuse(args.device) if args.jobs == 1 else 1) if args.fuse is None else check_fuse(args.fuse)
-    return run_plan(runs, args.profile, folder, args.device, args.jobs, args.data_dir, args.threads,
-                    args.status_every, fuse=fuse)
+    fuse = (default_fuse(args.device) if args.jobs == 1 else 1) if args.fuse is None else (
+        check_fuse(args.fuse))
+    return run_plan(runs, args.profile, folder, args.device, args.jobs, args.data_dir,
+                    args.threads, args.status_every, fuse=fuse)
 
 
 def _export(args, root: Path, identity: str, folder: Path, runs) -> int:
-    records = Path(args.records_dir) if args.records_dir else root / RECORDS
+    records = Path(args.records_dir or root / RECORDS) / identity / args.profile
     if args.profile == "smoke" and not args.records_dir:
-        raise ValueError("smoke runs are not published: the smoke build always trains from scratch (it is what "
-                         "the tests build); pass --records-dir to export them elsewhere")
+        raise ValueError("smoke runs are not published: the smoke build always trains from "
+                         "scratch (it is what the tests build); pass --records-dir to export them "
+                         "elsewhere")
     planned = len(runs) if args.set else len(P.plan(args.profile, args.seed))
-    manifest = export(runs, args.profile, identity, folder, records / identity / args.profile, args.partial, planned)
+    manifest = REC.export(runs, args.profile, identity, folder, records, args.partial, planned)
     unfinished = {n: e for n, e in manifest["runs"].items() if e.get("status") == REC.UNFINISHED}
-    print(f"exported {len(manifest['runs']) - len(unfinished)} finished runs of the {planned} of profile "
-          f"{args.profile} to {shown_path(records / identity / args.profile)} (config, summary, history; "
-          f"weights only of {', '.join(REC.KEPT_WEIGHTS.get(args.profile, ())) or 'none'})"
-          + "".join(f"; {n} unfinished at {e['iterations_done']:,} iterations, with its checkpoint"
-                    for n, e in unfinished.items()))
+    print(f"exported {len(manifest['runs']) - len(unfinished)} finished runs of the {planned} of "
+          f"profile {args.profile} to {shown_path(records)} (config, summary, history; weights "
+          f"only of {', '.join(REC.KEPT_WEIGHTS.get(args.profile, ())) or 'none'})"
+          + "".join(f"; {n} unfinished at {e['iterations_done']:,} iterations, with its "
+                    "checkpoint" for n, e in unfinished.items()))
     return 0
 
 
-def _show_plan(args, runs, folder: Path, identity: str, root: Path, published: Path | None) -> int:
+def _show_plan(args, runs, folder: Path, identity: str, root: Path, published) -> int:
     try:
         device = pick_device(args.device)
         on = f"{device} ({device_label(device)})"
-    except DeviceError:  # estimate for a device this machine does not have, from runs recorded on one
+    except DeviceError:  # a device this machine does not have: the rates of runs recorded on one
         device = torch.device(args.device)
         on = f"{device} (not on this machine: rates of runs recorded on {device.type} devices)"
     rows = P.estimates(runs, args.profile, folder, device, root / RECORDS, published)
-    by_name = {r["run"].name: r for r in rows if r["state"] != "finished"}
-    made = groups([r["config"] for r in by_name.values()], check_fuse(args.fuse)) if args.fuse is not None else []
+    left = {r["run"].name: r for r in rows if r["state"] != "finished"}
+    fused = args.fuse is not None
+    made = groups([r["config"] for r in left.values()], check_fuse(args.fuse)) if fused else []
     group_of = {c.name: f"g{i}" for i, group in enumerate(made, 1) for c in group}
-    print(f"plan of profile {args.profile} · {dataset_label(identity)} · runs in {folder} · times on {on}")
-    head = ("run", "chapters", "seed", "model", "dtype", "iterations", "status", "time", "time from")
-    lines = [(r["run"].name, ",".join(c.split("_")[0] for c in r["run"].chapters), str(r["run"].seed),
-              r["run"].model(), r["config"].dtype, f"{r['config'].iterations:,}", r["text"], hms(r["seconds"])
-              if r["seconds"] is not None else "unknown", r["source"]) for r in rows]
-    if args.fuse is not None:
+    print(f"plan of profile {args.profile} · {D.dataset_label(identity)} · runs in {folder} · "
+          f"times on {on}")
+    head = ("run", "chapters", "seed", "model", "dtype", "iterations", "status", "time",
+            "time from")
+    lines = [(r["run"].name, ",".join(c.split("_")[0] for c in r["run"].chapters),
+              str(r["run"].seed), r["run"].model(), r["config"].dtype,
+              f"{r['config'].iterations:,}", r["text"],
+              "unknown" if r["seconds"] is None else hms(r["seconds"]), r["source"]) for r in rows]
+    if fused:
         head, lines = ("group", *head), [(group_of.get(line[0], "-"), *line) for line in lines]
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head) - 1)]
     for line in [head, *lines]:
         print("  ".join(x.ljust(w) for x, w in zip(line, widths)) + "  " + line[-1])
-    states = Counter(r["state"] for r in rows)
-    rest = [r["seconds"] for r in rows if r["state"] != "finished"]
+    states, rest = Counter(r["state"] for r in rows), [r["seconds"] for r in left.values()]
     unknown = rest.count(None)
-    print(f"{len(rows)} runs: " + ", ".join(f"{states[s]} {s}" for s in ("finished", "running", "interrupted",
-                                                                         "failed", "conflict", "missing") if states[s])
-          + f" · {sum(r['config'].iterations for r in rows):,} iterations, "
-          f"{sum(r['config'].iterations * r['config'].batch_size for r in rows):,} training images")
+    print(f"{len(rows)} runs: " + ", ".join(f"{states[s]} {s}" for s in (
+        "finished", "running", "interrupted", "failed", "conflict", "missing") if states[s])
+        + f" · {sum(r['config'].iterations for r in rows):,} iterations, "
+        f"{sum(r['config'].iterations * r['config'].batch_size for r in rows):,} training images")
     if any(r.get("published") for r in rows):
-        print(f"{sum(bool(r.get('published')) for r in rows)} of them published in {shown_path(published)}: `run` "
-              f"does not train them again (`run --retrain-published` does)")
-    print(f"time: {hms(sum(r['seconds'] for r in rows if r['state'] == 'finished'))} measured (finished runs) + "
-          f"{hms(sum(x for x in rest if x is not None))} estimated for the {len(rest) - unknown} others, one run at a "
-          f"time on {on}" + (f"; {unknown} run(s) without an estimate (no measured rate on this device: finish one "
-                             f"run of that dtype, or record a benchmark with `python -m resnet_cifar bench --device "
-                             f"{device.type} --json book/records/bench-{device.type}.json`)" if unknown else ""))
+        print(f"{sum(bool(r.get('published')) for r in rows)} of them published in "
+              f"{shown_path(published)}: `run` does not train them again (`run "
+              "--retrain-published` does)")
+    measured = sum(r["seconds"] for r in rows if r["state"] == "finished")
+    print(f"time: {hms(measured)} measured (finished runs) + "
+          f"{hms(sum(x for x in rest if x is not None))} estimated for the {len(rest) - unknown} "
+          f"others, one run at a time on {on}" + (
+              f"; {unknown} run(s) without an estimate (no measured rate on this device: finish "
+              "one run of that dtype, or record a benchmark with `python -m resnet_cifar bench "
+              f"--device {device.type} --json book/records/bench-{device.type}.json`)"
+              if unknown else ""))
     for i, group in enumerate(made, 1):
-        times = [by_name[c.name]["seconds"] for c in group]
+        times = [left[c.name]["seconds"] for c in group]
         print(f"group g{i}: {len(group)} run(s) fused ({', '.join(c.name for c in group)}): "
               f"{'unknown' if None in times else hms(sum(times))} estimated")
-    if args.fuse is not None:
-        print("a group's time is estimated as the sum of its runs' times: on a CPU `bench --fused 2` measured no "
-              "gain from fusing; on a GPU a group should take less (not yet measured)")
+    if fused:
+        print("a group's time is estimated as the sum of its runs' times: on a CPU `bench --fused "
+              "2` measured no gain from fusing; on a GPU a group should take less (not yet "
+              "measured)")
     return 0
 
 
@@ -193,23 +201,24 @@ def _records(args, root: Path, identity: str) -> int:
         result = verify(root, identity, args.verify, args.iterations, args.data_dir)
         print(f"{'iteration':>9}  {'quantity':<11}  {'record':>20}  {'here':>20}  |Δ|")
         for row in result["rows"]:
-            print(f"{row['iteration']:>9,}  {row['quantity']:<11}  {row['record']:>20.15g}  {row['here']:>20.15g}  "
-                  f"{row['diff']:.3g}")
+            print(f"{row['iteration']:>9,}  {row['quantity']:<11}  {row['record']:>20.15g}  "
+                  f"{row['here']:>20.15g}  {row['diff']:.3g}")
         print(result["sentence"])
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
         return 1 if result["verdict"] == "different" else 0
-    if args.markdown or args.best:
-        print(results_markdown(root, identity, args.markdown) if args.markdown
-              else " ".join(best_records(root, identity) or ()))
+    if args.best:
+        print(" ".join(REC.best_records(root, identity) or ()))
         return 0
     found = committed(root, identity)
     if not found:
-        print(f"no committed records of {identity} in {root / RECORDS} (smoke is never published)")
+        print(f"no committed records of {identity} in {root / RECORDS} (smoke is never "
+              "published)")
     for r in found:
-        print(f"{r['profile']}: {r['finished']} of {r['planned']} runs, exported {r['exported']}, commit {r['commit']}"
-              + "".join(f"; {name} unfinished at {done:,} iterations (`run --profile {r['profile']} --only {name}` "
-                        f"resumes it)" for name, done in r["unfinished"].items()))
+        print(f"{r['profile']}: {r['finished']} of {r['planned']} runs, exported {r['exported']}, "
+              f"commit {r['commit']}" + "".join(
+                  f"; {name} unfinished at {done:,} iterations (`run --profile {r['profile']} "
+                  f"--only {name}` resumes it)" for name, done in r["unfinished"].items()))
     return 0
 
 
@@ -240,59 +249,72 @@ def verify(root: Path, identity: str, spec: str, iterations: int | None, data_di
     manifest = read_manifest(root / RECORDS / identity / profile) if profile in PROFILES else None
     if not name or manifest is None or name not in manifest.get("runs", {}):
         found = [f"{r['profile']}/…" for r in committed(root, identity)]
-        raise RunError(f"no committed record {spec!r} for {identity}: give PROFILE/RUN, e.g. cpu/resnet20-seed0 "
-                       f"(`python -m resnet_cifar records` lists them; committed: {', '.join(found) or 'none'})")
+        raise RunError(f"no committed record {spec!r} for {identity}: give PROFILE/RUN, e.g. "
+                       "cpu/resnet20-seed0 (`python -m resnet_cifar records` lists them; "
+                       f"committed: {', '.join(found) or 'none'})")
     record = load_run(root / RECORDS / identity / spec)
-    history = record.history.set_index("iteration")[list(COMPARED)]
+    s, history = record.summary, record.history.set_index("iteration")[list(COMPARED)]
     if history.empty:
         raise RunError(f"the record {spec} has no evaluation to compare with")
-    rows = history.loc[:iterations or history.index[0]]
+    first = history.index[0]
+    rows = history.loc[:iterations or first]
     if rows.empty:
-        raise RunError(f"--iterations {iterations} is before the record's first evaluation, at iteration "
-                       f"{history.index[0]:,}: pass --iterations {history.index[0]} or more")
-    threads, before, start = recorded_threads(record.summary), torch.get_num_threads(), time.perf_counter()
+        raise RunError(f"--iterations {iterations} is before the record's first evaluation, at "
+                       f"iteration {first:,}: pass --iterations {first} or more")
+    threads, before, start = recorded_threads(s), torch.get_num_threads(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainConfig(**{**record.config, "name": name, "runs_dir": tmp, "data_dir": data_dir, "device": "cpu",
-                                "progress": "none", "stop_at": int(rows.index[-1]), "force": True, "wait": False})
+        config = TrainConfig(**{**record.config, "name": name, "runs_dir": tmp,
+                                "data_dir": data_dir, "device": "cpu", "progress": "none",
+                                "stop_at": int(rows.index[-1]), "force": True, "wait": False})
         torch.set_num_threads(threads or before)
         try:
-            here = train(config).history.set_index("iteration").reindex(rows.index)[list(COMPARED)]
+            here = train(config).history.set_index("iteration").reindex(rows.index)
+            here = here[list(COMPARED)]
             here_device = device_label(torch.device("cpu"))  # with the record's thread count
         finally:
             torch.set_num_threads(before)
     same = (rows == here) | (rows.isna() & here.isna())
     diff = (rows - here).abs().where(~same, 0.0)  # NaN where this run has no such row
-    worst = {c: float((diff[c] / rows[c].abs().where(rows[c] != 0, 1.0) if c.endswith("loss") else diff[c])
-                      .fillna(0.0).max()) for c in COMPARED[1:]}  # losses: relative
+    scale = {c: rows[c].abs().where(rows[c] != 0, 1.0) if c.endswith("loss") else 1.0
+             for c in COMPARED[1:]}  # losses: relative differences
+    worst = {c: float((diff[c] / scale[c]).fillna(0.0).max()) for c in COMPARED[1:]}
     within = all(v <= TOLERANCE[k.split("_")[1]] for k, v in worst.items()) and same["lr"].all()
     causes = []
-    if record.summary.get("device_name") != here_device:
-        causes.append(f"another CPU or thread count (record: {record.summary.get('device_name')}; here: {here_device})")
-    if str(record.summary.get("torch_version")) != str(torch.__version__):
-        causes.append(f"another torch (record: {record.summary.get('torch_version')}; here: {torch.__version__})")
-    result = dict(run=spec, dataset=identity, iterations=int(rows.index[-1]),
-                  verdict="bit for bit" if same.all().all() else "within tolerance" if within else "different",
-                  threads=threads, record_device=record.summary.get("device_name"), here_device=here_device,
-                  record_torch=str(record.summary.get("torch_version")), here_torch=str(torch.__version__),
-                  worst=worst, tolerance=TOLERANCE, causes=causes, seconds=time.perf_counter() - start,
-                  rows=[dict(iteration=int(it), quantity=c, record=float(rows.at[it, c]), here=float(here.at[it, c]),
-                             diff=float(diff.at[it, c])) for it in rows.index for c in COMPARED],
-                  checked=time.strftime("%Y-%m-%d %H:%M"), commit=git_commit())
+    if s.get("device_name") != here_device:
+        causes.append(f"another CPU or thread count (record: {s.get('device_name')}; here: "
+                      f"{here_device})")
+    if str(s.get("torch_version")) != str(torch.__version__):
+        causes.append(f"another torch (record: {s.get('torch_version')}; here: "
+                      f"{torch.__version__})")
+    result = dict(
+        run=spec, dataset=identity, iterations=int(rows.index[-1]),
+        verdict="bit for bit" if same.all().all() else ("within tolerance" if within
+                                                          else "different"),
+        threads=threads, record_device=s.get("device_name"), here_device=here_device,
+        record_torch=str(s.get("torch_version")), here_torch=str(torch.__version__), worst=worst,
+        tolerance=TOLERANCE, causes=causes, seconds=time.perf_counter() - start,
+        rows=[dict(iteration=int(it), quantity=c, record=float(rows.at[it, c]),
+                   here=float(here.at[it, c]), diff=float(diff.at[it, c]))
+              for it in rows.index for c in COMPARED],
+        checked=time.strftime("%Y-%m-%d %H:%M"), commit=git_commit())
     return dict(result, sentence=verify_sentence(result))
 
 
 def verify_sentence(result: dict) -> str:
     """What a verification found, in one sentence."""
     head = (f"Retrained here from its committed config to iteration {result['iterations']:,} "
-            f"({result['threads'] or 'the default number of'} thread(s), {result['seconds']:.0f} s), "
-            f"{result['run']} ({result['dataset']})")
+            f"({result['threads'] or 'the default number of'} thread(s), "
+            f"{result['seconds']:.0f} s), {result['run']} ({result['dataset']})")
     worst = ", ".join(f"{k} {v:.2g}" for k, v in result["worst"].items() if v)
+    why = ("; ".join(result["causes"])
+           or "the same CPU and torch as the record: this should not happen")
     if result["verdict"] == "bit for bit":
-        return f"{head} matches its record bit for bit: every value of every history row it reaches is equal."
-    why = "; ".join(result["causes"]) or "the same CPU and torch as the record: this should not happen"
+        return (f"{head} matches its record bit for bit: every value of every history row it "
+                "reaches is equal.")
     if result["verdict"] == "within tolerance":
         return (f"{head} matches its record within the stated tolerance (losses within "
-                f"{100 * result['tolerance']['loss']:g} %, errors within {100 * result['tolerance']['error']:g} "
-                f"points), not bit for bit: largest differences {worst}. Why: {why}.")
+                f"{100 * result['tolerance']['loss']:g} %, errors within "
+                f"{100 * result['tolerance']['error']:g} points), not bit for bit: largest "
+                f"differences {worst}. Why: {why}.")
     return (f"{head} DIFFERS from its record beyond the tolerance (largest differences {worst}). "
             f"Record vs here: {why}.")

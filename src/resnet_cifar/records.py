@@ -1,10 +1,9 @@
-"""Published records: the small files of the plan's runs, copied by `export` into
-`book/records/<dataset>/<profile>/` to be committed, and read back by the chapters without training.
+"""Published records: the small files of the plan's runs that `export` copies into
+`book/records/<dataset>/<profile>/` to be committed, read back by the chapters without training.
 
 records.json says what was exported, when, from which commit. Each `<run>/` holds config.json,
-summary.json, history.csv, lr_trace.csv (only when small, else rebuilt on reading), model.pt (the
-runs of KEPT_WEIGHTS) and, for a run published while it trains (status 'unfinished'), checkpoint.pt,
-from which `run` resumes it on any machine. Reading records never trains.
+summary.json, history.csv, lr_trace.csv (when small, else rebuilt on reading), model.pt (the runs
+of KEPT_WEIGHTS) and, for a run published while it trains ('unfinished'), its checkpoint.pt.
 """
 from __future__ import annotations
 
@@ -14,16 +13,18 @@ import shutil
 import time
 from pathlib import Path
 
-from .config import PROFILES, TrainConfig, lr_at, profile_config
-from .runs import RunError, RunResult, config_diff, git_commit, load_run, read_json, state, write_json
+from .config import PROFILES, TrainConfig, lr_at
+from .runs import (RunError, RunResult, config_diff, git_commit, load_run, read_json, state,
+                   write_json)
 
 RECORDS = Path("book") / "records"
 MANIFEST = "records.json"
-PLACES = dict(data_dir=TrainConfig.data_dir, runs_dir=TrainConfig.runs_dir)  # a published config's folders
+# a published config's folders: where it ran is not what it computes, nor is a builder's folder
+PLACES = dict(data_dir=TrainConfig.data_dir, runs_dir=TrainConfig.runs_dir)
 # Runs published with their final weights (model.pt, 1.9 MB for a ResNet-32), per profile: those
 # the pages look inside (chapters 3, 5 and 6 look inside the baseline; chapter 5 into final-relu).
 KEPT_WEIGHTS = {"cpu": ("resnet32-seed0", "final-relu")}
-SMALL_TRACE = 32 * 1024  # bytes: a smoke run's lr_trace.csv is copied, a 6.4k-iteration one rebuilt
+SMALL_TRACE = 32 * 1024  # bytes: a short run's lr_trace.csv is copied, a long one's rebuilt
 UNFINISHED = "unfinished"  # the status of a run published while it trains (with its checkpoint)
 BENCH_FORMAT = 3  # the layout of a benchmark record (bench-*.json); 3 keeps each figure's rounds
 
@@ -48,12 +49,13 @@ def inside(path: Path, folder: Path) -> bool:
 
 
 def load_records(folder: str | Path) -> dict[str, dict]:
-    """The records that `bench --json` wrote as `bench-*.json` in `folder`, by file stem ({} when none)."""
+    """The `bench-*.json` records that `bench --json` wrote in `folder`, by file stem."""
     records = {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("bench-*.json"))}
     for name, rec in records.items():
         if rec.get("format") != BENCH_FORMAT:
-            raise ValueError(f"{name}.json is not a benchmark record of format {BENCH_FORMAT}: measure it again with "
-                             f"`python -m resnet_cifar bench --json {name}.json`")
+            raise ValueError(f"{name}.json is not a benchmark record of format {BENCH_FORMAT}: "
+                             f"measure it again with `python -m resnet_cifar bench --json "
+                             f"{name}.json`")
     return records
 
 
@@ -62,34 +64,32 @@ def load_records(folder: str | Path) -> dict[str, dict]:
 def read_manifest(folder: Path) -> dict | None:
     """The records.json in `folder` (None when there is none), checked against the run folders
     beside it: damaged records are an error, never a silent fall-back."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
         return None
-    manifest = read_json(path)
-    if not isinstance(manifest, dict):
-        problems = [f"{MANIFEST} is not a valid JSON object"]
-    else:
-        problems = damage(Path(folder), manifest)
+    manifest = read_json(folder / MANIFEST)
+    problems = (damage(folder, manifest) if isinstance(manifest, dict)
+                else [f"{MANIFEST} is not a valid JSON object"])
     if problems:
         more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
-        raise RunError(f"the records {shown_path(folder)} are damaged: {'; '.join(problems[:4])}{more}. Restore them "
-                       f"(`git checkout -- {shown_path(folder)}`) or publish them again "
-                       f"(`python -m resnet_cifar export --profile {Path(folder).name}`).")
+        raise RunError(f"the records {shown_path(folder)} are damaged: {'; '.join(problems[:4])}"
+                       f"{more}. Restore them (`git checkout -- {shown_path(folder)}`) or publish "
+                       f"them again (`python -m resnet_cifar export --profile {folder.name}`).")
     return manifest
 
 
 def damage(folder: Path, manifest: dict) -> list[str]:
-    """What is wrong with the records in `folder`: a listed run whose files are missing or
+    """What is wrong with the records in `folder`: a listed run whose files are missing,
     unreadable or disagree with records.json; a run folder records.json does not list."""
-    problems, listed = [], manifest.get("runs", {})
+    listed, problems = manifest.get("runs", {}), []
     if not isinstance(listed, dict):
         return [f"{MANIFEST} has no runs table"]
     for name, entry in listed.items():
-        run_dir = folder / name
-        summary = read_json(run_dir / "summary.json")
+        run_dir, entry = folder / name, entry if isinstance(entry, dict) else {}
         for file in ("config.json", "summary.json"):
             if not isinstance(read_json(run_dir / file), dict):
-                problems.append(f"{name}/{file} is {'not valid JSON' if (run_dir / file).is_file() else 'missing'}")
+                broken = "not valid JSON" if (run_dir / file).is_file() else "missing"
+                problems.append(f"{name}/{file} is {broken}")
         try:
             with open(run_dir / "history.csv", newline="") as f:
                 rows = list(csv.DictReader(f))
@@ -97,17 +97,19 @@ def damage(folder: Path, manifest: dict) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError):
             problems.append(f"{name}/history.csv is missing or unreadable")
             continue
+        summary = read_json(run_dir / "summary.json")
         if not isinstance(summary, dict):
             continue
+        problems += [f"{name}/summary.json says {k} {summary.get(k)!r}, {MANIFEST} {entry[k]!r}"
+                     for k in ("status", "iterations_done")
+                     if k in entry and entry[k] != summary.get(k)]
         done = summary.get("iterations_done") or 0
-        for key in ("status", "iterations_done"):
-            if isinstance(entry, dict) and key in entry and entry[key] != summary.get(key):
-                problems.append(f"{name}/summary.json says {key} {summary.get(key)!r}, {MANIFEST} {entry[key]!r}")
         if rows and last != done and summary.get("status") != "diverged":
-            problems.append(f"{name}/history.csv ends at iteration {last:,}, its summary at {done:,}")
+            problems.append(f"{name}/history.csv ends at iteration {last:,}, its summary at "
+                            f"{done:,}")
         if summary.get("status") == UNFINISHED and not (run_dir / "checkpoint.pt").is_file():
             problems.append(f"{name} is unfinished and its checkpoint.pt is missing")
-    extra = sorted(p.parent.name for p in folder.glob("*/summary.json") if p.parent.name not in listed)
+    extra = sorted({p.parent.name for p in folder.glob("*/summary.json")} - set(listed))
     return problems + [f"{name}/ is not listed in {MANIFEST}" for name in extra]
 
 
@@ -138,10 +140,11 @@ def resolve_runs(root: Path, profile: str, dataset: str, runs_dir=None) -> tuple
 
 
 def partial_records(root: Path, profile: str, dataset: str) -> Path | None:
-    """The committed records of `dataset`/`profile` when they are partial (some runs still to train)."""
+    """The committed records of `dataset`/`profile` when they are partial (runs still to train)."""
     folder = Path(root) / RECORDS / dataset / profile
     manifest = read_manifest(folder)
-    return folder if profile != "smoke" and manifest is not None and not is_complete(manifest) else None
+    partial = profile != "smoke" and manifest is not None and not is_complete(manifest)
+    return folder if partial else None
 
 
 def published(root: Path, profile: str, dataset: str) -> tuple[Path, dict]:
@@ -150,30 +153,28 @@ def published(root: Path, profile: str, dataset: str) -> tuple[Path, dict]:
     folder, manifest = resolve_runs(root, profile, dataset)
     if manifest is None:
         found = [f"{c}/{r['profile']}" for c in copies(root) for r in committed(root, c)]
-        raise RunError(f"records_data {dataset!r} reads committed records, and there are none of profile {profile} for "
-                       f"that copy; committed: {', '.join(found) or 'none'}. Leave records_data out to train on this "
-                       "machine's data.")
+        raise RunError(f"records_data {dataset!r} reads committed records, and there are none of "
+                       f"profile {profile} for that copy; committed: {', '.join(found) or 'none'}. "
+                       "Leave records_data out to train on this machine's data.")
     return folder, manifest
 
 
 def rebuild_lr_trace(config: dict, summary: dict, history):
     """Every iteration's learning rate, from the config (and, for a warm-up until a training
-    error, where the summary says it ended), or for the plateau schedule from the history: its
-    lr changes only after an evaluation, so iteration i ran at the lr of the next row."""
+    error, where the summary says it ended), or for the plateau schedule from the history."""
+    import numpy as np
     import pandas as pd
     cfg, n = TrainConfig(**config), int(summary.get("iterations_done") or 0)
     if cfg.schedule == "plateau":
-        its, lrs, k, values = history["iteration"].tolist(), history["lr"].tolist(), 0, []
-        for i in range(n):
-            while k < len(its) - 1 and its[k] <= i:
-                k += 1
-            values.append(lrs[k])
+        # the lr changes only after an evaluation: iteration i ran at the lr of the next row
+        its, lrs = history["iteration"].to_numpy(), history["lr"].to_numpy()
+        values = lrs[np.minimum(np.searchsorted(its, np.arange(n), side="right"), len(its) - 1)]
     else:
         per_epoch = max(int(summary.get("train_size", 0)) // cfg.batch_size, 1)
         rule = cfg.warmup_until_error is not None
         ended = summary.get("lr_warmup_ended_at") if rule else 0
-        values = [cfg.warmup_lr if rule and (ended is None or i < ended) else lr_at(cfg, i, per_epoch)
-                  for i in range(n)]
+        values = [cfg.warmup_lr if rule and (ended is None or i < ended)
+                  else lr_at(cfg, i, per_epoch) for i in range(n)]
     return pd.DataFrame({"iteration": range(n), "lr": values})
 
 
@@ -181,8 +182,8 @@ def same_trace(run: RunResult) -> bool:
     """Whether the lr trace rebuilt from the run's config and history is its recorded one."""
     import numpy as np
     rebuilt, trace = rebuild_lr_trace(run.config, run.summary, run.history), run.lr_trace
-    return (len(trace) == len(rebuilt) and (trace["iteration"].to_numpy() == rebuilt["iteration"].to_numpy()).all()
-            and np.allclose(trace["lr"].to_numpy(), rebuilt["lr"].to_numpy(), rtol=1e-12, atol=0))
+    return (trace["iteration"].tolist() == rebuilt["iteration"].tolist()
+            and np.allclose(trace["lr"], rebuilt["lr"], rtol=1e-12, atol=0))
 
 
 class PublishedRun(RunResult):
@@ -191,24 +192,27 @@ class PublishedRun(RunResult):
     def load_model(self, map_location="cpu"):
         if (self.run_dir / "model.pt").is_file():
             return super().load_model(map_location)
-        raise RunError(f"{self.run_dir} is a published record, and records hold no weights (model.pt); a page "
-                       f"that looks inside the trained model needs the trained runs: build it from runs/ "
-                       f"(make book PROFILE=..., or build_book.py --runs-dir runs).")
+        raise RunError(f"{self.run_dir} is a published record, and records hold no weights "
+                       "(model.pt); a page that looks inside the trained model needs the trained "
+                       "runs: build it from runs/ (make book PROFILE=..., or build_book.py "
+                       "--runs-dir runs).")
 
 
 def load_record(folder: Path, config: TrainConfig, profile: str) -> RunResult:
     """The published record of `config`'s run in `folder`, checked against the plan's config."""
-    run_dir = Path(folder) / config.run_name()
+    name = config.run_name()
+    run_dir = Path(folder) / name
     if not (run_dir / "summary.json").is_file():
-        raise RunError(f"run {config.run_name()!r} is not in the records {folder}, and a build from records does "
-                       f"not train. Train it with `python -m resnet_cifar run --profile {profile}` and publish it "
-                       f"with `python -m resnet_cifar export --profile {profile}`, or build from your own runs "
-                       f"(build_book.py --runs-dir runs).")
+        raise RunError(f"run {name!r} is not in the records {folder}, and a build from records "
+                       f"does not train. Train it with `python -m resnet_cifar run --profile "
+                       f"{profile}` and publish it with `python -m resnet_cifar export --profile "
+                       f"{profile}`, or build from your own runs (build_book.py --runs-dir runs).")
     run = PublishedRun(**vars(load_run(run_dir)))
     diff = ", ".join(config_diff(config, TrainConfig(**run.config)))
     if diff:
-        raise RunError(f"the record {run_dir} was trained with other settings than the plan's ({diff}); train the "
-                       f"run again (`python -m resnet_cifar run --profile {profile}`) and export it.")
+        raise RunError(f"the record {run_dir} was trained with other settings than the plan's "
+                       f"({diff}); train the run again (`python -m resnet_cifar run --profile "
+                       f"{profile}`) and export it.")
     if run.lr_trace.empty and run.summary.get("iterations_done"):
         run.lr_trace = rebuild_lr_trace(run.config, run.summary, run.history)
     return run
@@ -216,33 +220,36 @@ def load_record(folder: Path, config: TrainConfig, profile: str) -> RunResult:
 
 def source_text(manifest: dict, runs: tuple[RunResult, ...] = ()) -> str:
     """'committed records of 2025-01-31, commit 1a2b3c4' for a caption."""
-    commits = sorted({r.summary.get("git_commit") for r in runs if r.summary.get("git_commit")})
-    commits = commits or sorted({r.get("git_commit") for r in manifest.get("runs", {}).values() if r.get("git_commit")})
+    listed = manifest.get("runs", {}).values()
+    commits = sorted(filter(None, {r.summary.get("git_commit") for r in runs})) or sorted(
+        filter(None, {e.get("git_commit") for e in listed}))
     date = (manifest.get("exported") or "undated").split(" ")[0]
     return f"committed records of {date}" + (f", commit {', '.join(commits)}" if commits else "")
 
 
-# ---------------------------------------------------------------- publishing, and resuming what was published
+# ---------------------------------------------------------------- publishing, and resuming it
 
 def behind(ours: dict, theirs: dict) -> bool:
-    """Whether a published unfinished run (`theirs`, a runs.state) is ahead of the runs folder's
-    (`ours`): nothing there, or an interruption at fewer iterations."""
+    """Whether a published unfinished run (`theirs`, a runs.state) is ahead of the runs
+    folder's (`ours`): nothing there, or an interruption at fewer iterations."""
     return theirs["state"] == "interrupted" and (ours["state"] == "missing" or (
         ours["state"] in ("interrupted", "failed") and ours["done"] < theirs["done"]))
 
 
 def restore(published: Path, run_dir: Path, config: TrainConfig) -> bool:
-    """Copy a published unfinished run (checkpoint, config, summary, history) into `run_dir` when
-    that holds less of it: training then resumes where the last machine stopped. True if copied."""
+    """Copy a published unfinished run (checkpoint, config, summary, history) into `run_dir`
+    when that holds less of it: training resumes where the last machine stopped. True if copied."""
     published, run_dir = Path(published), Path(run_dir)
-    if not (published / "checkpoint.pt").is_file() or not behind(state(config, run_dir), state(config, published)):
+    ahead = behind(state(config, run_dir), state(config, published))
+    if not (ahead and (published / "checkpoint.pt").is_file()):
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("checkpoint.pt", "history.csv", "config.json"):
         shutil.copy2(published / name, run_dir / name)
     summary = read_json(published / "summary.json")
     write_json(run_dir / "summary.json", dict(summary, status="failed", status_detail=(
-        f"interrupted at iteration {summary['iterations_done']}: restored from the records {shown_path(published)}")))
+        f"interrupted at iteration {summary['iterations_done']}: restored from the records "
+        f"{shown_path(published)}")))
     return True
 
 
@@ -254,12 +261,13 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
     `source` holds more of it, and so does every published run outside `runs`."""
     source, target = Path(source), Path(target)
     if inside(target, source) or inside(source, target):
-        raise RunError(f"the records folder {target} and the runs folder {source} must not contain each other")
+        raise RunError(f"the records folder {target} and the runs folder {source} must not "
+                       "contain each other")
     previous = (read_manifest(target) or {}).get("runs", {})
-    kept = [n for n in previous if n not in {r.name for r in runs}]  # published before, stay published
+    kept = [n for n in previous if n not in {r.name for r in runs}]  # stay published
     fresh, missing = {}, []  # fresh: name -> whether it is finished, published from `source`
     for r in runs:
-        ours, theirs = state(r.config(profile), source / r.name), state(r.config(profile), target / r.name)
+        ours, theirs = (state(r.config(profile), folder / r.name) for folder in (source, target))
         ahead = ours["done"] > (theirs["done"] if theirs["state"] == "interrupted" else -1)
         if ours["state"] == "finished":
             fresh[r.name] = True
@@ -272,10 +280,10 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
         else:
             missing.append(f"{r.name} ({ours['text']})")
     if not (fresh or kept) or (missing and not partial):
-        raise RunError(f"{len(missing)} of {len(runs)} runs of profile {profile} are not finished in {source}: "
-                       f"{', '.join(missing)}. Train them with `python -m resnet_cifar run --profile {profile}`"
-                       + ("" if not (fresh or kept) else ", or pass --partial to publish the others (an unfinished "
-                          "run with its checkpoint)") + ".")
+        hint = ", or pass --partial to publish the others (an unfinished run with its checkpoint)"
+        raise RunError(f"{len(missing)} of {len(runs)} runs of profile {profile} are not "
+                       f"finished in {source}: {', '.join(missing)}. Train them with `python -m "
+                       f"resnet_cifar run --profile {profile}`{hint if fresh or kept else ''}.")
     tmp = target.with_name(target.name + ".export-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     manifest = dict(profile=profile, dataset=dataset, exported=time.strftime("%Y-%m-%d %H:%M"),
@@ -288,77 +296,78 @@ def export(runs, profile: str, dataset: str, source: Path, target: Path, partial
         src, dst = source / name, tmp / name
         dst.mkdir(parents=True)
         if finished:
-            shutil.copy2(src / "summary.json", dst / "summary.json")
-            shutil.copy2(src / "history.csv", dst / "history.csv")
+            for file in ("summary.json", "history.csv"):
+                shutil.copy2(src / file, dst / file)
             if name in KEPT_WEIGHTS.get(profile, ()) and (src / "model.pt").is_file():
                 shutil.copy2(src / "model.pt", dst / "model.pt")
-            trace = src / "lr_trace.csv"
-            if trace.is_file() and (trace.stat().st_size <= SMALL_TRACE or not same_trace(load_run(src))):
+            trace = src / "lr_trace.csv"  # else rebuilt on reading, when that gives it back
+            if trace.is_file() and (trace.stat().st_size <= SMALL_TRACE
+                                    or not same_trace(load_run(src))):
                 shutil.copy2(trace, dst / "lr_trace.csv")
         else:
             _copy_unfinished(src, dst)
-        # where it ran is not what it computes (not its identity), and a builder's folders are nobody's business
         write_json(dst / "config.json", {**read_json(src / "config.json"), **PLACES})
         s = read_json(dst / "summary.json")
-        manifest["runs"][name] = {k: s.get(k) for k in ("status", "iterations_done", "final_test_error", "device",
-                                                         "device_name", "git_commit", "updated")}
+        manifest["runs"][name] = {k: s.get(k) for k in (
+            "status", "iterations_done", "final_test_error", "device", "device_name",
+            "git_commit", "updated")}
     write_json(tmp / MANIFEST, manifest)
-    old = target.with_name(target.name + ".export-old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
+    shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
     return manifest
 
 
 def _copy_unfinished(src: Path, dst: Path, tries: int = 20) -> None:
     """Copy an unfinished run's checkpoint with the summary and history of that same checkpoint:
-    the run may be writing them in turn, so copy until the summary's iterations are the checkpoint's."""
+    the run may be writing them meanwhile, so copy until the summary's iterations are the
+    checkpoint's."""
     import torch
     for _ in range(tries):
         shutil.copy2(src / "checkpoint.pt", dst / "checkpoint.pt")
         shutil.copy2(src / "history.csv", dst / "history.csv")
         summary = read_json(src / "summary.json") or {}
-        iteration = torch.load(dst / "checkpoint.pt", map_location="cpu", weights_only=True)["iteration"]
-        if summary.get("iterations_done") == iteration:
+        saved = torch.load(dst / "checkpoint.pt", map_location="cpu", weights_only=True)
+        if summary.get("iterations_done") == saved["iteration"]:
             break
         time.sleep(0.5)
     else:
-        raise RunError(f"{src}: its summary.json and checkpoint.pt hold different iterations; export it again")
+        raise RunError(f"{src}: its summary.json and checkpoint.pt hold different iterations; "
+                       "export it again")
     done, total = summary["iterations_done"], summary.get("iterations") or 0
     write_json(dst / "summary.json", dict(summary, status=UNFINISHED, status_detail=(
-        f"unfinished: {done:,} of {total:,} iterations, published with its checkpoint (`run` resumes it)")))
+        f"unfinished: {done:,} of {total:,} iterations, published with its checkpoint (`run` "
+        "resumes it)")))
 
 
 # ---------------------------------------------------------------- what is committed
 
 def copies(root: Path) -> list[str]:
-    """The copies of CIFAR-10 (dataset identities) that have a folder of committed records, sorted."""
+    """The copies of CIFAR-10 (dataset identities) with a folder of committed records, sorted."""
     return sorted(p.name for p in (Path(root) / RECORDS).glob("*/"))
 
 
 def committed(root: Path, dataset: str) -> list[dict]:
     """The committed records of `dataset` (not smoke): profile, runs published / planned, date."""
     out = []
-    for profile in PROFILES:
+    for profile in [p for p in PROFILES if p != "smoke"]:
         manifest = read_manifest(Path(root) / RECORDS / dataset / profile)
-        if profile != "smoke" and manifest is not None:
+        if manifest is not None:
             runs = manifest.get("runs", {})
             out.append(dict(profile=profile, runs=len(runs), finished=finished_count(manifest),
                             unfinished={n: e.get("iterations_done") for n, e in runs.items()
                                         if e.get("status") == UNFINISHED},
-                            planned=manifest.get("planned"),
-                            exported=manifest.get("exported"), commit=manifest.get("export_commit")))
+                            planned=manifest.get("planned"), exported=manifest.get("exported"),
+                            commit=manifest.get("export_commit")))
     return out
 
 
 def best_profile(root: Path, dataset: str) -> str | None:
-    """The complete committed profile with the largest share of its planned runs (ties: the
-    longer budget); partial records are never the best."""
+    """The complete committed profile with the largest share of its planned runs; partial
+    records are never the best."""
+    def share(r):  # ties: the longer budget
+        return r["runs"] / max(r["planned"] or 1, 1), list(PROFILES).index(r["profile"])
     found = [r for r in committed(root, dataset) if r["finished"] >= (r["planned"] or 0)]
-    share = lambda r: (r["runs"] / max(r["planned"] or 1, 1), list(PROFILES).index(r["profile"]))  # noqa: E731
     return max(found, key=share)["profile"] if found else None
 
 
@@ -366,35 +375,5 @@ def best_records(root: Path, dataset: str) -> tuple[str, str] | None:
     """(profile, data copy) that `make book` renders: the best complete records of `dataset`
     (the machine's copy), else of any other copy (the official data first); None if none."""
     others = sorted((c for c in copies(root) if c != dataset), key=lambda c: (c != "official", c))
-    for copy in (dataset, *others):
-        profile = best_profile(root, copy)
-        if profile:
-            return profile, copy
-    return None
-
-
-def results_markdown(root: Path, dataset: str, profile: str) -> str:
-    """The committed records of `dataset`/`profile` as README's results: a line saying what
-    they are, then one row per run (test error, best validation error, device, training time)."""
-    folder = Path(root) / RECORDS / dataset / profile
-    manifest = read_manifest(folder)
-    if manifest is None:
-        return f"No committed records of profile {profile} on {dataset}."
-    pct = lambda v: "–" if v is None else f"{100 * v:.2f}"  # noqa: E731
-    rows = ["| run | status | iterations | test error % | best val error % | device | training time |",
-            "|---|---|---|---|---|---|---|"]
-    for name in sorted(manifest.get("runs", {})):
-        s = read_json(folder / name / "summary.json") or {}
-        minutes = ((s.get("wall_time_s") or 0) + (s.get("eval_time_s") or 0)) / 60
-        rows.append(f"| {name} | {s.get('status', '–')} | {s.get('iterations_done', 0):,} | "
-                    f"{pct(s.get('final_test_error'))} | {pct(s.get('best_val_error'))} | "
-                    f"{s.get('device_name', '–')} | {minutes:.0f} min |")
-    cfg, done, planned = profile_config(profile), finished_count(manifest), manifest.get("planned")
-    training = len(manifest.get("runs", {})) - done
-    data = "" if dataset == "official" else f", {'but ' if profile == 'paper' else ''}not the official data"
-    head = (f"Profile {profile} ({cfg.iterations:,} iterations of batch {cfg.batch_size}, lr ÷10 at "
-            f"{' and '.join(f'{m:,}' for m in cfg.milestones)}) on {dataset}: {done} of {planned} planned runs "
-            f"published ({'complete' if done >= (planned or 0) else 'partial: the rest is still training'}"
-            + (f"; {training} more published unfinished, with its checkpoint, to resume" if training else "") + "), "
-            f"exported {manifest.get('exported')}. {'The' if profile == 'paper' else 'Not the'} paper's budget{data}.")
-    return head + "\n\n" + "\n".join(rows)
+    found = ((best_profile(root, copy), copy) for copy in (dataset, *others))
+    return next((pair for pair in found if pair[0]), None)
