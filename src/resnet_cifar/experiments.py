@@ -50,7 +50,7 @@ def headline_seeds(profile: str) -> tuple[int, ...]:
 
 
 def _given(overrides: dict, seed: int) -> dict:
-    """`overrides` without the values TrainConfig has anyway, plus the seed: one spelling a run."""
+    """`overrides` without TrainConfig's own values, plus the seed: one spelling per run."""
     return {**{k: v for k, v in overrides.items() if getattr(TrainConfig, k) != v}, "seed": seed}
 
 
@@ -100,8 +100,7 @@ def model(profile: str = "smoke", seed: int = 0, fig6_depths=(20, 32), log_patie
 
 
 def augmentation(profile: str = "smoke", seed: int = 0) -> Sections:
-    """Chapter 3: the augmentation ablation and the input normalizations (the log's test without
-    the per-pixel mean among them)."""
+    """Chapter 3: the augmentation ablation and the input normalizations (the log's among them)."""
     base, arm = baseline(profile, seed), partial(seeded, profile, seed)
     return {
         "augmentation": {"no augmentation": arm("aug-none", crop=False, flip=False),
@@ -117,8 +116,7 @@ def augmentation(profile: str = "smoke", seed: int = 0) -> Sections:
 
 def schedule(profile: str = "smoke", seed: int = 0, long_patience: int = 1000,
              short_patience: int = 10, plateau_threshold: float = 1e-5) -> Sections:
-    """Chapter 4: the paper's multistep schedule against the log's plateau scheduler (two
-    patiences) and a cosine schedule."""
+    """Chapter 4: the paper's multistep schedule, the log's plateau (two patiences), cosine."""
     arm = partial(seeded, profile, seed)
     plateau = lambda p: arm(f"plateau-patience{p}", schedule="plateau",  # noqa: E731
                             plateau_patience=p, plateau_threshold=plateau_threshold)
@@ -159,8 +157,7 @@ def optimizers(profile: str = "smoke", seed: int = 0, adam_lr: float = 1e-3,
 
 
 def results(profile: str = "smoke", seed: int = 0, seeds=None) -> Sections:
-    """Chapter 6 and the introduction: the headline ResNet-32, one arm per seed (`seeds`;
-    default HEADLINE_SEEDS of the profile)."""
+    """Chapter 6 and the introduction: the headline ResNet-32, an arm per seed (HEADLINE_SEEDS)."""
     return {"headline": {f"seed {s}": cpu(model_runs([s], "resnet32"))
                          for s in (seeds or headline_seeds(profile))}}
 

@@ -1,10 +1,8 @@
 """The plan: every run the book's chapters train, with its status and its time.
 
-The runs are the chapters' experiments (experiments.py) at their default parameters, or at the
-values of `params` (chapter -> values, `plan --set NAME=VALUE`), one per name (several chapters
-share `resnet32-seed0`). A run's time is its own record when finished; else what it has left at
-its own latest rate on this device; else its images left times its model's multiply-adds ÷ a
-measured rate: finished runs' on this device, else a recorded benchmark's (training steps only).
+The runs are the chapters' experiments (experiments.py) at their default parameters or at the
+values of `params` (`plan --set NAME=VALUE`), one per name (several chapters share
+`resnet32-seed0`). A run's time is its record's, else its work at a measured rate (`price`).
 """
 from __future__ import annotations
 
@@ -96,6 +94,7 @@ def parse_settings(settings: list[str], chapters) -> dict[str, dict]:
         raise PlanError("--set needs --chapters: the chapter whose parameter it sets, "
                         "e.g. --chapters 05")
     params: dict[str, dict] = {}
+    theirs = {c: E.defaults(c) for c in match_chapters(chapters or [])}
     for text in settings or []:
         key, sep, value = text.partition("=")
         try:
@@ -105,11 +104,11 @@ def parse_settings(settings: list[str], chapters) -> dict[str, dict]:
         if not sep or value is None:
             raise PlanError(f"--set takes NAME=VALUE (VALUE a number, a string or a list), "
                             f"got {text!r}")
-        theirs = {c: E.defaults(c) for c in match_chapters(chapters)}
-        if not any(key in names for names in theirs.values()):
+        owners = [c for c, names in theirs.items() if key in names]
+        if not owners:
             raise PlanError(f"no chapter of {', '.join(chapters)} has a parameter {key!r}; theirs: "
                             + "; ".join(f"{c}: {', '.join(n) or '-'}" for c, n in theirs.items()))
-        for chapter in (c for c, names in theirs.items() if key in names):
+        for chapter in owners:
             params.setdefault(chapter, {})[key] = value
     return params
 
