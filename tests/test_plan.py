@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, missing, real_data_dir
+from conftest import ROOT, missing, page_code, real_data_dir
 from resnet_cifar import book
 from resnet_cifar import experiments as E
 from resnet_cifar import plan as P
@@ -232,6 +232,35 @@ def test_a_profile_is_estimated_from_runs_of_another_on_a_device_not_here(tmp_pa
     assert rows[2]["seconds"] is None and rows[2]["source"].startswith("unknown: no finished float64 run")
 
 
+def test_an_unfinished_run_is_priced_from_its_own_latest_sitting(tmp_path):
+    """A run that has trained on this device (whatever its thread count) is priced from its own
+    latest sitting (its summary's last segment), not from other runs' rates; a sitting on
+    another device says nothing about this one."""
+    import torch
+    runs = {r.name: r for r in P.plan("paper")}
+    here = device_label("cpu").split("; ")[0]
+    segments = [dict(start=0, end=1000, seconds=5000.0, device=f"{here}; 1 of 2 threads)"),
+                dict(start=1000, end=1390, seconds=130.0, device=f"{here}; 2 of 2 threads)"),
+                dict(start=1390, end=1390, seconds=0.0, device=f"{here}; 2 of 2 threads)")]
+    folder = tmp_path / "runs" / "official" / "paper"
+    run = fake_record(folder, runs["resnet32-all50k-seed0"], "paper", status="running", iterations_done=1390,
+                      segments=segments)
+    (run / "checkpoint.pt").write_bytes(b"")
+    fake_record(folder, runs["resnet32-seed0"], "paper", status="complete", status_detail="complete",
+                iterations_done=64000, wall_time_s=100.0, device_name=device_label("cpu"))
+    priced = lambda: P.estimates([runs["resnet32-all50k-seed0"]], "paper", folder,  # noqa: E731
+                                 torch.device("cpu"), tmp_path / "no-records")[0]
+    row = priced()
+    assert row["state"] == "interrupted" and row["seconds"] == pytest.approx((64000 - 1390) * 130.0 / 390)
+    assert row["source"] == f"its own rate on {here}; 2 of 2 threads) (iterations 1,000 to 1,390)"
+    summary = json.loads((run / "summary.json").read_text())
+    summary["segments"] = [dict(g, device="Another CPU (AVX2; 8 of 8 threads)") for g in segments]
+    (run / "summary.json").write_text(json.dumps(summary))
+    row = priced()
+    assert row["seconds"] == pytest.approx(100.0 * (64000 - 1390) / 64000)
+    assert row["source"].startswith("rate of 1 finished run(s) on ")
+
+
 def test_without_finished_runs_a_recorded_benchmark_prices_the_plan(tmp_path):
     """No finished run of its dtype on the device: the run's work at the benchmark's rate (its
     channels_last variant first), scaled by multiply-adds; without a record, no estimate."""
@@ -285,7 +314,7 @@ def test_accounting_per_profile(tmp_path, dataset, monkeypatch):
     for r in runs[:3]:
         fake_record(folder, r, "smoke", status="complete", iterations_done=10, wall_time_s=3.0, eval_time_s=1.0,
                     device_name=device_label("cpu"))
-    table = P.accounting(dataset.identity, runs_dir="runs", device="cpu")
+    table = page_code("01_setup").accounting(dataset.identity, runs_dir="runs", device="cpu")
     smoke = table.loc["smoke"]
     n = len(runs)
     assert (smoke["runs"], smoke["iterations per run"], smoke["runs × iterations"]) == (n, 10, 10 * n)

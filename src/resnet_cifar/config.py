@@ -1,4 +1,4 @@
-"""`TrainConfig`: every knob of a run, its checks and identity; the learning-rate schedule; the profiles.
+"""`TrainConfig`: every knob of a run, its checks and identity; the lr schedule; the profiles.
 
 The defaults are the paper's CIFAR-10 recipe (Sec. 4.2): "We use a weight decay of 0.0001
 and momentum of 0.9 ... mini-batch size of 128 ... We start with a learning rate of 0.1,
@@ -25,8 +25,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 PROGRESS = ("auto", "bar", "log", "none")
 # Fields that say where/how a run executes, not what it computes: a finished run is
 # reused whatever they are (train on a GPU, rebuild the book on a laptop).
-EXECUTION_FIELDS = ("name", "device", "data_dir", "runs_dir", "resume", "force", "wait", "compile", "compile_mode",
-                    "channels_last", "checkpoint_every", "progress", "stop_at")
+EXECUTION_FIELDS = ("name", "device", "data_dir", "runs_dir", "resume", "force", "wait", "compile",
+                    "compile_mode", "channels_last", "checkpoint_every", "progress", "stop_at")
 
 
 @dataclass
@@ -36,7 +36,7 @@ class TrainConfig:
     # model (models.py)
     arch: str = "resnet"                  # resnet | plain | resnet34-imagenet
     depth: int = 32                       # 6n+2: 20, 32, 44, 56, 110, 1202
-    shortcut: str = "A"                   # A: zero-pad identity (paper, CIFAR) | B: 1x1 conv + BN | B-no-bn
+    shortcut: str = "A"                   # A: zero-pad (paper) | B: 1x1 conv + BN | B-no-bn
     final_relu: bool = False              # the seed log's question: a ReLU after the last FC
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
@@ -44,9 +44,9 @@ class TrainConfig:
     data_dir: str | None = None           # > $RESNET_CIFAR_DATA > ./data
     val_size: int = 5000                  # the 45k/5k split
     split_seed: int = 0
-    subset: int | None = None             # n//10 images of each class from each split, for quick runs
+    subset: int | None = None             # n//10 images of each class from each split (quick runs)
     normalization: str = "per-pixel-mean"  # per-pixel-mean (paper) | per-channel | none
-    normalize_eval: bool = True           # False: test without mean subtraction (the seed log's failure)
+    normalize_eval: bool = True           # False: test without mean subtraction (the seed log's)
     crop: bool = True                     # 4-pixel zero pad + random 32x32 crop
     flip: bool = True                     # random horizontal flip
     pad: int = 4
@@ -63,58 +63,61 @@ class TrainConfig:
     milestones: tuple[int, ...] = (32000, 48000)  # lr drops (x gamma)
     gamma: float = 0.1
     warmup: int = 0                       # lr = warmup_lr for this many iterations (or epochs)
-    warmup_until_error: float | None = None  # ResNet-110 (Sec. 4.2): lr = warmup_lr until training error < this
+    warmup_until_error: float | None = None  # ResNet-110 (Sec. 4.2): warmup_lr until error < this
     warmup_lr: float = 0.01
     plateau_patience: int = 10            # evaluations without val-loss improvement
     plateau_threshold: float = 1e-4
     # evaluation, checkpoints
     eval_every: int | None = None         # iterations (default: one epoch)
     checkpoint_every: int | None = None   # iterations (default: at every evaluation)
-    stop_at: int | None = None            # stop after this iteration, resumable (a prefix of the run; not fused)
+    stop_at: int | None = None            # stop after this iteration, resumable (not fused)
     # execution
     device: str = "auto"                  # auto (cuda, then mps, then cpu) | cpu | cuda[:k] | mps
-    dtype: str = "float32"                # float32 (true fp32) | tf32 | float64 | bfloat16 (autocast)
+    dtype: str = "float32"                # float32 | tf32 | float64 | bfloat16 (see DTYPES)
     channels_last: bool = False
     compile: bool = False                 # torch.compile the model
-    compile_mode: str = "default"         # with --compile: default | reduce-overhead (CUDA graphs) | ...
+    compile_mode: str = "default"         # with compile; reduce-overhead: CUDA graphs
     sync_bn: bool = False                 # SyncBatchNorm across torchrun processes (GPUs only)
     seed: int = 0
     runs_dir: str = "runs"
     resume: bool = True                   # continue an interrupted run from its checkpoint
     force: bool = False                   # retrain even if a record exists
-    wait: bool = False                    # another process trains this run: wait for it, then reuse or resume
-    progress: str = "auto"                # auto (a bar on a terminal, log lines otherwise) | bar | log | none
+    wait: bool = False                    # another process trains this run: wait, then reuse/resume
+    progress: str = "auto"                # auto (a bar on a terminal, else log) | bar | log | none
 
     def __post_init__(self):
         self.milestones = tuple(self.milestones)
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise ValueError naming the field and what it accepts."""
-        choices = dict(arch=ARCHS, shortcut=SHORTCUTS, normalization=NORMALIZATIONS, optimizer=OPTIMIZERS,
-                       schedule=SCHEDULES, schedule_unit=("iteration", "epoch"), dtype=DTYPES,
-                       compile_mode=COMPILE_MODES, progress=PROGRESS)
+        choices = dict(arch=ARCHS, shortcut=SHORTCUTS, normalization=NORMALIZATIONS,
+                       optimizer=OPTIMIZERS, schedule=SCHEDULES, dtype=DTYPES, progress=PROGRESS,
+                       schedule_unit=("iteration", "epoch"), compile_mode=COMPILE_MODES)
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
                 raise ValueError(f"{key} must be one of {valid}, got {getattr(self, key)!r}")
         if self.arch != "resnet34-imagenet":
             check_depth(self.depth)
-        positive = dict(lr=self.lr, batch_size=self.batch_size, iterations=self.iterations, bn_eps=self.bn_eps)
-        positive.update({k: getattr(self, k) for k in ("eval_every", "checkpoint_every", "subset", "stop_at")
-                         if getattr(self, k) is not None})  # None = the default; 0 is an error
-        for key, value in positive.items():
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+        optional = ("eval_every", "checkpoint_every", "subset", "stop_at")  # None: the default
+        for key in ("lr", "batch_size", "iterations", "bn_eps", *optional):
+            value = getattr(self, key)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and value > 0 or value is None and key in optional):
                 raise ValueError(f"{key} must be a positive number, got {value!r}")
         if self.subset is not None and self.subset < 10:
-            raise ValueError(f"subset must be at least 10 (one image per class) or None (all), got {self.subset}")
+            raise ValueError(f"subset must be at least 10 (one image per class) or None (all), "
+                             f"got {self.subset}")
         if not (isinstance(self.val_size, int) and self.val_size >= 0):
             raise ValueError(f"val_size must be an integer >= 0, got {self.val_size!r}")
         if self.schedule == "plateau" and (self.warmup or self.warmup_until_error):
-            raise ValueError("warmup is not supported with schedule='plateau'; set warmup=0, warmup_until_error=None")
+            raise ValueError("warmup is not supported with schedule='plateau'; set warmup=0, "
+                             "warmup_until_error=None")
         if self.warmup_until_error is not None and not 0 < self.warmup_until_error <= 1:
             raise ValueError(f"warmup_until_error must be an error rate in (0, 1], e.g. 0.8, "
                              f"got {self.warmup_until_error!r}")
         if self.warmup and self.warmup_until_error:
-            raise ValueError("warmup (a fixed length) and warmup_until_error (a rule) exclude each other; set one")
+            raise ValueError("warmup (a fixed length) and warmup_until_error (a rule) exclude each "
+                             "other; set one")
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True")
         if not (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")):
@@ -139,15 +142,15 @@ class TrainConfig:
         """A sentence when a multistep schedule never drops within `iterations`, else None."""
         never = bool(self.milestones) and min(self.milestones) >= self.iterations
         if self.schedule == "multistep" and self.schedule_unit == "iteration" and never:
-            return (f"the learning rate stays {self.lr:g} for all {self.iterations:,} iterations: its milestones "
-                    f"{', '.join(f'{m:,}' for m in self.milestones)} come after the end of the run. Pass milestones "
-                    f"(--milestones on the command line) to drop it, e.g. at 50 % and 75 % of the run as the paper "
-                    f"does.")
+            return (f"the learning rate stays {self.lr:g} for all {self.iterations:,} iterations: "
+                    f"its milestones {', '.join(f'{m:,}' for m in self.milestones)} come after the "
+                    f"end of the run. Pass milestones (--milestones on the command line) to drop "
+                    f"it, e.g. at 50 % and 75 % of the run as the paper does.")
         return None
 
 
 def lr_at(config: TrainConfig, iteration: int, iterations_per_epoch: int = 1) -> float:
-    """The learning rate at `iteration` (0-based); a plateau schedule starts at config.lr, its scheduler lowers it."""
+    """The learning rate at `iteration` (0-based); a plateau schedule's scheduler lowers it."""
     unit = iterations_per_epoch if config.schedule_unit == "epoch" else 1
     if iteration < config.warmup * unit:
         return config.warmup_lr
@@ -161,16 +164,17 @@ def lr_at(config: TrainConfig, iteration: int, iterations_per_epoch: int = 1) ->
 # The paper's CIFAR budget (Sec. 4.2), named for the sentences that quote it.
 PAPER_ITERATIONS, PAPER_BATCH = TrainConfig.iterations, TrainConfig.batch_size
 
-# The book's budgets over the recipe (a chapter's parameters and the plan's arms override them); the
-# milestones scale with the iterations, at 50 % and 75 % as in the paper.
+# The book's budgets over the recipe (a chapter's parameters and the plan's arms override them);
+# the milestones scale with the iterations, at 50 % and 75 % as in the paper.
 PROFILES = {
-    "smoke": dict(iterations=10, batch_size=32, subset=100, eval_every=5),  # 10 images a class: seconds (CI)
-    "cpu": dict(iterations=1600, eval_every=200),  # 1/40 of the paper: hours for its plan on a 2-core CPU
+    "smoke": dict(iterations=10, batch_size=32, subset=100, eval_every=5),  # seconds (CI)
+    "cpu": dict(iterations=1600, eval_every=200),  # 1/40 of the paper: hours on a 2-core CPU
     "quick": dict(iterations=6400),  # 1/10 of the paper: minutes on a GPU
     "paper": dict(),
 }
-# CPU threads a profile's runs train with (default: every core). Batch-32 steps gain little from a second
-# thread and lose much on a shared CPU (a 20-step ResNet-32 run: 6 s on one thread, 40-50 s on two).
+# CPU threads a profile's runs train with (default: every core). Batch-32 steps gain little from
+# a second thread and lose much on a shared CPU (a 20-step ResNet-32 run: 6 s on one thread,
+# 40-50 s on two).
 PROFILE_THREADS = {"smoke": 1}
 
 
