@@ -348,8 +348,9 @@ def tables(record: dict) -> dict:
     rows["fused"] = [{
         "N fused": r["n"], "images/s": r["images_per_s"],
         "range": "–".join(f"{x:,.0f}" for x in r["spread"]), "one alone": r["solo_images_per_s"],
-        "ratio": r["ratio"], "GPU memory GB": None if r.get("gpu_memory_bytes") is None
-        else r["gpu_memory_bytes"] / 1e9} for r in record.get("fused") or []]
+        "ratio": r["ratio"], "GPU memory GB": (r["gpu_memory_bytes"] / 1e9
+                                               if r.get("gpu_memory_bytes") is not None else None)}
+        for r in record.get("fused") or []]
     return {name: pd.DataFrame(table) for name, table in rows.items()}
 
 
