@@ -116,8 +116,7 @@ def _summary(args) -> int:
                    "ResNet-34 (ImageNet-style)": resnet34_imagenet()})
     table = complexity_table(models)
     table.columns = ["parameters", "FLOPs (multiply-adds)", "paper's parameters"]
-    number = lambda v: "-" if v != v else f"{v:,.0f}"  # noqa: E731  (NaN: the paper gives none)
-    print(table.to_string(na_rep="-", formatters=dict.fromkeys(table.columns, number)))
+    print(table.astype(float).to_string(na_rep="-", float_format="{:,.0f}".format))
     return 0
 
 
