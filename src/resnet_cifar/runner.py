@@ -3,10 +3,11 @@
 One run at a time, or fused groups, train in this process. Several at a time, each run trains in a
 process of its own (`python -m resnet_cifar.runner CONFIG`) that sees only its slot's GPU
 (CUDA_VISIBLE_DEVICES) and threads (OMP_NUM_THREADS). A failing run is reported and the others go
-on. A status line every --status-every seconds; `runner.json` in the runs folder tells how each ended.
+on. A status line every --status-every seconds; the runs folder's `runner.json` says how each ended.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,14 +18,20 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .config import PROFILE_THREADS, TrainConfig
+from .data import load_cifar10
+from .devices import pick_device
+from .fused import check_fuse, groups, train_group
+from .plan import model_flops, status
 from .runs import FINISHED, read_json, state, write_json
+from .train import train
 
 
-@dataclass
+@dataclasses.dataclass
 class Task:
     name: str
     config: TrainConfig
@@ -47,12 +54,11 @@ def hms(seconds: float | None) -> str:
 class Runner:
     """The tasks, and the lines that tell how they go."""
 
-    def __init__(self, tasks: list[Task], out=print):
-        self.tasks, self.out, self.start = tasks, out, time.perf_counter()
+    def __init__(self, tasks: list[Task]):
+        self.tasks, self.start = tasks, time.perf_counter()
 
-    def say(self, text: str) -> None:
-        self.out(f"[runner {hms(time.perf_counter() - self.start)}] {text}")
-        sys.stdout.flush()  # a log file or a pipe sees each line when it happens
+    def say(self, text: str) -> None:  # flushed: a log file or a pipe sees each line as it happens
+        print(f"[runner {hms(time.perf_counter() - self.start)}] {text}", flush=True)
 
     def status(self) -> str:
         count, images, work = Counter(t.state for t in self.tasks), 0.0, 0.0
@@ -65,101 +71,93 @@ class Runner:
         elapsed = time.perf_counter() - self.start
         left = sum(t.work for t in self.tasks) - work
         eta = 0.0 if left <= 0 else elapsed * left / work if work > 0 else None
-        return (f"{count['done']}/{len(self.tasks)} done · {count['running']} running · {count['left']} left · "
-                f"{count['failed']} failed" + (f" · {count['interrupted']} interrupted" if count["interrupted"] else "")
-                + f" · {images / max(elapsed, 1e-9):,.0f} images/s · ETA {hms(eta)}")
+        stopped = f" · {count['interrupted']} interrupted" if count["interrupted"] else ""
+        return (f"{count['done']}/{len(self.tasks)} done · {count['running']} running · "
+                f"{count['left']} left · {count['failed']} failed{stopped} · "
+                f"{images / max(elapsed, 1e-9):,.0f} images/s · ETA {hms(eta)}")
 
     def begin(self, task: Task, where: str) -> None:
         task.state, task.where, task.started = "running", where, time.perf_counter()
 
     def finish(self, task: Task, ok: bool, detail: str) -> None:
-        task.state, task.detail, task.seconds = "done" if ok else "failed", detail, time.perf_counter() - task.started
-        self.say(f"{'finished' if ok else 'FAILED'} {task.name} ({task.where}, {hms(task.seconds)}): {detail}")
+        task.state, task.detail = "done" if ok else "failed", detail
+        task.seconds = time.perf_counter() - task.started
+        self.say(f"{'finished' if ok else 'FAILED'} {task.name} ({task.where}, "
+                 f"{hms(task.seconds)}): {detail}")
 
 
 def train_runs(configs: list[TrainConfig], dataset=None) -> list[tuple[bool, str]]:
     """Train (or reuse, or resume) one run, or a group as one fused model (fused.py): per run,
     (whether it finished, what happened). A failure fails the group only; Ctrl-C stops it."""
-    from .fused import train_group
-    from .train import train
     try:
-        done = train_group(configs, dataset) if len(configs) > 1 else [train(configs[0], dataset=dataset)]
+        done = train_group(configs, dataset) if len(configs) > 1 else [train(configs[0], dataset)]
     except Exception as e:
         return [(False, f"{type(e).__name__}: {e}")] * len(configs)
-    answers = []
-    for run in done:
-        error = run.summary.get("final_test_error")
-        answers.append((run.status in FINISHED, run.summary.get("status_detail", run.status)
-                        + (f", test error {100 * error:.2f} %" if error is not None else "")))
-    return answers
+    errors = [run.summary.get("final_test_error") for run in done]
+    return [(run.status in FINISHED, run.summary.get("status_detail", run.status)
+             + ("" if error is None else f", test error {100 * error:.2f} %"))
+            for run, error in zip(done, errors)]
 
 
 def main(argv=None) -> int:
-    """One run in a process of its own: its config as JSON in, its answer as the last line out."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    """One run in a process of its own: its config as JSON in, its answer as the last line out.
+    SIGTERM as Ctrl-C: the run in progress records itself as interrupted."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         [(ok, detail)] = train_runs([TrainConfig(**json.loads((argv or sys.argv[1:])[0]))])
-    except KeyboardInterrupt:  # the run has recorded itself as interrupted
+    except KeyboardInterrupt:
         return 130
     print(json.dumps(dict(ok=ok, detail=detail)), flush=True)
     return 0
 
 
-def _interrupt(*_):
-    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the run in progress records itself as interrupted
-
-
-def slots(device: str, jobs: int, n_runs: int) -> tuple[list[str | None], str]:
-    """(the GPU of each slot, None off CUDA; the device the slots train on)."""
-    from .devices import pick_device
-    dev = pick_device(device)
-    if dev.type != "cuda":
-        return [None] * max(min(jobs, n_runs), 1), device if device != "auto" else dev.type
-    import torch
+def slots(device: torch.device, jobs: int, n_runs: int) -> list[str | None]:
+    """The GPU of each slot (None off CUDA), as CUDA_VISIBLE_DEVICES names it."""
+    if device.type != "cuda":
+        return [None] * min(jobs, n_runs)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = [g.strip() for g in visible.split(",") if g.strip()] if visible else \
-        [str(i) for i in range(torch.cuda.device_count())]
-    gpus = gpus if dev.index is None else [gpus[dev.index]]
-    return [gpus[i % len(gpus)] for i in range(max(min(jobs * len(gpus), n_runs), 1))], "cuda"
+    gpus = ([g.strip() for g in visible.split(",") if g.strip()] if visible
+            else [str(i) for i in range(torch.cuda.device_count())])
+    gpus = gpus if device.index is None else [gpus[device.index]]
+    return [gpus[i % len(gpus)] for i in range(min(jobs * len(gpus), n_runs))]
 
 
-def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int = 1, data_dir: str | None = None,
-             threads: int | None = None, status_every: float = 30.0, out=print, fuse: int = 1) -> int:
+def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int = 1,
+             data_dir: str | None = None, threads: int | None = None, status_every: float = 30.0,
+             fuse: int = 1) -> int:
     """Train the runs (PlannedRun) of `profile` that are not finished in `folder`; 0 when all
     finish (complete or diverged), 1 when any failed, 130 when interrupted. `fuse` > 1: in
     groups of at most `fuse` runs, each group one fused model (fused.py), in this process."""
-    from .fused import check_fuse
-    from .plan import model_flops, status
     if jobs < 1 or status_every <= 0:
         raise ValueError(f"jobs must be >= 1 and status_every > 0, got {jobs} and {status_every}")
     if check_fuse(fuse) > 1 and jobs > 1:
-        raise ValueError(f"--fuse {fuse} trains its groups in this process, one group at a time: pass --jobs 1, "
-                         f"or --fuse 1 to train single runs, --jobs {jobs} at a time")
+        raise ValueError(f"--fuse {fuse} trains its groups in this process, one group at a time: "
+                         f"pass --jobs 1, or --fuse 1 to train single runs, --jobs {jobs} at once")
     tasks = []
     for r in runs:
         s = status(r, profile, folder)
         if s["state"] != "finished":
-            config = r.config(profile, device=device, data_dir=data_dir, runs_dir=str(folder), wait=True)
+            config = r.config(profile, device=device, data_dir=data_dir, runs_dir=str(folder),
+                              wait=True)
             done = s["done"] if s["state"] in ("interrupted", "running") else 0
             work = (config.iterations - done) * config.batch_size * model_flops(config)
             tasks.append(Task(r.name, config, done, work))
-    runner = Runner(sorted(tasks, key=lambda t: -t.work), out)  # the longest first: the last to finish are short
+    runner = Runner(sorted(tasks, key=lambda t: -t.work))  # the longest first: the last ones short
     if not tasks:
         runner.say(f"all {len(runs)} runs of profile {profile} are finished in {folder}")
         return 0
-    gpus, slot_device = slots(device, jobs, len(tasks))
+    dev = pick_device(device)
+    gpus = slots(dev, jobs, len(tasks))
     gpus = gpus if fuse == 1 else gpus[:1]  # fused groups train in this process
-    if threads is None and gpus[0] is None:  # CPU: the profile's thread count (smoke: 1; see config.PROFILE_THREADS)
+    if threads is None and dev.type != "cuda":  # the profile's threads (config.PROFILE_THREADS)
         threads = PROFILE_THREADS.get(profile)
     per_slot = threads or max(1, (os.cpu_count() or 1) // len(gpus))
-    if len(gpus) == 1:
-        where = f"in this process on {device}" + (f", fused in groups of at most {fuse}" if fuse > 1 else "")
-    elif gpus[0] is not None:
-        where = f"{len(gpus)} worker processes on GPU(s) {', '.join(sorted(set(gpus)))}"
-    else:
-        where = f"{len(gpus)} worker processes on {slot_device}, {per_slot} thread(s) each"
-    runner.say(f"{len(tasks)} of {len(runs)} runs to train ({len(runs) - len(tasks)} finished) into {folder}; {where}")
-    previous, stop = signal.signal(signal.SIGTERM, _interrupt), threading.Event()
+    fused = f", fused in groups of at most {fuse}" if fuse > 1 else ""
+    where = (f"in this process on {device}{fused}" if len(gpus) == 1 else
+             f"{len(gpus)} worker processes on {dev.type}, {per_slot} thread(s) each")
+    runner.say(f"{len(tasks)} of {len(runs)} runs to train ({len(runs) - len(tasks)} finished) "
+               f"into {folder}; {where}")
+    previous, stop = signal.signal(signal.SIGTERM, signal.default_int_handler), threading.Event()
 
     def tick():
         while not stop.wait(status_every):
@@ -170,47 +168,46 @@ def run_plan(runs, profile: str, folder: Path, device: str = "auto", jobs: int =
         if len(gpus) == 1:
             _in_process(runner, fuse, threads)
         else:
-            _in_processes(runner, gpus, slot_device, per_slot)
+            _in_processes(runner, gpus, dev.type, per_slot)
     except KeyboardInterrupt:
-        runner.say("interrupted: the runs in progress are recorded as interrupted; run again to resume them")
+        runner.say("interrupted: the runs in progress are recorded as interrupted; run again to "
+                   "resume them")
         for t in runner.tasks:
             t.state = "interrupted" if t.state == "running" else t.state
         code = 130
     finally:
         stop.set()
         signal.signal(signal.SIGTERM, previous)
-        try:
+        with contextlib.suppress(OSError):
             write_json(Path(folder) / "runner.json", dict(
-                profile=profile, device=device, workers=len(gpus), gpus=[g for g in gpus if g is not None],
-                finished=time.strftime("%Y-%m-%dT%H:%M:%S"), seconds=time.perf_counter() - runner.start,
-                progress=runner.status(), runs={t.name: dict(state=t.state, detail=t.detail, seconds=t.seconds,
-                                                             where=t.where) for t in runner.tasks}))
-        except OSError:
-            pass
+                profile=profile, device=device, workers=len(gpus), gpus=[g for g in gpus if g],
+                finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                seconds=time.perf_counter() - runner.start, progress=runner.status(),
+                runs={t.name: {k: getattr(t, k) for k in ("state", "detail", "seconds", "where")}
+                      for t in runner.tasks}))
     failed = [t for t in tasks if t.state == "failed"]
-    runner.say(f"{runner.status()}" + (f" · FAILED: {', '.join(t.name for t in failed)}" if failed else "")
+    names = ", ".join(t.name for t in failed)
+    runner.say(runner.status() + (f" · FAILED: {names}" if failed else "")
                + f" · report {folder / 'runner.json'}")
-    stale = [t.name for t in failed if state(t.config, folder / t.name)["state"] == "conflict"]
+    stale = [str(folder / t.name) for t in failed
+             if state(t.config, folder / t.name)["state"] == "conflict"]
     if stale:  # e.g. runs of an earlier budget of this profile
-        runner.say(f"{len(stale)} of the failed runs' folders hold another config: delete them to train this "
-                   f"plan's ({' '.join(str(folder / name) for name in stale)})")
+        runner.say(f"{len(stale)} of the failed runs' folders hold another config: delete them to "
+                   f"train this plan's ({' '.join(stale)})")
     return code or (1 if failed else 0)
 
 
 def _in_process(runner: Runner, fuse: int, threads: int | None) -> None:
-    from .data import load_cifar10
-    from .fused import groups
     if threads:
-        import torch
         torch.set_num_threads(threads)
     tasks = {t.name: t for t in runner.tasks}
     configs = [dataclasses.replace(t.config, progress="log") for t in runner.tasks]
     dataset = load_cifar10(configs[0].data_dir)  # once for all the runs
     for group in [[c] for c in configs] if fuse == 1 else groups(configs, fuse):
         members = [tasks[c.name] for c in group]
-        fused = f", fused with {len(group) - 1} other(s)" if len(group) > 1 else ""
         for task in members:
-            runner.begin(task, task.config.device + fused)
+            runner.begin(task, task.config.device + (
+                f", fused with {len(group) - 1} other(s)" if len(group) > 1 else ""))
         runner.say(f"start {members[0].name}" if len(group) == 1 else
                    f"start a fused group of {len(group)}: {', '.join(t.name for t in members)}")
         for task, (ok, detail) in zip(members, train_runs(group, dataset)):
@@ -229,21 +226,23 @@ def _in_processes(runner: Runner, gpus: list[str | None], device: str, threads: 
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads))
                 if gpu is not None:
                     env["CUDA_VISIBLE_DEVICES"] = gpu
-                config = json.dumps(vars(dataclasses.replace(task.config, device=device, progress="none")))
-                running[slot] = task, subprocess.Popen([sys.executable, "-m", "resnet_cifar.runner", config],
-                                                       stdout=output, text=True, env=env), output
+                config = vars(dataclasses.replace(task.config, device=device, progress="none"))
+                command = [sys.executable, "-m", "resnet_cifar.runner", json.dumps(config)]
+                running[slot] = task, subprocess.Popen(command, stdout=output, env=env), output
                 runner.begin(task, device + (f", GPU {gpu}" if gpu is not None else ""))
                 runner.say(f"start {task.name} ({task.where})")
             time.sleep(0.2)
             for slot, (task, process, output) in list(running.items()):
-                if process.poll() is not None:
-                    del running[slot]
-                    output.seek(0)
-                    try:
-                        answer = json.loads((output.read().splitlines() or [""])[-1])
-                    except ValueError:  # it died during the run (out of memory, a crash)
-                        answer = dict(ok=False, detail=f"its process exited with status {process.returncode}")
-                    runner.finish(task, answer["ok"], answer["detail"])
+                if process.poll() is None:
+                    continue
+                del running[slot]
+                output.seek(0)
+                try:
+                    answer = json.loads((output.read().splitlines() or [""])[-1])
+                except ValueError:  # it died during the run (out of memory, a crash)
+                    detail = f"its process exited with status {process.returncode}"
+                    answer = dict(ok=False, detail=detail)
+                runner.finish(task, answer["ok"], answer["detail"])
     finally:  # interrupted: each process records its run as interrupted
         for _, process, _ in running.values():
             process.send_signal(signal.SIGINT)
