@@ -229,7 +229,7 @@ if [ "$PLAN" != none ]; then
             log "plan $PLAN: skipped (needs run --fuse)"
         else
             outcome "$rc"
-            record plan "$status" "$limit" "$start" "$(grep -c '^finished ' "$OUT/plan.log" || true) runs finished"
+            record plan "$status" "$limit" "$start" "$(grep -c '^\[runner [0-9:]*\] finished ' "$OUT/plan.log" || true) runs finished"
             log "plan $PLAN: $status after $((SECONDS - start)) s; it resumes where it stopped next time"
         fi
     fi

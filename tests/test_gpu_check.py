@@ -93,6 +93,10 @@ def test_the_check_ends_within_its_budget_and_goes_on_past_a_failed_step(tmp_pat
     assert sum(o["seconds"] for o in check["steps"].values()) <= check["elapsed_s"]
     plan = check["steps"]["plan"]
     assert plan["status"] == "cut" or plan["note"] == "no time left", plan  # never "needs run --fuse": it has it
+    if plan["status"] == "cut":  # its note counts the runs the plan finished before the budget's end
+        finished = [p for p in (tmp_path / "runs").glob("*/smoke/*/summary.json")
+                    if json.loads(p.read_text())["status"] in ("complete", "diverged")]
+        assert plan["note"] == f"{len(finished)} runs finished", (plan, finished)
 
 
 @pytest.mark.parametrize("budget, message", [("ten", "positive whole number"), ("0", "positive whole number"),
