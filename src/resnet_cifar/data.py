@@ -72,11 +72,10 @@ def download(data_dir=None) -> Path:
                                      str(root), md5="c58f30108f718f92721af3b95e74349a")
     except Exception as e:  # offline, proxy, disk: all end the same way for the user
         raise DataError(
-            f"download of CIFAR-10 failed ({type(e).__name__}: {e}). On a machine without "
-            f"internet, copy cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) "
-            f"and unpack it into {root}/, so that {root / FOLDER}/ holds {', '.join(TRAIN_FILES)}, "
-            f"{TEST_FILE}, {META_FILE}; or point RESNET_CIFAR_DATA / --data-dir at a folder that "
-            f"already holds {FOLDER}/.") from e
+            f"download of CIFAR-10 failed ({type(e).__name__}: {e}). Without internet, unpack "
+            f"cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) into {root}/, "
+            f"so that {root / FOLDER}/ holds its files; or point RESNET_CIFAR_DATA / --data-dir at "
+            f"a folder that holds {FOLDER}/.") from e
     return root
 
 

@@ -1,12 +1,9 @@
 """Fused training: runs of one architecture trained together as one model, in one process
-(`python -m resnet_cifar run --fuse 16`, `train_group([config_seed0, config_seed1, ...])`).
-
-Each run keeps its own model, optimizer, batches and folder, built as when it trains alone, and
-steps in `train.fit` with `train.train_step`. Only the forward pass is shared: `FusedModel` stacks
-the runs' weights and calls the architecture once under `torch.func.vmap`, which turns each
-convolution and BatchNorm into one over N x C channels (a few large kernels instead of N small
-ones). The stack is differentiable, so each run's gradient lands on its own weights, which its own
-optimizer steps.
+(`run --fuse 16`, `train_group(configs)`). Each run keeps its own model, optimizer, batches and
+folder, built as when it trains alone, and steps in `train.fit` with `train.train_step`. Only the
+forward pass is shared: `FusedModel` calls the architecture once under `torch.func.vmap` on the
+runs' stacked weights, so each convolution and BatchNorm is one over N x C channels (a few large
+kernels instead of N small ones), and each run's gradient lands on its own weights.
 """
 from __future__ import annotations
 
@@ -29,9 +26,8 @@ from .runs import RunError, RunResult
 GROUP_KEY = ("arch", "depth", "shortcut", "final_relu", "bn_eps", "batch_size", "iterations",
              "dtype", "optimizer", "device")
 # Runs per group by default. On a CPU fusing does not pay: `bench --fused 1 2` (ResNet-32, batch
-# 128, 2 threads; book/records/bench-cpu.json) measured two runs fused at 0.88x one alone, so each
-# run trains alone. On CUDA fused groups fill the GPU with larger kernels: 16 is a guess, not yet
-# measured.
+# 128, 2 threads; book/records/bench-cpu.json) measured two fused at 0.88x one alone. On CUDA
+# fused groups fill the GPU with larger kernels: 16 is a guess, not yet measured.
 DEFAULT_FUSE = {"cpu": 1, "cuda": 16}
 
 

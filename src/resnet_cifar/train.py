@@ -1,7 +1,6 @@
 """Training: `train(config)` trains (or reuses, or resumes) one run; `fit` is the loop and
 `train_step` one SGD step, for one run or a fused group (fused.py). Under torchrun every process
-calls them: each takes its device first, rank 0 decides and writes. What a run writes and when it is
-reused or resumed is in runs.py; the recipe's defaults are in config.py.
+calls them; rank 0 decides and writes. A run's files and its reuse / resume rules are in runs.py.
 """
 from __future__ import annotations
 
