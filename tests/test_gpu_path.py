@@ -16,7 +16,6 @@ import torch
 import torch.distributed as dist
 
 from resnet_cifar import devices, runs
-from resnet_cifar import processes as PR
 from resnet_cifar import train as T
 from resnet_cifar.config import TrainConfig
 from resnet_cifar.runs import RunError, load_run
@@ -36,13 +35,13 @@ def test_each_process_takes_its_gpu_before_the_process_group(monkeypatch):
     passed as device_id, before init_process_group (and so before any barrier)."""
     _torchrun_env(monkeypatch, local_rank=1)
     calls = []
-    monkeypatch.setattr(PR, "pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(T, "pick_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", str(d))))
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group",
                         lambda backend, device_id=None: calls.append(("init", backend, str(device_id))))
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
-    rank, world, device, made = PR.start_processes(TrainConfig(device="cuda").validate())
+    rank, world, device, made = T.start_processes(TrainConfig(device="cuda").validate())
     assert calls == [("set_device", "cuda:1"), ("init", "nccl", "cuda:1")]
     assert (rank, world, str(device), made) == (1, 2, "cuda:1", True)
 
@@ -57,7 +56,7 @@ def test_torchrun_refusals_come_before_any_collective(monkeypatch, change, error
     _torchrun_env(monkeypatch)
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("process group started"))
     with pytest.raises(error, match=message):
-        PR.start_processes(TrainConfig(device="cpu", **change).validate())
+        T.start_processes(TrainConfig(device="cpu", **change).validate())
 
 
 GLOO_SCRIPT = textwrap.dedent("""

@@ -1,13 +1,14 @@
-"""Training: `train(config)` trains (or reuses, or resumes) one run; `fit` is the loop; `train_step` one SGD step.
-
-The loop and the step also train the runs of a fused group (fused.py). What a run writes and when it is
-reused or resumed is in runs.py; the recipe's defaults are in config.py.
+"""Training: `train(config)` trains (or reuses, or resumes) one run; `fit` is the loop and
+`train_step` one SGD step, for one run or a fused group (fused.py). Under torchrun every process
+calls them; rank 0 decides and writes. A run's files and its reuse / resume rules are in runs.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,56 +20,53 @@ from torch import nn
 from . import runs
 from .config import TrainConfig, lr_at
 from .data import CIFAR10, PreparedData, TrainBatches, load_cifar10, prepare_data
-from .devices import device_label, set_numerics
+from .devices import device_label, pick_device, set_numerics
 from .models import architecture_flops, build_model, count_parameters
-from .processes import on_rank0, start_processes
-from .progress import Progress
 from .runs import RunError, RunResult, load_run
 
-STARTUP_ITERATIONS = 10  # after each (re)start, timed apart: torch.compile compiles, CUDA graphs record, cuDNN tunes
-WARMUP_RULE_EVERY = 50  # warmup_until_error: the training error of each 50 iterations decides (about 400 in the paper)
+# after each (re)start, timed apart: torch.compile compiles, CUDA graphs record, cuDNN tunes
+STARTUP_ITERATIONS = 10
+# warmup_until_error: the training error of each 50 iterations decides (about 400 in the paper)
+WARMUP_RULE_EVERY = 50
 
 
-def train(config: TrainConfig | None = None, dataset: CIFAR10 | None = None, **overrides) -> RunResult:
-    """Train (or reuse, or resume) the run `config` describes and return its record.
-    Under torchrun every process calls this; rank 0 alone writes the record."""
+def train(config: TrainConfig | None = None, dataset: CIFAR10 | None = None,
+          **overrides) -> RunResult:
+    """Train (or reuse, or resume) the run `config` describes and return its record."""
     return train_runs([dataclasses.replace(config or TrainConfig(), **overrides)], dataset)[0]
 
 
-def train_runs(configs: list[TrainConfig], dataset: CIFAR10 | None = None, fused_model=None) -> list[RunResult]:
-    """Train (or reuse, or resume) runs, each alone or, given `fused_model` (fused.FusedModel), as one model;
-    their records. Each run is decided, locked, resumed from its checkpoint, recorded in its own folder."""
+def train_runs(configs: list[TrainConfig], dataset: CIFAR10 | None = None,
+               fused_model=None) -> list[RunResult]:
+    """Train (or reuse, or resume) runs, alone or as one `fused_model`; their records."""
     configs = [c.validate() for c in configs]
     rank, world, device, made_group = start_processes(configs[0])
     run_dirs = [Path(c.runs_dir) / c.run_name() for c in configs]
-    claimed = []  # (index, lock, "fresh" or "resume")
+    claimed = []  # (config, run folder, lock, "fresh" or "resume")
     try:
-        actions = on_rank0(world, rank, lambda: [runs.decide(c, d) for c, d in zip(configs, run_dirs)])
-        if any(a != "reuse" for a in actions):
-            dataset = dataset or load_cifar10(configs[0].data_dir)  # bad data fails before a run folder is touched
-        for i, (c, d) in enumerate(zip(configs, run_dirs)):
-            if actions[i] == "reuse":
-                continue
-            lock = runs.RunLock(d, c.wait)
-            action = on_rank0(world, rank, lambda: claim(c, d, lock))
-            if action != "reuse":  # (reuse: its last holder finished it while we waited)
-                claimed.append((i, lock, action))
+        actions = on_rank0(world, rank, lambda: list(map(runs.decide, configs, run_dirs)))
+        if any(a != "reuse" for a in actions):  # bad data fails before a run folder is touched
+            dataset = dataset or load_cifar10(configs[0].data_dir)
+        for c, d, action in zip(configs, run_dirs, actions):
+            if action != "reuse":
+                lock = runs.RunLock(d, c.wait)
+                action = on_rank0(world, rank, lambda: claim(c, d, lock))
+                if action != "reuse":  # (reuse: its last holder finished it while we waited)
+                    claimed.append((c, d, lock, action))
         if claimed:
-            numerics = set_numerics(configs[0].dtype, device)
-            group, prepared = [], {}
-            for i, lock, action in claimed:
-                c = configs[i]
+            numerics, prepared, group = set_numerics(configs[0].dtype, device), {}, []
+            names = [d.name for d in run_dirs] if fused_model else None
+            for c, d, lock, action in claimed:
                 key = (c.val_size, c.split_seed, c.subset, c.normalization, c.normalize_eval)
-                if key not in prepared:  # runs that normalize alike share one copy of the data on the device
+                if key not in prepared:  # runs that normalize alike share one copy on the device
                     prepared[key] = prepare_data(c, device, dataset)
-                group.append(Run(c, run_dirs[i], action == "resume", prepared[key], device, numerics, rank, world,
-                                 [d.name for d in run_dirs] if fused_model else None))
-                group[-1].lock = lock if rank == 0 else None
-            step_model = fused_model(group[0].model) if fused_model else group[0].step_model
-            fit(group, step_model, device, fused_model is not None)
+                group.append(Run(c, d, action == "resume", prepared[key], device, numerics, rank,
+                                 world, names, lock if rank == 0 else None))
+            fit(group, fused_model(group[0].model) if fused_model else group[0].step_model, device,
+                fused_model is not None)
     finally:
-        for i, lock, _ in claimed:  # those a finished run has not released (another process may hold it now)
-            if runs.lock_owner(run_dirs[i]) == os.getpid():
+        for _, d, lock, _ in claimed:  # those a finished run has not released (another may hold it)
+            if runs.lock_owner(d) == os.getpid():
                 lock.release()
         if made_group:
             dist.destroy_process_group()
@@ -91,50 +89,102 @@ def claim(config: TrainConfig, run_dir: Path, lock: runs.RunLock) -> str:
     return action
 
 
+def start_processes(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether this call made the process group). Every torchrun
+    refusal comes before the group exists, on every rank alike; then each rank takes its GPU."""
+    world, device = int(os.environ.get("WORLD_SIZE", "1")), pick_device(config.device)
+    if world == 1:
+        return 0, 1, device, False
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} "
+                         f"processes")
+    if config.wait:
+        raise RunError("wait=True is for single-process runs; a torchrun job cannot wait on "
+                       "another process's run")
+    if config.sync_bn and device.type != "cuda":
+        raise RunError("sync_bn needs CUDA devices (SyncBatchNorm only runs on GPUs); set "
+                       "sync_bn=False for a CPU run.")
+    if config.compile and config.compile_mode in ("reduce-overhead", "max-autotune"):
+        # BatchNorm's running statistics are inputs the step mutates: under DDP, CUDA graphs are
+        # then skipped and the step runs >10x slower (a known PyTorch limitation)
+        raise ValueError(f"compile_mode={config.compile_mode!r} (CUDA graphs) does not work with "
+                         f"torchrun's DistributedDataParallel and BatchNorm; use "
+                         f"compile_mode='default'")
+    if device.type == "cuda":  # NCCL needs one GPU per process
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    made = not dist.is_initialized()
+    if made:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    return dist.get_rank(), world, device, made
+
+
+def on_rank0(world: int, rank: int, fn):
+    """fn() on rank 0, its result (or its exception) handed to every rank: a lock rank 0 cannot
+    take stops every process at once instead of leaving the others waiting."""
+    if world == 1:
+        return fn()
+    box = [None]
+    if rank == 0:
+        try:
+            box[0] = fn()
+        except Exception as e:
+            box[0] = e
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]
+
+
 # ---------------------------------------------------------------- model, optimizer, the step
 
-def build_training(config: TrainConfig, device: torch.device, world: int = 1, dtype: torch.dtype = torch.float32):
-    """(model, step_model, optimizer, plateau scheduler or None): `model` is evaluated and saved, `step_model`
-    is what the step calls (wrapped for DDP, compiled)."""
+def build_training(config: TrainConfig, device: torch.device, world: int = 1,
+                   dtype: torch.dtype = torch.float32):
+    """(model, step_model, optimizer, plateau or None); the step calls step_model (DDP, compile)."""
     torch.manual_seed(config.seed)
     model = build_model(config.arch, config.depth, config.shortcut, final_relu=config.final_relu,
-                        bn_eps=config.bn_eps, bn_momentum=config.bn_momentum).to(device=device, dtype=dtype)
+                        bn_eps=config.bn_eps, bn_momentum=config.bn_momentum)
+    model = model.to(device=device, dtype=dtype)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = model
     if world > 1:
         if config.sync_bn:
             model = step_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        ids = [device] if device.type == "cuda" else None
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if config.compile:
         step_model = torch.compile(step_model, mode=config.compile_mode)
     optimizer = make_optimizer(config, model.parameters())
-    plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.gamma,
-                                                          patience=config.plateau_patience,
-                                                          threshold=config.plateau_threshold)
-               if config.schedule == "plateau" else None)
+    plateau = None
+    if config.schedule == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=config.gamma, patience=config.plateau_patience,
+            threshold=config.plateau_threshold)
     return model, step_model, optimizer, plateau
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     """SGD with momentum and weight decay (the paper), or an Adam variant."""
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay)
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "nadam": torch.optim.NAdam}[config.optimizer]
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov, weight_decay=config.weight_decay)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "nadam": torch.optim.NAdam}
+    return cls[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def step_dtypes(config: TrainConfig) -> tuple[torch.dtype, torch.dtype | None]:
-    """(weights' and inputs' dtype, autocast dtype or None); tf32 is a backend setting (devices.py)."""
+    """(weights' and inputs' dtype, autocast dtype or None); tf32 is a backend setting."""
     return (torch.float64 if config.dtype == "float64" else torch.float32,
             torch.bfloat16 if config.dtype == "bfloat16" else None)
 
 
-def train_step(model, optimizers, x: torch.Tensor, y: torch.Tensor, lrs, autocast_dtype=None) -> torch.Tensor:
-    """One SGD step: an optimizer and its lr, or a fused group's lists of them (x, y then (runs, batch, ...)).
-    Returns [loss x batch, wrong predictions, batch] (per run) as float64 on the device, left to the caller
-    to read, so that a GPU step does not wait for the host."""
+def train_step(model, optimizers, x: torch.Tensor, y: torch.Tensor, lrs,
+               autocast_dtype=None) -> torch.Tensor:
+    """One SGD step: an optimizer and its lr, or a fused group's lists of them (x, y then (runs,
+    batch, ...)). Returns [loss x batch, wrong predictions, batch] (per run) as float64 on the
+    device, left to the caller to read, so that a GPU step does not wait for the host."""
     if isinstance(optimizers, torch.optim.Optimizer):
         optimizers, lrs = [optimizers], [lrs]
     for optimizer, lr in zip(optimizers, lrs):
@@ -142,7 +192,7 @@ def train_step(model, optimizers, x: torch.Tensor, y: torch.Tensor, lrs, autocas
         for group in optimizer.param_groups:
             group["lr"] = lr
     if x.is_cuda:
-        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs (reduce-overhead) replay into fixed buffers
+        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs replay into fixed buffers
     with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = model(x)
     logits = logits.float() if autocast_dtype else logits  # float64 stays float64
@@ -158,47 +208,74 @@ def train_step(model, optimizers, x: torch.Tensor, y: torch.Tensor, lrs, autocas
 
 
 def loss_read_interval(device: torch.device) -> int:
-    """Steps between reads of the losses: every step on a CPU, every 50 on a GPU (one host sync for 50)."""
+    """Steps between reads of the losses: every step on a CPU, every 50 on a GPU (one host sync)."""
     return 50 if device.type == "cuda" else 1
 
 
 # ---------------------------------------------------------------- the loop
 
 class Run:
-    """One run in the loop: built (and restored from its checkpoint when resuming), its record started
-    (summary.json says 'running'); the lr of its next step, what is due after a step, what is done with the
-    steps read. A fused group's run is built without compile and channels_last: `fused_group` names the group."""
+    """One run in the loop: built or restored from its checkpoint, its record started; the lr of
+    its next step, what is due after a step, what is done with the steps read."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData, device: torch.device,
-                 numerics: dict, rank: int = 0, world: int = 1, fused_group: list[str] | None = None):
-        self.config, self.run_dir, self.data, self.rank, self.world = config, run_dir, data, rank, world
+    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool, data: PreparedData,
+                 device: torch.device, numerics: dict, rank: int = 0, world: int = 1,
+                 fused_group: list[str] | None = None, lock: runs.RunLock | None = None):
+        self.config, self.run_dir, self.data, self.world = config, run_dir, data, world
+        self.rank, self.lock = rank, lock  # rank 0's lock: released when the run ends
         dtype = step_dtypes(config)[0]
         self.batches = TrainBatches(data, config, rank, world, dtype)
-        built = dataclasses.replace(config, compile=False, channels_last=False) if fused_group else config
-        self.model, self.step_model, self.optimizer, self.plateau = build_training(built, device, world, dtype)
-        state = runs.LoopState(lr_warmup=config.warmup_until_error is not None)
+        fused_off = dict(compile=False, channels_last=False) if fused_group else {}
+        self.model, self.step_model, self.optimizer, self.plateau = build_training(
+            dataclasses.replace(config, **fused_off), device, world, dtype)
         if resume:
-            state = load_checkpoint(run_dir / "checkpoint.pt", config, self.model, self.optimizer, self.plateau, device)
-        self.state = state
+            self.state = self.restore(run_dir / "checkpoint.pt", device)
+        else:
+            self.state = runs.LoopState(lr_warmup=config.warmup_until_error is not None)
         threads = torch.get_num_threads() if device.type == "cpu" else None
-        state.begin_segment(device_label(device), threads, world, earlier=runs.read_json(run_dir / "summary.json"))
+        self.state.begin_segment(device_label(device), threads, world,
+                                 earlier=runs.read_json(run_dir / "summary.json"))
         flops = architecture_flops(config.arch, config.depth, config.shortcut)
-        facts = dict(name=run_dir.name, iterations=config.iterations, params=count_parameters(self.model), flops=flops,
-                     flops_note=None if flops is not None else "fvcore is not installed: FLOPs not counted",
-                     device=str(device), device_name=device_label(device), world_size=world, numerics=numerics,
-                     torch_version=torch.__version__, dataset=data.dataset.identity, dataset_label=data.dataset.label,
-                     train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
-                     git_commit=runs.git_commit(), **({"fused_group": fused_group} if fused_group else {}))
+        no_flops = None if flops is not None else "fvcore is not installed: FLOPs not counted"
+        facts = dict(
+            name=run_dir.name, iterations=config.iterations, params=count_parameters(self.model),
+            flops=flops, flops_note=no_flops, device=str(device), device_name=device_label(device),
+            world_size=world, numerics=numerics, torch_version=torch.__version__,
+            dataset=data.dataset.identity, dataset_label=data.dataset.label,
+            train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
+            git_commit=runs.git_commit(), **({"fused_group": fused_group} if fused_group else {}))
         self.record = runs.Record(config, run_dir, self.batches.per_epoch, facts, enabled=rank == 0)
-        self.record.start(state)
-        self.progress = Progress(config, run_dir.name, state.iteration, rank)
-        self.lock = None  # rank 0's: released when the run ends
-        self.status = "running"  # or "diverged at iteration k", "stopped at iteration k (stop_at)", "complete"
-        self.it = state.iteration  # steps taken; state.iteration counts the steps read
+        self.record.start(self.state)
+        self.progress = Progress(config, run_dir.name, self.state.iteration, rank)
+        self.status = "running"  # or "diverged at iteration k", "stopped at ...", "complete"
+        self.it = self.state.iteration  # steps taken; state.iteration counts the steps read
         self.end = min(config.stop_at or config.iterations, config.iterations)
         self.eval_every = config.eval_every or self.batches.per_epoch
         self.checkpoint_every = config.checkpoint_every or self.eval_every
         self.startup_until = self.it + min(STARTUP_ITERATIONS, (config.iterations - self.it) // 2)
+
+    def restore(self, path: Path, device: torch.device) -> runs.LoopState:
+        """Model, optimizer, scheduler and RNG from the checkpoint at `path`; the loop's state."""
+        again = "pass force=True to start the run over"
+        try:
+            saved = torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:
+            raise RunError(f"checkpoint {path} is corrupted or unreadable ({type(e).__name__}); "
+                           f"{again}.") from e
+        if saved.get("config") != self.config.identity():
+            raise RunError(f"checkpoint {path} was written by a different config; {again}, or pick "
+                           f"another run name.")
+        try:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            if self.plateau:
+                self.plateau.load_state_dict(saved["plateau"])
+            state = runs.LoopState.from_saved(saved)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise RunError(f"checkpoint {path} does not match this model "
+                           f"({str(e).splitlines()[0]}); {again}.") from e
+        torch.set_rng_state(saved["rng_cpu"].cpu())
+        return state
 
     def lr(self) -> float:
         """The learning rate of the next step, noted in the state where it changes."""
@@ -210,7 +287,7 @@ class Run:
         return lr
 
     def due(self, read_every: int) -> dict:
-        """What is due after the step just taken: an evaluation, a checkpoint, the warm-up rule, a read."""
+        """What is due after the step just taken: evaluation, checkpoint, warm-up rule, a read."""
         c, it = self.config, self.it
         return dict(eval=it % self.eval_every == 0 or it == c.iterations,
                     checkpoint=it % self.checkpoint_every == 0 and it < c.iterations,
@@ -218,7 +295,7 @@ class Run:
                     read=it % read_every == 0 or it in (self.startup_until, self.end))
 
     def absorb(self, stats: torch.Tensor, seconds: float, due: dict) -> None:
-        """The steps read since the last read, up to this step: rows of [loss x batch, wrong, batch], `seconds`."""
+        """The steps read (rows of [loss x batch, wrong, batch]) and their time; what is due."""
         state, it, finite = self.state, self.it, torch.isfinite(stats[:, 0])
         bad = None if finite.all() else int((~finite).nonzero()[0])
         if bad is not None:  # keep the steps up to the first non-finite loss, drop the later ones
@@ -230,8 +307,9 @@ class Run:
             state.startup_iterations += len(stats)
         state.window += stats.sum(0)
         state.iteration = it
-        # ResNet-110 (Sec. 4.2): "we use 0.01 to warm up the training until the training error is below 80%
-        # (about 400 iterations), and then go back to 0.1": the error of each WARMUP_RULE_EVERY iterations decides.
+        # ResNet-110 (Sec. 4.2): "we use 0.01 to warm up the training until the training error is
+        # below 80% (about 400 iterations), and then go back to 0.1": the error of each
+        # WARMUP_RULE_EVERY iterations decides.
         if state.lr_warmup:
             state.lr_warmup_window += stats.sum(0)
             if due["rule"]:
@@ -254,46 +332,48 @@ class Run:
                 self.plateau.step(row["val_loss"] if len(self.data.val_y) else row["train_loss"])
         if due["checkpoint"]:
             self.record.checkpoint(state, self.model, self.optimizer, self.plateau)
-        if it == self.config.iterations:
+        self.settle()
+
+    def settle(self) -> None:
+        """A run at its end is complete, or stopped (stop_at)."""
+        if self.it == self.config.iterations:
             self.status = "complete"
-        elif it == self.end:
-            self.status = f"stopped at iteration {it} (stop_at)"
+        elif self.it >= self.end:
+            self.status = f"stopped at iteration {self.it} (stop_at)"
 
     def evaluation(self) -> dict:
-        """Validation and test loss and error. Under torchrun rank 0's BN statistics go to every process first,
-        so all evaluate one model and take the same plateau decisions."""
+        """Validation and test loss and error. Under torchrun rank 0's BN statistics go to every
+        process first, so all evaluate one model and take the same plateau decisions."""
         if self.world > 1:
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, 0)
-        out = {}
-        for split, x, y in (("val", self.data.val_x, self.data.val_y), ("test", self.data.test_x, self.data.test_y)):
+        out, d = {}, self.data
+        for split, x, y in (("val", d.val_x, d.val_y), ("test", d.test_x, d.test_y)):
             if len(y):
-                result = evaluate(self.model, x, y, bf16=self.config.dtype == "bfloat16", rank=self.rank,
-                                  world=self.world)
+                result = evaluate(self.model, x, y, bf16=self.config.dtype == "bfloat16",
+                                  rank=self.rank, world=self.world)
                 out.update({f"{split}_loss": result["loss"], f"{split}_error": result["error"]})
         return out
 
     def finish(self) -> None:
-        self.progress.close()
+        self.progress.close(self.status)
         self.record.finish(self.state, self.status, self.model, self.optimizer, self.plateau)
         if self.world > 1:
             dist.barrier()  # the other ranks read the record rank 0 has just written
-        if self.status != "complete":
-            self.progress.message(f"[{self.run_dir.name}] {self.status}")
         if self.lock:
             self.lock.release()
 
 
 def fit(group: list[Run], step_model, device: torch.device, fused: bool = False) -> None:
-    """The training loop of one run, or of a fused group (fused.py: `step_model` calls the active runs' models
-    as one on their stacked batches): step; when due, read the losses, evaluate, checkpoint; a run that ends
-    or diverges leaves."""
+    """The training loop of one run, or of a fused group (fused.py: `step_model` calls the active
+    runs' models as one on their stacked batches): step; when due, read the losses, evaluate,
+    checkpoint; a run that ends or diverges leaves."""
     autocast_dtype = step_dtypes(group[0].config)[1]
     read_every, world = loss_read_interval(device), group[0].world
     active = [run for run in group if run.it < run.end]
     for run in group:
         if run not in active:  # resumed where it stops
-            run.status = "complete" if run.it == run.config.iterations else f"stopped at iteration {run.it} (stop_at)"
+            run.settle()
             run.finish()
     pending = []
     try:
@@ -306,13 +386,14 @@ def fit(group: list[Run], step_model, device: torch.device, fused: bool = False)
                 x, y = torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
             else:
                 model, (x, y) = step_model, batches[0]
-            pending.append(train_step(model, [run.optimizer for run in active], x, y, lrs, autocast_dtype))
+            optimizers = [run.optimizer for run in active]
+            pending.append(train_step(model, optimizers, x, y, lrs, autocast_dtype))
             for run in active:
                 run.it += 1
             due = [run.due(read_every) for run in active]
             if not any(any(d.values()) for d in due):
                 continue
-            stats = torch.stack(pending)  # one host sync (and one all-reduce across processes) for the steps read
+            stats = torch.stack(pending)  # one host sync (and all-reduce) for the steps read
             pending.clear()
             if world > 1:
                 dist.all_reduce(stats)
@@ -325,7 +406,8 @@ def fit(group: list[Run], step_model, device: torch.device, fused: bool = False)
                 run.finish()
             started = time.perf_counter()
     except BaseException as e:
-        detail = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
+        detail = ("interrupted" if isinstance(e, KeyboardInterrupt)
+                  else f"failed: {type(e).__name__}: {e}")
         for run in active:
             run.record.failed(run.state, f"{detail} at iteration {run.state.iteration}")
             run.progress.close()
@@ -336,44 +418,51 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return optimizer.param_groups[0]["lr"]
 
 
-def load_checkpoint(path: Path, config: TrainConfig, model, optimizer, plateau, device) -> runs.LoopState:
-    """Restore model, optimizer, scheduler and RNG from the checkpoint at `path`; the loop's state."""
-    try:
-        saved = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise RunError(f"checkpoint {path} is corrupted or unreadable ({type(e).__name__}); pass force=True "
-                       f"to start the run over.") from e
-    if saved.get("config") != config.identity():
-        raise RunError(f"checkpoint {path} was written by a different config; pass force=True to "
-                       f"start the run over, or pick another run name.")
-    try:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if plateau:
-            plateau.load_state_dict(saved["plateau"])
-        state = runs.LoopState.from_saved(saved)
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise RunError(f"checkpoint {path} does not match this model ({str(e).splitlines()[0]}); pass force=True "
-                       f"to start the run over.") from e
-    torch.set_rng_state(saved["rng_cpu"].cpu())
-    return state
+class Progress:
+    """A run's progress on the console: a tqdm bar on a terminal, one plain line per evaluation
+    otherwise (papermill, CI, log files); nothing on the other ranks."""
+
+    def __init__(self, config: TrainConfig, name: str, start: int, rank: int):
+        auto = "bar" if sys.stderr.isatty() else "log"
+        self.mode = "none" if rank else auto if config.progress == "auto" else config.progress
+        self.name, self.total, self.bar = name, config.iterations, None
+        if self.mode == "bar":
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=config.iterations, initial=start, desc=name, unit="it")
+
+    def update(self, iteration: int, loss: float) -> None:
+        if self.bar:
+            self.bar.update(iteration - self.bar.n)
+            self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def log(self, row: dict) -> None:
+        if self.mode == "log":
+            val = f"val {100 * row['val_error']:.1f}% " if not math.isnan(row["val_error"]) else ""
+            print(f"[{self.name}] it {row['iteration']}/{self.total} lr {row['lr']:.4g} "
+                  f"train {row['train_loss']:.3f}/{100 * row['train_error']:.1f}% {val}"
+                  f"test {100 * row['test_error']:.1f}% ({row['wall_time']:.0f}s)", flush=True)
+
+    def close(self, status: str = "complete") -> None:
+        """Close the bar; say how a run ended that did not complete."""
+        if self.bar:
+            self.bar.close()
+        if status != "complete" and self.mode != "none":
+            print(f"[{self.name}] {status}", file=sys.stderr if self.bar else sys.stdout,
+                  flush=True)
 
 
 # ---------------------------------------------------------------- evaluation
 
-def eval_batch_size(device: torch.device) -> int:
-    """1000 images on a GPU; 256 on a CPU, where 1000 spill the caches (ResNet-32, 2 cores: 904 vs 643 images/s)."""
-    return 256 if device.type == "cpu" else 1000
-
-
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None,
-             num_classes: int = 10, bf16: bool = False, rank: int = 0, world: int = 1) -> dict:
-    """Loss, error, per-class accuracy and confusion matrix (rows: true class) on normalized `images`, on the
-    single original view. Under torchrun each process evaluates its shard and the sums are all-reduced."""
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size=None,
+             num_classes=10, bf16=False, rank=0, world=1) -> dict:
+    """Loss, error, per-class accuracy and confusion matrix (rows: true class) on the original view
+    of normalized `images`. Under torchrun each process evaluates a shard; the sums are reduced."""
     if world > 1:
         images, labels = images.chunk(world)[rank], labels.chunk(world)[rank]
-    batch_size = batch_size or eval_batch_size(images.device)
+    # 1000 images a batch on a GPU; 256 on a CPU, where 1000 spill the caches (ResNet-32, 2 cores:
+    # 904 vs 643 images/s)
+    batch_size = batch_size or (256 if images.device.type == "cpu" else 1000)
     was_training = model.training
     model.eval()
     dtype = next(model.parameters()).dtype
@@ -394,4 +483,5 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     confusion = confusion.cpu().view(num_classes, num_classes)
     n, correct = max(int(n.item()), 1), confusion.diag()
     return dict(loss=loss_sum.item() / n, error=1 - correct.sum().item() / n,
-                per_class_accuracy=(correct / confusion.sum(1).clamp(min=1)).tolist(), confusion=confusion)
+                per_class_accuracy=(correct / confusion.sum(1).clamp(min=1)).tolist(),
+                confusion=confusion)
