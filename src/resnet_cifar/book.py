@@ -41,7 +41,6 @@ def data_folder(data_dir=None, root: Path | None = None) -> Path:
 
 class HTML(str):
     """A string that Jupyter displays as HTML (through `_repr_html_`; no IPython import)."""
-
     def _repr_html_(self) -> str:
         return str(self)
 
@@ -275,7 +274,8 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise TypeError(f"parameter {key} must be a path string, got {value!r}")
     TrainConfig(device=device).validate()
-    warnings.filterwarnings("ignore", r".*torch\.jit\.script", FutureWarning)  # fvcore's tracing
+    # fvcore's tracing warns that torch.jit.script is deprecated: not the book's to fix
+    warnings.filterwarnings("ignore", r".*torch\.jit\.script.* is deprecated", FutureWarning)
     plt.rcParams.update(A.BOOK_STYLE)
     root = project_root()
     dataset = D.load_cifar10(data_folder(data_dir, root))
