@@ -543,7 +543,7 @@ def test_cpu_pages_say_what_the_profile_left_out_and_use_what_it_trained(dataset
     the scheduled ones, and the headline says where the recipe stands, not that the code runs."""
     from resnet_cifar import book
     model, schedule, optimizers = map(page_code, ("02_model", "04_schedule", "05_optimizers"))
-    from resnet_cifar.compare import summary_sentence
+    from resnet_cifar.analysis import summary_sentence
     ch = book.Chapter("cpu", "cpu", dataset, tmp_path, 0)
     plain = {"plain-20": _record(tmp_path, "p20", "complete", 0.45)}
     residual = {"ResNet-20": _record(tmp_path, "r20", "complete", 0.40),

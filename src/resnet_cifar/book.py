@@ -1,6 +1,6 @@
-"""What the book's pages share: the chapter set-up (parameters checked, data, runs read or trained),
-captions and caveats, glue, run tables and curves, and the headline ResNet-32 with the paper's run.
-A computation particular to one page lives in that notebook, in a cell whose input is hidden."""
+"""What several book pages share: the chapter set-up from papermill parameters, captions, glue,
+run tables and curves, the headline ResNet-32 and the paper's run. A page's own computations live
+in its notebook's hidden cells."""
 from __future__ import annotations
 
 import builtins
@@ -19,40 +19,46 @@ import torch
 from . import analysis as A
 from . import data as D
 from . import experiments as E
-from .analysis import fmt
-from .compare import mean_std
-from .config import PAPER_BATCH, PAPER_ITERATIONS, PROFILE_THREADS, PROFILES, TrainConfig, profile_config
+from .config import PAPER_BATCH, PAPER_ITERATIONS, PROFILE_THREADS, PROFILES, TrainConfig
+from .config import profile_config
 from .devices import device_label, machine, pick_device
-from .plan import match_chapters, plan
-from .plan import table as plan_table
-from .records import (RECORDS, PublishedRun, best_records, load_record, partial_records, project_root, published,
-                      resolve_runs, restore, shown_path, source_text)
+from .plan import match_chapters, plan, table as plan_table
+from .records import (RECORDS, PublishedRun, best_records, load_record, partial_records,
+                      project_root, published, resolve_runs, restore, shown_path, source_text)
 from .runs import RunResult, state
 from .train import train
 
 GLUE_PREFIX = "application/papermill.record/"  # myst-nb's glue outputs (display=False)
+PAPER_32 = A.PAPER_ERROR["ResNet-32"]
+PAPER_LINE = (PAPER_32, f"paper: {PAPER_32:.2f} %")  # error_curves' reference line
+NO_PAPER_RUN = "No run of the paper's schedule is committed for this copy of CIFAR-10"
 
 
 def data_folder(data_dir=None, root: Path | None = None) -> Path:
-    """`data.resolve_data_dir`, a relative path taken from the project root (wherever the kernel started)."""
-    path = D.resolve_data_dir(data_dir)
-    return path if path.is_absolute() else (root or project_root()) / path
+    """`data.resolve_data_dir`, a relative path taken from the project root (not the kernel's)."""
+    return (root or project_root()) / D.resolve_data_dir(data_dir)  # an absolute path stays
+
+
+class HTML(str):
+    """A string that Jupyter displays as HTML (through `_repr_html_`; no IPython import)."""
+    def _repr_html_(self) -> str:
+        return str(self)
 
 
 @dataclass
 class Chapter:
-    """One page's checked parameters and its dataset; `records_data`: the copy whose records it reads."""
+    """One page's checked parameters, its dataset and where its runs are read or trained."""
     profile: str
     device: str
     dataset: D.CIFAR10
     runs_dir: Path
     seed: int
     records: dict | None = None  # the records.json of published records (read only), else None
-    params: dict = field(default_factory=dict)   # chapter -> the parameter values its experiments ran with
-    outside: dict = field(default_factory=dict)  # chapter -> its runs that are not in the default plan
-    records_data: str | None = None  # the copy of CIFAR-10 the runs were trained on, when not `dataset`'s
-    train_dir: Path | None = None  # with records: where runs outside the default plan train (None: nowhere)
-    partial: Path | None = None  # without: partial committed records, read for their finished runs
+    params: dict = field(default_factory=dict)  # chapter -> the parameter values its runs used
+    outside: dict = field(default_factory=dict)  # chapter -> its runs outside the default plan
+    records_data: str | None = None  # the copy the runs were trained on, when not `dataset`'s
+    train_dir: Path | None = None  # with records: where runs outside the default plan train
+    partial: Path | None = None  # without: partial committed records, read for finished runs
 
     @property
     def runs_data(self) -> str:
@@ -63,20 +69,24 @@ class Chapter:
     def runs_label(self) -> str:
         return D.dataset_label(self.runs_data)
 
+    @property
+    def torch_device(self) -> torch.device:
+        return pick_device(self.device)
+
     def here(self) -> str:
-        """'' when the runs were trained on this machine's data, else a note for numbers computed here."""
+        """'' when the runs were trained on this machine's data, else a note for numbers here."""
         if self.runs_data == self.dataset.identity:
             return ""
-        return f" (computed here on {self.dataset.label}; the runs were trained on {self.runs_label})"
+        return (f" (computed here on {self.dataset.label}; the runs were trained on "
+                f"{self.runs_label})")
 
-    # -- runs
     def config(self, name: str, **overrides) -> TrainConfig:
         settings = dict(name=name, device=self.device, data_dir=str(self.dataset.root),
                         runs_dir=str(self.runs_dir), seed=self.seed, progress="log", wait=True)
         return profile_config(self.profile, **{**settings, **overrides})
 
     def experiments(self, chapter: str, **params) -> dict[str, dict[str, list[RunResult]]]:
-        """The chapter's experiments at `params`: section -> label -> runs (one per seed, its own first)."""
+        """The chapter's runs at `params`: section -> label -> runs (one per seed, own first)."""
         self.params[chapter] = params
         sections = E.sections(chapter, self.profile, self.seed, **params)
         default = {r.name: r for r in plan(self.profile, chapters=[chapter])}
@@ -88,8 +98,8 @@ class Chapter:
 
     @staticmethod
     def errors(named: dict[str, RunResult | None], spec: str = ".1f") -> dict[str, str]:
-        """Final test error (%) of each run, formatted; '–' for none (or an arm this profile does not train)."""
-        return {key: fmt(run.error() if run is not None else None, spec) for key, run in named.items()}
+        """Final test error (%) of each run, formatted; '–' for none (an arm not trained here)."""
+        return {key: A.fmt(run.error() if run else None, spec) for key, run in named.items()}
 
     @staticmethod
     def own_seed(arms: dict[str, list[RunResult]]) -> dict[str, RunResult]:
@@ -101,16 +111,17 @@ class Chapter:
         return ", ".join(E.left_out(chapter, self.profile, self.seed)) or "none"
 
     def train(self, name: str, overrides: dict) -> RunResult:
-        """Run `name` on this profile: read from published records, else trained (reused, resumed) on the
-        profile's threads. With records, only a run outside the default plan trains, in `train_dir`."""
+        """Run `name`: read from published records, else trained (reused, resumed) on the
+        profile's threads; with records, only a run outside the default plan trains."""
         config = self.config(name, **overrides)
-        if self.partial is not None:  # published finished: read; published unfinished: resumed here
+        run_dir = Path(self.runs_dir) / config.run_name()
+        if self.partial is not None:  # published finished: read; published unfinished: resumed
             if state(config, self.partial / config.run_name())["state"] == "finished":
                 return load_record(self.partial, config, self.profile)
-            restore(self.partial / config.run_name(), Path(self.runs_dir) / config.run_name(), config)
+            restore(self.partial / config.run_name(), run_dir, config)
         if self.records is not None:
-            lacking = not (Path(self.runs_dir) / config.run_name() / "summary.json").is_file()
-            if not (lacking and self.train_dir and any(name in runs for runs in self.outside.values())):
+            outside = any(name in runs for runs in self.outside.values())
+            if not (self.train_dir and outside and not (run_dir / "summary.json").is_file()):
                 return load_record(self.runs_dir, config, self.profile)
             config = self.config(name, **overrides, runs_dir=str(self.train_dir))
         with self.profile_threads():
@@ -131,74 +142,73 @@ class Chapter:
         finally:
             torch.set_num_threads(before)
 
-    def plan_table(self, chapter: str | None = None):
-        """The plan's runs of `chapter` (default: all) at this page's parameter values: status, time."""
-        folder, records = (self.train_dir, self.runs_dir) if self.train_dir else (self.runs_dir, None)
-        return plan_table(self.profile, folder, self.device, project_root() / RECORDS, records, seed=self.seed,
-                          chapters=[chapter] if chapter else None, params=self.params)
+    def plan_table(self, chapter: str):
+        """The plan's runs of `chapter` at this page's parameter values."""
+        folder, records = self.runs_dir, None
+        if self.train_dir:  # runs_dir holds published records, read before train_dir
+            folder, records = self.train_dir, self.runs_dir
+        return plan_table(self.profile, folder, self.device, project_root() / RECORDS, records,
+                          seed=self.seed, chapters=[chapter], params=self.params)
 
-    def plan_slice(self, chapter: str) -> "pd.io.formats.style.Styler":
-        """The runs `chapter` trains: seed, model, iterations, status, time (measured, else estimated)."""
-        table = self.plan_table(chapter)[["seed", "model", "iterations", "status", "time s", "time from"]]
+    def plan_slice(self, chapter: str):
+        """The runs `chapter` trains: seed, model, iterations, status, time (measured or not)."""
+        def clock(seconds) -> str:
+            return "–" if A.no_value(seconds) else str(datetime.timedelta(seconds=round(seconds)))
+
+        table = self.plan_table(chapter)[["seed", "model", "iterations", "status", "time s",
+                                          "time from"]]
         outside = self.outside.get(match_chapters([chapter])[0], [])
-        table.insert(0, "default plan", ["no" if name in outside else "yes" for name in table.index])
-        clock = lambda s: "–" if s != s or s is None else str(datetime.timedelta(seconds=round(s)))  # noqa: E731
-        note = (f"; {len(outside)} outside the default plan (this page's parameter values): {', '.join(outside)}"
-                if outside else "")
-        return (table.rename(columns={"time s": "time"}).style.format({"iterations": "{:,}", "time": clock})
+        table.insert(0, "default plan", ["no" if run in outside else "yes" for run in table.index])
+        note = (f"; {len(outside)} outside the default plan (this page's parameter values): "
+                f"{', '.join(outside)}" if outside else "")
+        return (table.rename(columns={"time s": "time"}).style
+                .format({"iterations": "{:,}", "time": clock})
                 .set_caption(self.caption(f"The plan's runs of this chapter ({len(table)}){note}")))
 
-    @property
-    def torch_device(self) -> torch.device:
-        return pick_device(self.device)
-
-    # -- labels
     def source(self, *runs: RunResult) -> str:
-        """Where a figure came from: 'profile cpu · CIFAR-10 (JPEG q75 copy) · published records · AMD EPYC'."""
+        """Where a figure came from: 'profile cpu · CIFAR-10 · published records · AMD EPYC'."""
         runs = tuple(r for r in runs if r is not None)  # an arm the profile does not train
-        where = ", ".join(sorted({machine(r.summary["device_name"]) for r in runs}))
         if not runs:  # a data-only figure: name the device this chapter would train on
-            where = f"{machine(device_label(self.torch_device))}, no training"
-        read = tuple(r for r in runs if isinstance(r, PublishedRun))
+            mine = f", this machine's data (the runs': {self.runs_label})" if self.here() else ""
+            device = machine(device_label(self.torch_device))
+            return f"profile {self.profile} · {self.dataset.label}{mine} · {device}, no training"
+        where = ", ".join(sorted({machine(r.summary["device_name"]) for r in runs}))
+        read = [r for r in runs if isinstance(r, PublishedRun)]
         if read:  # published records: say so, and whether runs trained here join them
-            where = f"published records{' + runs trained here' if len(read) < len(runs) else ''} · {where}"
-        data = self.runs_label if runs else self.dataset.label + (
-            f", this machine's data (the runs': {self.runs_label})" if self.here() else "")
-        return f"profile {self.profile} · {data} · {where}"
+            joined = " + runs trained here" if len(read) < len(runs) else ""
+            where = f"published records{joined} · {where}"
+        return f"profile {self.profile} · {self.runs_label} · {where}"
 
     def caption(self, text: str, *runs: RunResult) -> str:
         return f"{text} — {self.source(*runs)}"
 
     def caveats(self) -> list[str]:
-        """What a reader must know before the numbers (HTML): a short budget, data that is not official."""
+        """What a reader must know before the numbers (HTML): a short budget, unofficial data."""
         budget, notes = self.config("budget"), []
         if self.profile == "smoke":
-            notes.append(f"Profile <b>smoke</b>: every run is {budget.iterations} iterations on {budget.subset}-image "
-                         "subsets, so every number below is noise; it shows that the code runs, not a result.")
+            notes.append(f"Profile <b>smoke</b>: every run is {budget.iterations} iterations on "
+                         f"{budget.subset}-image subsets, so every number below is noise; it shows "
+                         "that the code runs, not a result.")
         if self.profile == "cpu":
             notes.append(f"Profile <b>cpu</b>: every run is {budget.iterations:,} iterations, 1/"
-                         f"{PAPER_ITERATIONS / budget.iterations:g} of the paper's {PAPER_ITERATIONS:,}, so errors "
-                         "lie far above the paper's; arms this budget cannot resolve are not trained at this profile "
-                         "(shown as \u2013).")
+                         f"{PAPER_ITERATIONS / budget.iterations:g} of the paper's "
+                         f"{PAPER_ITERATIONS:,}, so errors lie far above the paper's; arms this "
+                         "budget cannot resolve are not trained at this profile (shown as –).")
         if self.runs_data != "official":
-            notes.append(f"The data is <b>{self.runs_label}</b>, not the official CIFAR-10: its error rates are not "
-                         "comparable with the paper's.")
-        if self.runs_data != self.dataset.identity:
-            notes.append(f"This machine's data folder holds {self.dataset.label}: what the page computes on the data "
-                         "uses it and says so.")
+            notes.append(f"The data is <b>{self.runs_label}</b>, not the official CIFAR-10: its "
+                         "error rates are not comparable with the paper's.")
+        if self.here():
+            notes.append(f"This machine's data folder holds {self.dataset.label}: what the page "
+                         "computes on the data uses it and says so.")
         return notes
 
-    def caveats_box(self) -> "HTML | str":
-        """`caveats()` as one of the book theme's warning boxes (empty when there is nothing to say)."""
-        title = "<p class='admonition-title'>Read the numbers with care</p>"
+    def caveats_box(self) -> HTML | str:
+        """`caveats()` as the book theme's warning box (empty when there is nothing to say)."""
         notes = self.caveats()
-        return HTML(f"<div class='admonition warning'>{title}<p>{' '.join(notes)}</p></div>") if notes else ""
+        return HTML("<div class='admonition warning'><p class='admonition-title'>Read the numbers "
+                    f"with care</p><p>{' '.join(notes)}</p></div>") if notes else ""
 
-    def noise(self) -> str:
-        """' (with the smoke budget, noise)' on the smoke profile, else ''."""
-        return " (with the smoke budget, noise)" if self.profile == "smoke" else ""
-
-    def parameters(self, **knobs) -> "pd.io.formats.style.Styler":
+    def parameters(self, **knobs):
         """The parameters this page was built with, plus the chapter's own `knobs`, as a table."""
         rows = {"profile": self.profile, "device": f"{self.device} → {self.torch_device}",
                 "data": f"{self.dataset.label}, {shown_path(self.dataset.root)}",
@@ -209,19 +219,21 @@ class Chapter:
             rows["runs"] += f" (runs outside the default plan: {shown_path(self.train_dir)})"
         if self.records_data:
             rows["records_data"] = f"{self.records_data}: the runs' data ({self.runs_label})"
-        rows.update({k: ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in knobs.items()})
-        table = pd.DataFrame({"value": {k: str(v) for k, v in rows.items()}}).rename_axis("parameter")
+        shown = {k: ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+                 for k, v in {**rows, **knobs}.items()}
+        table = pd.DataFrame({"value": shown}).rename_axis("parameter")
         return A.styled(table, "This page's parameters (papermill -p NAME VALUE changes them)")
 
-    def header(self, **knobs) -> "HTML":
-        """The parameters table and the caveats box (the cell after `chapter(...)`); glues `noise`, `here`."""
-        self.glue({"noise": self.noise(), "here": self.here()})
+    def header(self, **knobs) -> HTML:
+        """The parameters table and the caveats box; glues `noise` and `here`."""
+        noise = " (with the smoke budget, noise)" if self.profile == "smoke" else ""
+        self.glue({"noise": noise, "here": self.here()})
         return HTML(self.parameters(**knobs).to_html() + str(self.caveats_box()))
 
-    # -- tables and figures of runs
-    def table(self, runs: dict[str, RunResult], title: str, columns=A.RUN_COLUMNS, precision: int = 1):
+    def table(self, runs: dict[str, RunResult], title: str, columns=A.RUN_COLUMNS, precision=1):
         """`analysis.runs_table` with `columns`, formatted, captioned with the runs' source."""
-        return A.styled(A.runs_table(runs)[list(columns)], self.caption(title, *runs.values()), precision)
+        caption = self.caption(title, *runs.values())
+        return A.styled(A.runs_table(runs)[list(columns)], caption, precision)
 
     def curves(self, runs: dict[str, RunResult], title: str, **kwargs):
         """`analysis.error_curves` titled with the runs' source."""
@@ -229,14 +241,15 @@ class Chapter:
 
     @staticmethod
     def glue(facts: dict) -> None:
-        """Glue every item of `facts` as myst-nb's `glue(name, value, display=False)` does (in a kernel)."""
+        """Glue every item of `facts` as myst-nb's `glue(name, value, display=False)` does."""
         shell = getattr(builtins, "get_ipython", lambda: None)()
         if shell is None:
             return
         for name, value in facts.items():
             data, metadata = shell.display_formatter.format(value)
-            shell.display_pub.publish(data={GLUE_PREFIX + mime: v for mime, v in data.items()},
-                                      metadata={**metadata, "scrapbook": dict(name=name, mime_prefix=GLUE_PREFIX)})
+            shell.display_pub.publish(
+                data={GLUE_PREFIX + mime: v for mime, v in data.items()},
+                metadata={**metadata, "scrapbook": dict(name=name, mime_prefix=GLUE_PREFIX)})
 
     def figure(self, name: str, fig, caption: str, *runs: RunResult) -> None:
         """Glue `fig` as `name` and its captioned text as `cap_<name>` for a {glue:figure}."""
@@ -244,35 +257,25 @@ class Chapter:
         plt.close(fig)
 
 
-class HTML(str):
-    """A string that Jupyter displays as HTML (through `_repr_html_`; no IPython import)."""
-
-    def _repr_html_(self) -> str:
-        return str(self)
-
-
 def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None = None,
             runs_dir: str | None = None, seed: int = 0, records_data: str | None = None) -> Chapter:
-    """Check a page's papermill parameters, set up the page and load the data. `records_data` reads the
-    published records of that copy of CIFAR-10. Profile "auto" renders what `make book` does: the most
-    complete committed records, this data's own first, else another copy's; with none, smoke."""
-    checks = dict(profile=(profile, str), device=(device, str), seed=(seed, int))
-    for key, (value, kind) in checks.items():
+    """Check a page's papermill parameters, set up the page and load the data. Profile "auto"
+    renders what `make book` does: the most complete committed records, this data's own first."""
+    for key, value, kind in ("profile", profile, str), ("device", device, str), ("seed", seed, int):
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise TypeError(f"parameter {key} must be {kind.__name__}, got {value!r} ({type(value).__name__}); "
-                            f"e.g. papermill ... -p {key} {'smoke' if kind is str else 0}")
-    if profile not in PROFILES and profile != "auto":
+            raise TypeError(f"parameter {key} must be {kind.__name__}, got {value!r} "
+                            f"({type(value).__name__}); e.g. papermill ... -p {key} "
+                            f"{'smoke' if kind is str else 0}")
+    if profile not in ("auto", *PROFILES):
         raise ValueError(f"parameter profile must be one of {('auto', *PROFILES)}, got {profile!r}")
     if seed < 0:
         raise ValueError(f"parameter seed must be >= 0, got {seed}")
     for key, value in dict(data_dir=data_dir, runs_dir=runs_dir).items():
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise TypeError(f"parameter {key} must be a path string, got {value!r}")
-    if records_data is not None and not isinstance(records_data, str):
-        raise TypeError(f"parameter records_data must be the name of a copy of CIFAR-10 (e.g. jpeg-q75-copy), "
-                        f"got {records_data!r}")
     TrainConfig(device=device).validate()
-    warnings.filterwarnings("ignore", r".*torch\.jit\.script.* is deprecated", FutureWarning)  # fvcore's tracing
+    # fvcore's tracing warns that torch.jit.script is deprecated: not the book's to fix
+    warnings.filterwarnings("ignore", r".*torch\.jit\.script.* is deprecated", FutureWarning)
     plt.rcParams.update(A.BOOK_STYLE)
     root = project_root()
     dataset = D.load_cifar10(data_folder(data_dir, root))
@@ -282,28 +285,32 @@ def chapter(profile: str = "smoke", device: str = "auto", data_dir: str | None =
             records_data = found
     if records_data not in (None, dataset.identity):
         if runs_dir is not None:
-            raise ValueError(f"parameters records_data and runs_dir name two sources of runs (the committed records "
-                             f"of {records_data}, and {runs_dir}): give one of them")
+            raise ValueError(f"parameters records_data and runs_dir name two sources of runs (the "
+                             f"committed records of {records_data}, and {runs_dir}): give one of "
+                             "them")
         runs, records = published(root, profile, records_data)
         return Chapter(profile, device, dataset, runs, seed, records, records_data=records_data)
-    # explicit runs_dir > published records of this dataset and profile (not smoke) > <root>/runs;
-    # records found so are read first, and the runs other parameter values make train in <root>/runs
+    # explicit runs_dir > published records of this data and profile (not smoke) > <root>/runs;
+    # records found so are read first, and runs at other parameter values train in <root>/runs
     runs, records = resolve_runs(root, profile, dataset.identity, runs_dir)
-    own = resolve_runs(root, profile, dataset.identity, "runs")[0] if records is not None and runs_dir is None else None
-    partial = partial_records(root, profile, dataset.identity) if runs_dir is None else None
-    return Chapter(profile, device, dataset, runs, seed, records, train_dir=own, partial=partial)
+    if runs_dir is not None:
+        return Chapter(profile, device, dataset, runs, seed, records)
+    own = resolve_runs(root, profile, dataset.identity, "runs")[0] if records is not None else None
+    return Chapter(profile, device, dataset, runs, seed, records, train_dir=own,
+                   partial=partial_records(root, profile, dataset.identity))
 
 
-# ---------------------------------------------------------------- the headline (introduction, chapters 6 and 7)
+# ---------------------------------------------------------------- the headline (introduction, 6, 7)
 @dataclass
 class Headline:
-    """ResNet-32 with the paper's recipe over seeds, the book's headline: mean and spread of complete runs."""
+    """The book's headline: ResNet-32 with the paper's recipe over seeds, its complete runs'
+    mean and spread of the final test error (%)."""
     chapter: Chapter
     runs: dict[str, RunResult]
 
     def __post_init__(self):
-        self.errors = [r.error() for r in self.runs.values() if r.complete and r.error() is not None]
-        self.mean, self.std = mean_std(self.errors)  # of the complete runs' final test errors (%)
+        self.errors = A.values(self.runs.values())
+        self.mean, self.std = A.mean_std(self.errors)
 
     def reasons(self) -> list[str]:
         """Why these numbers cannot be compared with the paper's (empty when they can)."""
@@ -313,88 +320,94 @@ class Headline:
 
     def facts(self) -> dict:
         """The `head_*` text values of the introduction and chapter 6."""
-        ch, runs = self.chapter, list(self.runs.values())
+        ch, runs, mean = self.chapter, list(self.runs.values()), self.mean
         first, budget = runs[0].summary, ch.config("results")
-        paper = A.PAPER_ERROR["ResNet-32"]
-        mean = self.mean
         if not self.errors:
             statuses = ", ".join(r.summary["status_detail"] for r in runs)
-            verdict = f"None of the {len(runs)} runs finished ({statuses}), so this build has no test error to report."
+            verdict = (f"None of the {len(runs)} runs finished ({statuses}), so this build has no "
+                       "test error to report.")
         elif not self.reasons():
-            verdict = ("These numbers use the paper's recipe on the official data and can be compared with "
-                       f"{paper:.2f} %.")
+            verdict = ("These numbers use the paper's recipe on the official data and can be "
+                       f"compared with {PAPER_32:.2f} %.")
         else:
+            reads = ("shows that the pipeline runs end to end" if ch.profile == "smoke" else
+                     f"is where the recipe stands after {first['iterations']:,} of the paper's "
+                     f"{PAPER_ITERATIONS:,} iterations on this data")
             verdict = (f"Not comparable with the paper. This build used profile {ch.profile} "
-                       f"({first['iterations']:,} iterations on {first['train_size']:,} training images) and "
-                       f"{ch.runs_label}; " + (f"its {mean:.2f} % shows that the pipeline runs end to end, not what "
-                                                   "ResNet-32 reaches." if ch.profile == "smoke" else
-                                                   f"its {mean:.2f} % is where the recipe stands after "
-                                                   f"{first['iterations']:,} of the paper's {PAPER_ITERATIONS:,} "
-                                                   "iterations on this data, not what ResNet-32 reaches."))
+                       f"({first['iterations']:,} iterations on {first['train_size']:,} training "
+                       f"images) and {ch.runs_label}; its {mean:.2f} % {reads}, not what "
+                       "ResNet-32 reaches.")
         context = []
         if ch.profile == "smoke":
-            context.append(f"the smoke profile trains for {budget.iterations} iterations on {budget.subset}-image "
-                           "subsets, a budget at which any network is still near chance (90 % error), so this "
-                           "number only shows that the pipeline runs.")
+            context.append(f"the smoke profile trains for {budget.iterations} iterations on "
+                           f"{budget.subset}-image subsets, a budget at which any network is "
+                           "still near chance (90 % error), so this number only shows that the "
+                           "pipeline runs.")
         elif ch.profile != "paper":
-            context.append(f"the {ch.profile} profile trains for {budget.iterations:,} iterations instead of 64k.")
+            context.append(f"the {ch.profile} profile trains for {budget.iterations:,} "
+                           "iterations instead of 64k.")
         if ch.runs_data == "jpeg-q75-copy":
-            context.append("The data is the JPEG q75 copy, which blurs and blocks 32×32 images; chapter 1 says "
-                           "what the copy costs, as far as the book can tell.")
+            context.append("The data is the JPEG q75 copy, which blurs and blocks 32×32 images; "
+                           "chapter 1 says what the copy costs, as far as the book can tell.")
         elif ch.runs_data != "official":
-            context.append(f"The data ({ch.runs_label}) is not verified to be the official CIFAR-10.")
+            context.append(f"The data ({ch.runs_label}) is not verified to be the official "
+                           "CIFAR-10.")
+        context = " ".join(context) or "both hold here, so this is a like-for-like comparison."
+        source = ch.source(*runs)
         return {**self.checks(), "head_profile": ch.profile, "head_data": ch.runs_label,
-                "head_devices": ch.source(*runs).split(" · ")[-1], "head_source": ch.source(*runs),
-                "head_mean": fmt(mean, ".2f"), "head_std": fmt(self.std, ".2f", "–"),
-                "head_gap": fmt(None if mean is None else mean - paper, "+.2f"),
+                "head_devices": source.split(" · ")[-1], "head_source": source,
+                "head_mean": A.fmt(mean, ".2f"), "head_std": A.fmt(self.std, ".2f"),
+                "head_gap": A.fmt(None if mean is None else mean - PAPER_32, "+.2f"),
                 "head_n": str(len(self.errors)), "head_runs": str(len(runs)),
                 "head_iterations": f"{budget.iterations:,}", "head_batch": str(budget.batch_size),
-                "head_verdict": verdict,
-                "head_context": " ".join(context) or "both hold here, so this is a like-for-like comparison.",
-                "head_fit": self.fit()}
+                "head_verdict": verdict, "head_context": context, "head_fit": self.fit()}
 
     def fit(self) -> str:
-        """Final training error against test error: whether the runs still underfit at this budget."""
+        """Final training error against test error: do the runs still underfit at this budget?"""
         pairs = [(100 * r.history["train_error"].iloc[-1], r.error()) for r in self.runs.values()
                  if r.complete and len(r.history) and r.error() is not None]
         if not pairs:
             return "No run finished, so there is no training error to compare with."
         train, test = (statistics.mean(x) for x in zip(*pairs))
-        return (f"Their final training error, on the augmented batches, is {train:.1f} % against {test:.1f} % test "
-                f"error (means over {len(pairs)} seed(s)): "
-                + ("the runs still underfit, so at this budget the iterations, not the recipe, limit them."
-                   if train > test - 5 else "they fit the training images better than they generalize."))
+        return (f"Their final training error, on the augmented batches, is {train:.1f} % against "
+                f"{test:.1f} % test error (means over {len(pairs)} seed(s)): " + (
+                    "the runs still underfit, so at this budget the iterations, not the recipe, "
+                    "limit them." if train > test - 5 else
+                    "they fit the training images better than they generalize."))
 
     def checks(self) -> dict:
         """Same data? same budget? Only then is the difference from the paper's 7.51 % tested."""
-        ch, budget, paper = self.chapter, self.chapter.config("results"), A.PAPER_ERROR["ResNet-32"]
+        ch, budget = self.chapter, self.chapter.config("results")
         same_data = ch.runs_data == "official"
-        same_budget = (budget.iterations, budget.batch_size, budget.subset) == (PAPER_ITERATIONS, PAPER_BATCH, None)
+        same_budget = (budget.iterations, budget.batch_size, budget.subset) == (
+            PAPER_ITERATIONS, PAPER_BATCH, None)
+        subsets = "" if budget.subset is None else f" on {budget.subset}-image subsets"
         parts = [f"same data: {'yes' if same_data else 'no'} ({ch.runs_label})",
-                 f"same budget: {'yes' if same_budget else 'no'} ({budget.iterations:,} iterations × batch "
-                 f"{budget.batch_size}" + ("" if budget.subset is None else f" on {budget.subset}-image subsets")
-                 + f"; the paper: {PAPER_ITERATIONS:,} × {PAPER_BATCH})"]
+                 f"same budget: {'yes' if same_budget else 'no'} ({budget.iterations:,} "
+                 f"iterations × batch {budget.batch_size}{subsets}; the paper: "
+                 f"{PAPER_ITERATIONS:,} × {PAPER_BATCH})"]
+        differs = [x for x, same in (("other data", same_data), ("another budget", same_budget))
+                   if not same]
         if self.mean is None:
-            parts.append(f"difference from the paper's {paper:.2f} %: none to state, no run finished")
-        elif not (same_data and same_budget):
-            parts.append(f"difference from the paper's {paper:.2f} %: not tested, since "
-                         + " and ".join(x for x, same in (("other data", same_data), ("another budget", same_budget))
-                                        if not same) + " explain a difference by themselves")
+            tested = "none to state, no run finished"
+        elif differs:
+            tested = f"not tested, since {' and '.join(differs)} explain a difference by themselves"
         else:
-            parts.append(f"difference from the paper's {paper:.2f} %: {self.mean - paper:+.2f} points over "
-                         f"{len(self.errors)} seed(s) (std {fmt(self.std, '.2f', 'unknown: one seed')}; the paper "
-                         "reports no spread for ResNet-32)")
-        return {"head_best": fmt(min(self.errors) if self.errors else None, ".2f"),
+            tested = (f"{self.mean - PAPER_32:+.2f} points over {len(self.errors)} seed(s) (std "
+                      f"{A.fmt(self.std, '.2f', 'unknown: one seed')}; the paper reports no spread "
+                      "for ResNet-32)")
+        parts.append(f"difference from the paper's {PAPER_32:.2f} %: {tested}")
+        return {"head_best": A.fmt(min(self.errors) if self.errors else None, ".2f"),
                 "head_checks": "; ".join(parts) + "."}
 
     def figure(self):
         """Training and test error of every seed, with the paper's 7.51 % as a dotted line."""
-        return A.error_curves(self.runs, title=self.chapter.caption("ResNet-32, one curve per seed",
-                                                                    *self.runs.values()),
-                              reference=(A.PAPER_ERROR["ResNet-32"], f"paper: {A.PAPER_ERROR['ResNet-32']:.2f} %"))
+        title = self.chapter.caption("ResNet-32, one curve per seed", *self.runs.values())
+        return A.error_curves(self.runs, title=title, reference=PAPER_LINE)
 
 
-PAPER_RUN = "resnet32-all50k-seed0"  # the paper's protocol: all 50k training images, tested on the 10k
+# ---------------------------------------------------------------- the paper's whole schedule
+PAPER_RUN = "resnet32-all50k-seed0"  # the paper's protocol: all 50k training images, tested on 10k
 
 
 def paper_run(dataset: str, name: str = PAPER_RUN) -> RunResult | None:
@@ -407,74 +420,81 @@ def paper_run(dataset: str, name: str = PAPER_RUN) -> RunResult | None:
 
 def paper_caption(text: str, run: RunResult) -> str:
     s = run.summary
-    devices = {machine(seg["device"]) for seg in s.get("segments", []) if seg.get("device")}
-    return f"{text} — profile paper · {s['dataset_label']} · {', '.join(sorted(devices)) or s['device_name']}"
+    devices = sorted({machine(seg["device"]) for seg in s.get("segments", []) if seg.get("device")})
+    where = ", ".join(devices) or s["device_name"]
+    return f"{text} — profile paper · {s['dataset_label']} · {where}"
 
 
 def paper_facts(run: RunResult | None) -> dict:
-    """The `sched_*` values: how far the run is, its latest and lowest test error, who trained it."""
+    """The `sched_*` values: how far the run is, its latest and lowest error, who trained it."""
     if run is None:
-        none = "no run of the paper's whole schedule is committed for this copy of CIFAR-10"
-        return {"sched_status": none, "sched_error": "–", "sched_at": "–", "sched_lowest": "–", "sched_lr": "–",
-                "sched_sittings": "–", "sched_data": "–"}
+        return {"sched_status": "no run of the paper's whole schedule is committed for this copy "
+                "of CIFAR-10", **dict.fromkeys(["sched_error", "sched_at", "sched_lowest",
+                                                "sched_lr", "sched_sittings", "sched_data"], "–")}
     s, h = run.summary, run.history
     done, total = s["iterations_done"], s["iterations"]
-    status = (f"complete: all {total:,} iterations" if run.complete else
-              f"{done:,} of {total:,} iterations ({100 * done / total:.0f} %), still training")
     tested = h.dropna(subset=["test_error"])
     low = tested.loc[tested["test_error"].idxmin()] if len(tested) else None
     segments = s.get("segments") or []
     hours = sum(seg["seconds"] for seg in segments) / 3600
-    machines = sorted({seg["device"] for seg in segments if seg.get("device")})
-    sittings = f"{len(segments)} sitting{'' if len(segments) == 1 else 's'}"
-    return {"sched_status": status, "sched_error": fmt(run.error(), ".2f"),
+    machines = "; ".join(sorted({seg["device"] for seg in segments if seg.get("device")}))
+    status = (f"complete: all {total:,} iterations" if run.complete else
+              f"{done:,} of {total:,} iterations ({100 * done / total:.0f} %), still training")
+    lowest = ("–" if low is None else
+              f"{100 * low['test_error']:.2f} % at iteration {int(low['iteration']):,}")
+    sittings = (f"{len(segments)} sitting{'' if len(segments) == 1 else 's'}, {hours:.1f} hours "
+                f"of training and evaluation, on {machines}")
+    data = f"{s['dataset_label']}, {s['train_size']:,} training and {s['test_size']:,} test images"
+    return {"sched_status": status, "sched_error": A.fmt(run.error(), ".2f"),
             "sched_at": f"{done:,}", "sched_lr": f"{h['lr'].iloc[-1]:g}" if len(h) else "–",
-            "sched_lowest": "–" if low is None else f"{100 * low['test_error']:.2f} % at iteration "
-                                                     f"{int(low['iteration']):,}",
-            "sched_sittings": f"{sittings}, {hours:.1f} hours of training and evaluation, on " + "; ".join(machines),
-            "sched_data": f"{s['dataset_label']}, {s['train_size']:,} training and {s['test_size']:,} test images"}
+            "sched_lowest": lowest, "sched_sittings": sittings, "sched_data": data}
 
 
-def paper_glue(ch) -> RunResult | None:
+def paper_glue(ch: Chapter) -> RunResult | None:
     """Glue the paper run's `sched_*` values and figure (`fig_paper`); returns the run, or None."""
     run = paper_run(ch.runs_data)
     fig = paper_figure(run)
-    ch.glue({**paper_facts(run), "fig_paper": fig,
-             "cap_fig_paper": paper_caption("Training (dashed) and test (bold) error over the paper's schedule", run)
-             if run is not None else "No run of the paper's schedule is committed for this copy of CIFAR-10"})
+    caption = "Training (dashed) and test (bold) error over the paper's schedule"
+    caption = NO_PAPER_RUN if run is None else paper_caption(caption, run)
+    ch.glue({**paper_facts(run), "fig_paper": fig, "cap_fig_paper": caption})
     plt.close(fig)
     return run
 
 
 def paper_figure(run: RunResult | None):
-    """Training and test error over the whole schedule, lr drops marked, the paper's 7.51 % dotted."""
+    """Training and test error over the whole schedule, lr drops marked, the paper's 7.51 %."""
     if run is None:
         fig, ax = plt.subplots(figsize=(10, 1.5))
         ax.axis("off")
-        ax.text(0.5, 0.5, "no run of the paper's schedule committed for this data", ha="center", va="center")
+        ax.text(0.5, 0.5, "no run of the paper's schedule committed for this data", ha="center",
+                va="center")
         return A.detached(fig)
     cfg = TrainConfig(**run.config)
-    fig = A.error_curves({"ResNet-32, all 50k, seed 0": run},
-                         title=paper_caption("ResNet-32 with the paper's schedule", run),
-                         reference=(A.PAPER_ERROR["ResNet-32"], f"paper: {A.PAPER_ERROR['ResNet-32']:.2f} %"))
+    fig = A.error_curves({"ResNet-32, all 50k, seed 0": run}, reference=PAPER_LINE,
+                         title=paper_caption("ResNet-32 with the paper's schedule", run))
     ax = fig.axes[0]
     for m in cfg.milestones:
         ax.axvline(m, color="0.5", lw=0.8, ls="-.")
         ax.annotate("lr ÷10", (m, 0.98), xycoords=("data", "axes fraction"), xytext=(3, 0),
                     textcoords="offset points", ha="left", va="top", fontsize=8)
     ax.set_xlim(0, cfg.iterations)
-    ax.set_ylim(0, min(100, 100 * max(run.history[["train_error", "test_error"]].max().max(), 0.5) + 5))
+    highest = run.history[["train_error", "test_error"]].max().max()
+    ax.set_ylim(0, min(100, 100 * max(highest, 0.5) + 5))
     return fig
 
 
-def paper_sittings(run: RunResult | None) -> "pd.io.formats.style.Styler":
+def paper_sittings(run: RunResult | None):
     """One row per sitting that trained the run: iterations, machine, threads, hours, commit."""
     if run is None:
-        return A.styled(pd.DataFrame(), "No run of the paper's schedule is committed for this copy of CIFAR-10")
-    rows = [{"iterations": f"{seg['start']:,} – {seg['end']:,}", "device": seg.get("device") or "–",
-             "threads": seg.get("threads") or "–", "hours": seg["seconds"] / 3600,
-             "images/s": (seg["end"] - seg["start"]) * run.config["batch_size"] / max(seg["seconds"], 1e-9),
-             "commit": seg.get("commit") or "–", "began": (seg.get("began") or "–").replace("T", " ")}
-            for seg in run.summary.get("segments") or []]
+        return A.styled(pd.DataFrame(), NO_PAPER_RUN)
+    rows = []
+    for seg in run.summary.get("segments") or []:
+        images = (seg["end"] - seg["start"]) * run.config["batch_size"]
+        rows.append({"iterations": f"{seg['start']:,} – {seg['end']:,}",
+                     "device": seg.get("device") or "–", "threads": seg.get("threads") or "–",
+                     "hours": seg["seconds"] / 3600, "images/s": images / max(seg["seconds"], 1e-9),
+                     "commit": seg.get("commit") or "–",
+                     "began": (seg.get("began") or "–").replace("T", " ")})
     table = pd.DataFrame(rows, index=pd.RangeIndex(1, len(rows) + 1, name="sitting"))
-    return A.styled(table, paper_caption("The sittings that trained it (images/s: training and evaluation)", run))
+    caption = "The sittings that trained it (images/s: training and evaluation)"
+    return A.styled(table, paper_caption(caption, run))

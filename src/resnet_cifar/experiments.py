@@ -15,7 +15,7 @@ from functools import partial
 from .config import TrainConfig, profile_config
 
 # Seeds per compared arm and for the headline ResNet-32, by profile: a difference between two
-# arms is only read as one when it is larger than the seeds' spread (compare.py).
+# arms is only read as one when it is larger than the seeds' spread (analysis.verdict).
 SEEDS_PER_ARM = {"smoke": 1, "cpu": 2, "quick": 3, "paper": 3}
 HEADLINE_SEEDS = {"smoke": 2, "cpu": 3, "quick": 5, "paper": 5}
 WARMUP_110 = 0.8  # ResNet-110 (Sec. 4.2): lr 0.01 until the training error is below 80 %
