@@ -55,7 +55,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) book/
 
 test: setup
-	$(PY) -m pytest -ra -n $(TEST_JOBS) --dist loadfile
+	$(PY) -m pytest -ra -n $(TEST_JOBS) --dist loadfile --durations=15
 
 bench: setup
 	$(PY) -m resnet_cifar bench --device $(DEVICE)

@@ -759,3 +759,9 @@ def test_run_does_not_train_again_what_the_committed_records_hold(tmp_path, caps
     assert "complete (published)" in out and "1 runs: 1 finished" in out
     assert f"1 of them published in book/records/{identity}/cpu: `run` does not train them again" in out
     assert cli.main(["plan", "--commands", *args[1:]]) == 0 and capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("profile", sorted(REC.KEPT_WEIGHTS))
+def test_the_runs_published_with_weights_are_runs_of_their_plan(profile):
+    """A name in KEPT_WEIGHTS that no run of the plan has would publish no weights, silently."""
+    assert set(REC.KEPT_WEIGHTS[profile]) <= {r.name for r in P.plan(profile)}
