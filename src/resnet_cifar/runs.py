@@ -103,11 +103,11 @@ def state(config: TrainConfig, run_dir: Path) -> dict:
     """What `run_dir` holds for `config`: state (missing, unreadable, conflict, finished,
     running, interrupted or failed), a text, the iterations done and the summary."""
     run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").is_file():
+        return dict(state="missing", text="missing", done=0, summary=None)
     summary, stored = read_json(run_dir / "summary.json"), read_json(run_dir / "config.json")
     if summary is None or stored is None:
-        missing = not (run_dir / "summary.json").is_file()
-        return dict(state="missing" if missing else "unreadable",
-                    text="missing" if missing else "unreadable record", done=0, summary=None)
+        return dict(state="unreadable", text="unreadable record", done=0, summary=None)
     done = summary.get("iterations_done") or 0
     found = dict(done=done, summary=summary)
     diff = config_diff(config, TrainConfig(**stored))
@@ -126,15 +126,19 @@ def state(config: TrainConfig, run_dir: Path) -> dict:
 
 def decide(config: TrainConfig, run_dir: Path) -> str:
     """'reuse' a finished identical run, 'resume' an interrupted one, or start 'fresh'."""
-    s = dict(state="missing") if config.force else state(config, run_dir)
+    if config.force:
+        return "fresh"
+    s = state(config, run_dir)
+    if s["state"] == "missing":
+        return "fresh"
     if s["state"] == "unreadable":
         raise RunError(f"run record {run_dir} is unreadable (its summary.json or config.json is "
                        "not valid JSON); pass force=True to retrain it.")
     if s["state"] == "conflict":
         raise RunError(f"run {run_dir} exists with a different config (differs in "
                        f"{', '.join(s['diff'])}); pick another name or pass force=True.")
-    if s["state"] in ("missing", "finished"):
-        return "fresh" if s["state"] == "missing" else "reuse"
+    if s["state"] == "finished":
+        return "reuse"
     if config.resume:  # killed before its first checkpoint: nothing to keep
         return "resume" if (run_dir / "checkpoint.pt").is_file() else "fresh"
     raise RunError(f"run {run_dir} is {s['summary'].get('status')} (not finished); pass "
