@@ -11,11 +11,13 @@ notebooks executed there by papermill). The source notebooks stay output-free. P
 runs each notebook with the source book/ folder as working directory, so relative paths
 (data/, runs/) resolve from the project root exactly as in `jupyter lab book/`.
 
-Order: the toc's notebooks (01..07, appendix; the manual, markdown, is only copied), then the
-root page (intro) last, because it reads chapter 6's finished runs from disk. A failing
-chapter does not stop the others; the failed notebook (with papermill's error cell) is kept
-in the stage, the script names it and exits 1 without building HTML. The HTML build treats
-Sphinx warnings as errors (-W) and writes its log to <out>/build.log. HTML lands in <out>/html.
+Order: the toc's chapters (01..07; the manual, markdown, is only copied), --jobs of them at
+once, each kernel on its share of the CPU cores; then, one at a time, the pages in ALONE (the
+appendix, which times the CPU when it measures) and the root page (intro), which reads chapter
+6's finished runs from disk. A failing chapter does not stop the others; the failed notebook
+(with papermill's error cell) is kept in the stage, the script names it and exits 1 without
+building HTML. The HTML build treats Sphinx warnings as errors (-W) and writes its log to
+<out>/build.log. HTML lands in <out>/html.
 
 Publishing: papermill's injected-parameters cell (which holds the builder's own paths) is
 tagged `remove-cell` in the staged notebook, so no page shows it (each chapter shows the
@@ -26,6 +28,7 @@ The time of every notebook is printed, and written to <out>/timings.json.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shutil
@@ -40,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KERNEL = "python3"
 STATIC = "book/_static"  # html_static_path in _config.yml
 PATH_PARAMETERS = ("data_dir", "runs_dir", "records_dir")
+ALONE = ("book/appendix_performance.ipynb",)  # pages that run with no other page beside them
 MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output", "ui", "a11y", "adaptors")  # of MathJax's es5/ folder
 
 
@@ -157,6 +161,40 @@ def execute(page: str, stage: Path, parameters: dict) -> str | None:
     return None
 
 
+def share_cores(jobs: int) -> None:
+    """A pool worker's setting: the kernels it starts use cores ÷ jobs threads (torch reads
+    OMP_NUM_THREADS), so that pages run side by side do not oversubscribe the CPU."""
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+
+
+def timed(page: str, stage: Path, parameters: dict) -> tuple[float, str | None]:
+    """`execute`, and the seconds it took."""
+    start = time.perf_counter()
+    error = execute(page, stage, parameters)
+    return round(time.perf_counter() - start, 1), error
+
+
+def execute_all(pages: list[str], root_page: str, stage: Path, parameters: dict, jobs: int) -> dict:
+    """Execute `pages` (chapters `jobs` at a time, then ALONE and the root page one by one);
+    page -> (seconds, error or None), printed as each ends."""
+    def report(page: str, took: float, error: str | None) -> None:
+        print(f"  {page}: " + (f"FAILED after {took:.0f}s: {error}" if error else f"ok ({took:.0f}s)"), flush=True)
+
+    side_by_side = [p for p in pages if p not in (*ALONE, root_page)]
+    print(f"executing {len(pages)} pages (profile {parameters['profile']}, device {parameters['device']}; "
+          f"{min(jobs, len(side_by_side)) or 1} at a time) ...", flush=True)
+    results = {}
+    with concurrent.futures.ProcessPoolExecutor(jobs, initializer=share_cores, initargs=(jobs,)) as pool:
+        running = {pool.submit(timed, page, stage, parameters): page for page in side_by_side}
+        for done in concurrent.futures.as_completed(running):
+            results[running[done]] = done.result()
+            report(running[done], *results[running[done]])
+    for page in [p for p in pages if p not in side_by_side]:
+        results[page] = timed(page, stage, parameters)
+        report(page, *results[page])
+    return {page: results[page] for page in pages}
+
+
 def build_html(stage: Path, out: Path) -> int:
     """jupyter-book build with warnings as errors; log to <out>/build.log."""
     # jupyter-book writes to <path-output>/_build/html; make that <out>/html.
@@ -197,12 +235,16 @@ def make_parser() -> argparse.ArgumentParser:
                         help="execute only these pages (book/02_model.ipynb, 02_model or 02); with HTML, "
                              "the stage's toc lists just them and the root page (executed too)")
     parser.add_argument("--out", default=str(ROOT / "_build"), help="output folder (default: _build)")
+    parser.add_argument("--jobs", type=int, default=2, help="chapters executed at once, each on its share of "
+                        "the CPU cores (default: 2)")
     parser.add_argument("--no-html", action="store_true", help="execute the notebooks only")
     return parser
 
 
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs must be at least 1, got {args.jobs}")
 
     out = Path(args.out).resolve()
     stage = out / "stage"
@@ -226,17 +268,10 @@ def main(argv=None) -> int:
                            or (ROOT / f"{c['file']}.md").is_file()]  # markdown pages need no execution
         (stage / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
 
-    failures, timings, started = [], {}, time.perf_counter()
-    for page in pages:
-        start = time.perf_counter()
-        print(f"executing {page} (profile {args.profile}, device {args.device}) ...", flush=True)
-        error = execute(page, stage, parameters)
-        took = timings[page] = round(time.perf_counter() - start, 1)
-        if error:
-            failures.append(f"chapter {page} failed: {error}")
-            print(f"  FAILED after {took:.0f}s: {error}", flush=True)
-        else:
-            print(f"  ok ({took:.0f}s)", flush=True)
+    started = time.perf_counter()
+    results = execute_all(pages, root_page, stage, parameters, args.jobs)
+    timings = {page: took for page, (took, _) in results.items()}
+    failures = [f"chapter {page} failed: {error}" for page, (_, error) in results.items() if error]
     timings["all notebooks"] = round(time.perf_counter() - started, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
     print("notebook times (s): " + ", ".join(f"{Path(p).stem} {t:.0f}" for p, t in timings.items()), flush=True)

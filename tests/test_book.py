@@ -47,6 +47,7 @@ pytestmark = pytest.mark.book
 def _load_build_script():
     spec = importlib.util.spec_from_file_location("build_book", ROOT / "scripts" / "build_book.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["build_book"] = module  # its page pool sends its functions to worker processes by name
     spec.loader.exec_module(module)
     return module
 
@@ -246,6 +247,35 @@ def test_unknown_chapter_name_lists_the_valid_ones():
     assert build_book.select(None, root_page, chapters)[-1] == root_page  # the root page runs last
     with pytest.raises(SystemExit, match="'07_nothing' matches 0 pages of _toc.yml; use one of: book/01_setup"):
         build_book.select(["07_nothing"], root_page, chapters)
+
+
+def test_chapters_run_side_by_side_on_their_share_of_the_cores_and_the_appendix_and_root_page_alone_after(
+        tmp_path, monkeypatch):
+    import time
+    root_page, chapters = build_book.toc_files()
+    pages = build_book.select(None, root_page, chapters)
+
+    def execute(page, stage, parameters):  # a page that notes when it ran and on how many threads
+        start = time.time()
+        time.sleep(0.3)
+        note = dict(start=start, end=time.time(), threads=os.environ.get("OMP_NUM_THREADS"))
+        (stage / Path(page).name).write_text(json.dumps(note))
+        return "broken" if page == "book/04_schedule.ipynb" else None
+    monkeypatch.setattr(build_book, "execute", execute)  # the pool's workers are forked: they see it
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    results = build_book.execute_all(pages, root_page, tmp_path, {"profile": "smoke", "device": "cpu"}, 2)
+    assert list(results) == pages and results["book/04_schedule.ipynb"][1] == "broken"
+    ran = {p: json.loads((tmp_path / Path(p).name).read_text()) for p in pages}
+    side_by_side = [p for p in pages if p not in (*build_book.ALONE, root_page)]
+    assert build_book.ALONE == ("book/appendix_performance.ipynb",) and len(side_by_side) == len(pages) - 2
+    assert {ran[p]["threads"] for p in side_by_side} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    assert ran[root_page]["threads"] is None  # alone: every core
+    last_chapter = max(ran[p]["end"] for p in side_by_side)
+    overlapping = sum(ran[a]["start"] < ran[b]["end"] and ran[b]["start"] < ran[a]["end"]
+                      for a in side_by_side for b in side_by_side if a < b)
+    assert overlapping >= 1  # two at a time
+    appendix = ran["book/appendix_performance.ipynb"]
+    assert last_chapter <= appendix["start"] and appendix["end"] <= ran[root_page]["start"]
 
 
 # Every table, with the content column (article) it must fit: its own width, and whether any
@@ -701,6 +731,28 @@ def test_the_smoke_appendix_benchmarks_on_the_profiles_thread_and_says_so(datase
         assert "CPU thread" not in appendix.cut_down_text(book.Chapter("cpu", "cpu", dataset, tmp_path, 0))
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_appendix_shows_the_committed_benchmark_when_it_reads_records_and_times_this_machine_else(
+        dataset, tmp_path, monkeypatch):
+    from resnet_cifar import bench, book
+    appendix = page_code("appendix_performance")
+    timed = {"info": {"date": "now"}}
+    monkeypatch.setattr(bench, "run_benchmark", lambda **settings: timed)
+    committed = {"bench-cpu": {"info": {"date": "2026-12-01"}}}
+    reads_records = book.Chapter("cpu", "cpu", dataset, tmp_path, 0, records={"runs": {}})
+    trains = book.Chapter("smoke", "cpu", dataset, tmp_path, 0)
+    assert appendix.page_benchmark(reads_records, "auto", committed) == (committed["bench-cpu"], "bench-cpu.json")
+    assert appendix.page_benchmark(reads_records, "here", committed) == (timed, None)
+    assert appendix.page_benchmark(trains, "auto", committed) == (timed, None)
+    assert appendix.page_benchmark(trains, "recorded", committed)[1] == "bench-cpu.json"
+    assert appendix.page_benchmark(reads_records, "auto", {}) == (timed, None)  # nothing recorded: timed
+    with pytest.raises(ValueError, match="holds no bench-cpu.json.*-p benchmark here"):
+        appendix.page_benchmark(trains, "recorded", {})
+    with pytest.raises(ValueError, match="benchmark must be auto, here or recorded, got 'yes'"):
+        appendix.page_benchmark(trains, "yes", committed)
+    text = appendix.recorded_text("bench-cpu.json", committed["bench-cpu"]["info"])
+    assert "bench-cpu.json as recorded on 2026-12-01, not re-measured" in text
 
 
 def test_make_book_renders_the_committed_records_headline():
