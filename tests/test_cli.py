@@ -82,15 +82,20 @@ def test_missing_data_exit_2(capsys, tmp_path):
     assert err.startswith("error: CIFAR-10 not found") and "download" in err
 
 
-def test_a_run_in_a_process_of_its_own_answers_on_its_last_line(tmp_path):
-    """The process the runner starts for one run (`python -m resnet_cifar.runner CONFIG`) answers
-    whether it finished and why not, as JSON on its last line; a failing run is an answer, not a crash."""
-    config = json.dumps(dict(name="bad", depth=33, runs_dir=str(tmp_path / "runs"), progress="none"))
-    proc = subprocess.run([sys.executable, "-m", "resnet_cifar.runner", config], capture_output=True, text=True,
-                          timeout=300)
+def test_a_slots_process_answers_each_run_it_is_sent_on_one_line(tmp_path):
+    """The process the runner starts per slot (`python -m resnet_cifar.runner`) trains the runs
+    whose configs come on stdin, one JSON line each, and answers each on one JSON line of stdout;
+    a failing run is an answer, not a crash, and the process goes on to the next."""
+    runs = str(tmp_path / "runs")
+    configs = [dict(name="bad", depth=33, runs_dir=runs, progress="none"),
+               dict(name="worse", optimizer="rmsprop", runs_dir=runs, progress="none")]
+    proc = subprocess.run([sys.executable, "-m", "resnet_cifar.runner"], capture_output=True, text=True,
+                          input="".join(json.dumps(c) + "\n" for c in configs), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    answer = json.loads(proc.stdout.splitlines()[-1])
-    assert answer["ok"] is False and answer["detail"].startswith("ValueError: depth must be 6n+2"), answer
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [a["ok"] for a in answers] == [False, False], answers
+    assert answers[0]["detail"].startswith("ValueError: depth must be 6n+2"), answers
+    assert answers[1]["detail"].startswith("ValueError: optimizer must be one of"), answers
     assert not (tmp_path / "runs").exists()
 
 

@@ -118,7 +118,7 @@ def main(args) -> int:
             at = REC.read_json(folder / r.name / "summary.json")["iterations_done"]
             print(f"{r.name}: resumes from the checkpoint published in "
                   f"{shown_path(committed_here / r.name)} (iteration {at:,})")
-    # --jobs > 1 asks for one process per run, and those train single runs
+    # --jobs > 1 asks for one process per slot, and those train single runs
     fuse = (default_fuse(args.device) if args.jobs == 1 else 1) if args.fuse is None else (
         check_fuse(args.fuse))
     return run_plan(runs, args.profile, folder, args.device, args.jobs, args.data_dir,

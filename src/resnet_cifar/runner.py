@@ -1,9 +1,10 @@
 """The runner: train every run of the plan that is not finished, `--jobs` at a time per GPU.
 
-One run at a time, or fused groups, train in this process. Several at a time, each run trains in a
-process of its own (`python -m resnet_cifar.runner CONFIG`) that sees only its slot's GPU
-(CUDA_VISIBLE_DEVICES) and threads (OMP_NUM_THREADS). A failing run is reported and the others go
-on. A status line every --status-every seconds; the runs folder's `runner.json` says how each ended.
+One run at a time, or fused groups, train in this process. Several at a time, each slot is a
+process of its own (`python -m resnet_cifar.runner`) that sees only its slot's GPU
+(CUDA_VISIBLE_DEVICES) and threads (OMP_NUM_THREADS) and trains the runs it is sent one after
+another, so Python, torch and the data load once per slot. A failing run is reported and the
+others go on. A status line every --status-every seconds; the runs folder's `runner.json` says how each ended.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -99,15 +99,23 @@ def train_runs(configs: list[TrainConfig], dataset=None) -> list[tuple[bool, str
             for run, error in zip(done, errors)]
 
 
-def main(argv=None) -> int:
-    """One run in a process of its own: its config as JSON in, its answer as the last line out.
+def main() -> int:
+    """A slot's process: trains the runs whose configs come on stdin, one JSON line each, and
+    answers each on stdout in one JSON line (ok: whether it finished; detail: what happened).
     SIGTERM as Ctrl-C: the run in progress records itself as interrupted."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    answers, sys.stdout = sys.stdout, sys.stderr  # stdout carries the answers only
+    datasets = {}
     try:
-        [(ok, detail)] = train_runs([TrainConfig(**json.loads((argv or sys.argv[1:])[0]))])
+        for line in sys.stdin:
+            config = TrainConfig(**json.loads(line))
+            if datasets.get(config.data_dir) is None:
+                with contextlib.suppress(Exception):  # else train() loads it and says what is wrong
+                    datasets[config.data_dir] = load_cifar10(config.data_dir)
+            [(ok, detail)] = train_runs([config], datasets.get(config.data_dir))
+            print(json.dumps(dict(ok=ok, detail=detail)), file=answers, flush=True)
     except KeyboardInterrupt:
         return 130
-    print(json.dumps(dict(ok=ok, detail=detail)), flush=True)
     return 0
 
 
@@ -215,38 +223,51 @@ def _in_process(runner: Runner, fuse: int, threads: int | None) -> None:
 
 
 def _in_processes(runner: Runner, gpus: list[str | None], device: str, threads: int) -> None:
-    """Each run in a process of its own; slot k's processes see only GPU gpus[k]."""
-    pending, running = list(runner.tasks), {}  # slot -> (task, its process, the process's output)
-    try:
-        while pending or running:
-            for slot, gpu in enumerate(gpus):
-                if slot in running or not pending:
-                    continue
-                task, output = pending.pop(0), tempfile.TemporaryFile("w+")
-                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-                if gpu is not None:
-                    env["CUDA_VISIBLE_DEVICES"] = gpu
-                config = vars(dataclasses.replace(task.config, device=device, progress="none"))
-                command = [sys.executable, "-m", "resnet_cifar.runner", json.dumps(config)]
-                running[slot] = task, subprocess.Popen(command, stdout=output, env=env), output
-                runner.begin(task, device + (f", GPU {gpu}" if gpu is not None else ""))
-                runner.say(f"start {task.name} ({task.where})")
-            time.sleep(0.2)
-            for slot, (task, process, output) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                del running[slot]
-                output.seek(0)
-                try:
-                    answer = json.loads((output.read().splitlines() or [""])[-1])
-                except ValueError:  # it died during the run (out of memory, a crash)
-                    detail = f"its process exited with status {process.returncode}"
-                    answer = dict(ok=False, detail=detail)
+    """One process per slot (slot k's sees only GPU gpus[k]), sent the next run as each ends."""
+    pending, lock, stopping, processes = list(runner.tasks), threading.Lock(), threading.Event(), []
+
+    def slot(gpu: str | None) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+                   **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+        process = None
+        while not stopping.is_set():
+            with lock:
+                if not pending:
+                    break
+                task = pending.pop(0)
+                if process is None or process.poll() is not None:  # the first, or after a crash
+                    process = subprocess.Popen([sys.executable, "-m", "resnet_cifar.runner"], env=env,
+                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                    processes.append(process)
+            runner.begin(task, device + (f", GPU {gpu}" if gpu is not None else ""))
+            runner.say(f"start {task.name} ({task.where})")
+            config = vars(dataclasses.replace(task.config, device=device, progress="none"))
+            try:
+                process.stdin.write(json.dumps(config) + "\n")
+                process.stdin.flush()
+                answer = json.loads(process.stdout.readline())
+            except (OSError, ValueError):  # it died during the run (out of memory, a crash, Ctrl-C)
+                answer = dict(ok=False, detail=f"its process exited with status {process.wait()}")
+            if not stopping.is_set():  # interrupted: run_plan records the run as interrupted
                 runner.finish(task, answer["ok"], answer["detail"])
+        if process is not None and process.poll() is None:
+            process.stdin.close()
+            process.wait()
+
+    workers = [threading.Thread(target=slot, args=(gpu,), daemon=True) for gpu in gpus]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            while worker.is_alive():
+                worker.join(0.2)
     finally:  # interrupted: each process records its run as interrupted
-        for _, process, _ in running.values():
+        stopping.set()
+        with lock:
+            live = [p for p in processes if p.poll() is None]
+        for process in live:
             process.send_signal(signal.SIGINT)
-        for _, process, _ in running.values():
+        for process in live:
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
