@@ -99,6 +99,22 @@ def test_a_slots_process_answers_each_run_it_is_sent_on_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_slot_whose_process_dies_reports_the_run_failed_and_starts_a_new_process(tmp_path, monkeypatch):
+    """A run that kills its slot's process (out of memory, a crash) fails with the exit status, and
+    the slot's next run gets a process of its own."""
+    from resnet_cifar import runner
+    from resnet_cifar.config import TrainConfig
+    started = tmp_path / "started"
+    crash = tmp_path / "crash"  # stands for `python -m resnet_cifar.runner`: reads a run, dies
+    crash.write_text(f"#!/bin/sh\necho x >> {started}\nread line\nexit 3\n")
+    crash.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(crash))
+    tasks = [runner.Task(name, TrainConfig(name=name), 0, 1.0) for name in ("a", "b")]
+    runner._in_processes(runner.Runner(tasks), [None], "cpu", 1)
+    assert [(t.state, t.detail) for t in tasks] == [("failed", "its process exited with status 3")] * 2
+    assert started.read_text().count("x") == 2
+
+
 def test_eval_of_a_non_run(capsys, tmp_path):
     assert cli.main(["eval", str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
