@@ -18,46 +18,11 @@ from .runs import RunError, load_run
 from .train import evaluate, train
 
 
-# The help of train's flags, one flag per TrainConfig field (a field without help here has none).
-HELP = dict(
-    name="run folder name; default: derived from the config",
-    arch="resnet | plain | resnet34-imagenet",
-    depth="6n+2: 20, 32, 44, 56, 110, 1202",
-    shortcut="A: zero-pad identity (paper, CIFAR) | B: 1x1 conv + BN | B-no-bn",
-    final_relu="the seed log's question: a ReLU after the last FC",
-    data_dir="default: $RESNET_CIFAR_DATA, then ./data",
-    val_size="the 45k/5k split",
-    subset="n//10 images of each class from each split, for quick runs; default: all",
-    normalization="per-pixel-mean (paper) | per-channel | none",
-    normalize_eval="--no-normalize-eval: test without mean subtraction (the seed log's failure)",
-    crop="4-pixel zero pad + random 32x32 crop",
-    flip="random horizontal flip",
-    optimizer="sgd | adam | adamw | nadam",
-    schedule="multistep | plateau | cosine | constant",
-    schedule_unit="milestones and warm-up in iterations or epochs: iteration | epoch",
-    milestones="lr drops (x gamma)",
-    warmup="lr = warmup_lr for this many iterations (or epochs)",
-    warmup_until_error="ResNet-110 (Sec. 4.2): lr = warmup_lr until the training error is below this",
-    plateau_patience="evaluations without val-loss improvement",
-    eval_every="iterations; default: one epoch",
-    checkpoint_every="iterations; default: at every evaluation",
-    stop_at="stop after this iteration, resumable (a prefix of the run; not fused)",
-    device="auto (cuda, then mps, then cpu) | cpu | cuda[:k] | mps",
-    dtype="float32 (true fp32) | tf32 | float64 | bfloat16 (autocast)",
-    compile="torch.compile the model",
-    compile_mode="with --compile: default | reduce-overhead (CUDA graphs) | max-autotune | ...",
-    sync_bn="SyncBatchNorm across torchrun processes (GPUs only)",
-    resume="continue an interrupted run from its checkpoint",
-    force="retrain even if a record exists",
-    wait="another process trains this run: wait for it, then reuse or resume",
-    progress="auto (a bar on a terminal, log lines otherwise) | bar | log | none",
-)
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, its default the dataclass's (the paper's recipe)."""
+    """One flag per TrainConfig field, its help and default the field's (the paper's recipe)."""
     for f in dataclasses.fields(TrainConfig):
-        option, default, help = "--" + f.name.replace("_", "-"), f.default, HELP.get(f.name, "")
+        option, default = "--" + f.name.replace("_", "-"), f.default
+        help = f.metadata.get("help", "")
         help = help if default is None else f"{help} (default: {default})".strip()
         add = functools.partial(parser.add_argument, option, default=default, help=help)
         if isinstance(default, bool):

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .data import NORMALIZATIONS
 from .models import ARCHS, SHORTCUTS, check_depth
@@ -29,61 +29,66 @@ EXECUTION_FIELDS = ("name", "device", "data_dir", "runs_dir", "resume", "force",
                     "compile_mode", "channels_last", "checkpoint_every", "progress", "stop_at")
 
 
+def knob(default, help: str):
+    """A field and its command-line help: `train` has one flag per field (cli.py)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a run. The defaults are the paper's CIFAR-10 ResNet-32 recipe."""
-    name: str | None = None               # run folder name; default: derived from the config
+    name: str | None = knob(None, "run folder name; default: derived from the config")
     # model (models.py)
-    arch: str = "resnet"                  # resnet | plain | resnet34-imagenet
-    depth: int = 32                       # 6n+2: 20, 32, 44, 56, 110, 1202
-    shortcut: str = "A"                   # A: zero-pad (paper) | B: 1x1 conv + BN | B-no-bn
-    final_relu: bool = False              # the seed log's question: a ReLU after the last FC
+    arch: str = knob("resnet", "resnet | plain | resnet34-imagenet")
+    depth: int = knob(32, "6n+2: 20, 32, 44, 56, 110, 1202")
+    shortcut: str = knob("A", "A: zero-pad identity (paper, CIFAR) | B: 1x1 conv + BN | B-no-bn")
+    final_relu: bool = knob(False, "the seed log's question: a ReLU after the last FC")
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
     # data (data.py)
-    data_dir: str | None = None           # > $RESNET_CIFAR_DATA > ./data
-    val_size: int = 5000                  # the 45k/5k split
+    data_dir: str | None = knob(None, "default: $RESNET_CIFAR_DATA, then ./data")
+    val_size: int = knob(5000, "the 45k/5k split")
     split_seed: int = 0
-    subset: int | None = None             # n//10 images of each class from each split (quick runs)
-    normalization: str = "per-pixel-mean"  # per-pixel-mean (paper) | per-channel | none
-    normalize_eval: bool = True           # False: test without mean subtraction (the seed log's)
-    crop: bool = True                     # 4-pixel zero pad + random 32x32 crop
-    flip: bool = True                     # random horizontal flip
+    subset: int | None = knob(None, "n//10 images of each class per split (quick runs); default: all")
+    normalization: str = knob("per-pixel-mean", "per-pixel-mean (paper) | per-channel | none")
+    normalize_eval: bool = knob(True, "off: test without mean subtraction (the seed log's)")
+    crop: bool = knob(True, "4-pixel zero pad + random 32x32 crop")
+    flip: bool = knob(True, "random horizontal flip")
     pad: int = 4
     # optimization
-    optimizer: str = "sgd"                # sgd | adam | adamw | nadam
+    optimizer: str = knob("sgd", "sgd | adam | adamw | nadam")
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
     batch_size: int = 128
     iterations: int = 64000
-    schedule: str = "multistep"           # multistep | plateau | cosine | constant
-    schedule_unit: str = "iteration"      # milestones and warm-up in iterations or epochs
-    milestones: tuple[int, ...] = (32000, 48000)  # lr drops (x gamma)
+    schedule: str = knob("multistep", "multistep | plateau | cosine | constant")
+    schedule_unit: str = knob("iteration", "milestones and warm-up in: iteration | epoch")
+    milestones: tuple[int, ...] = knob((32000, 48000), "lr drops (x gamma)")
     gamma: float = 0.1
-    warmup: int = 0                       # lr = warmup_lr for this many iterations (or epochs)
-    warmup_until_error: float | None = None  # ResNet-110 (Sec. 4.2): warmup_lr until error < this
+    warmup: int = knob(0, "lr = warmup_lr for this many iterations (or epochs)")
+    warmup_until_error: float | None = knob(None, "ResNet-110 (Sec. 4.2): warmup_lr to error < this")
     warmup_lr: float = 0.01
-    plateau_patience: int = 10            # evaluations without val-loss improvement
+    plateau_patience: int = knob(10, "evaluations without val-loss improvement")
     plateau_threshold: float = 1e-4
     # evaluation, checkpoints
-    eval_every: int | None = None         # iterations (default: one epoch)
-    checkpoint_every: int | None = None   # iterations (default: at every evaluation)
-    stop_at: int | None = None            # stop after this iteration, resumable (not fused)
+    eval_every: int | None = knob(None, "iterations; default: one epoch")
+    checkpoint_every: int | None = knob(None, "iterations; default: at every evaluation")
+    stop_at: int | None = knob(None, "stop after this iteration, resumable (not fused)")
     # execution
-    device: str = "auto"                  # auto (cuda, then mps, then cpu) | cpu | cuda[:k] | mps
-    dtype: str = "float32"                # float32 | tf32 | float64 | bfloat16 (see DTYPES)
+    device: str = knob("auto", "auto (cuda, then mps, then cpu) | cpu | cuda[:k] | mps")
+    dtype: str = knob("float32", "float32 (true fp32) | tf32 | float64 | bfloat16 (autocast)")
     channels_last: bool = False
-    compile: bool = False                 # torch.compile the model
-    compile_mode: str = "default"         # with compile; reduce-overhead: CUDA graphs
-    sync_bn: bool = False                 # SyncBatchNorm across torchrun processes (GPUs only)
+    compile: bool = knob(False, "torch.compile the model")
+    compile_mode: str = knob("default", "with compile: default | reduce-overhead (CUDA graphs) | ...")
+    sync_bn: bool = knob(False, "SyncBatchNorm across torchrun processes (GPUs only)")
     seed: int = 0
     runs_dir: str = "runs"
-    resume: bool = True                   # continue an interrupted run from its checkpoint
-    force: bool = False                   # retrain even if a record exists
-    wait: bool = False                    # another process trains this run: wait, then reuse/resume
-    progress: str = "auto"                # auto (a bar on a terminal, else log) | bar | log | none
+    resume: bool = knob(True, "continue an interrupted run from its checkpoint")
+    force: bool = knob(False, "retrain even if a record exists")
+    wait: bool = knob(False, "another process trains this run: wait, then reuse or resume")
+    progress: str = knob("auto", "auto (a bar on a terminal, else log) | bar | log | none")
 
     def __post_init__(self):
         self.milestones = tuple(self.milestones)
