@@ -548,13 +548,14 @@ def test_table6_shows_the_paper_schedule_runs_beside_the_papers_rows(dataset, tm
     run = shared.paper_run(ch.runs_data)
     if run is None:
         missing("no record of the paper's schedule is committed for the JPEG copy")
-    shown = depth.paper_schedule(ch, 32)
+    here = depth.paper_runs(ch, [20, 32, 44, 56, 110, 1202])
+    shown = depth.paper_schedule(here[32])
     s = run.summary
     assert shown == f"{100 * s['final_test_error']:.2f}" + (
         "" if run.complete else f" ({s['iterations_done']:,} of 64,000 its)")
-    assert depth.paper_schedule(ch, 1202) == "–"
+    assert depth.paper_schedule(here[1202]) == "–"
     # the sentence under the table: each committed depth, or "not yet trained" for a planned one
-    sentence = depth.paper_depths(ch, [20, 32, 44, 56, 110])
+    sentence = depth.paper_depths({d: here[d] for d in (20, 32, 44, 56, 110)})
     assert f"ResNet-32 {100 * s['final_test_error']:.2f} %" in sentence and "ResNet-44" not in sentence
 
 
@@ -565,25 +566,20 @@ def test_table6s_paper_schedule_sentence_states_an_ordering_only_of_complete_run
     depth = page_code("07_depth")
     errors = {20: (13.2, True), 32: (11.9, True), 56: (12.5, True)}
 
-    def fake_run(dataset, name):
-        d = int(name.split("-")[0][len("resnet"):])
-        if d not in errors:
-            return None
-        error, complete = errors[d]
-        return SimpleNamespace(complete=complete, error=lambda: error,
-                               summary=dict(iterations_done=64000 if complete else 640, iterations=64000))
-    depth.paper_depths.__globals__["paper_run"] = fake_run
-    ch = SimpleNamespace(runs_data="jpeg-q75-copy")
-    text = depth.paper_depths(ch, [20, 32, 44, 56])
+    def fake_runs(depths):
+        return {d: None if d not in errors else SimpleNamespace(
+            complete=errors[d][1], error=lambda d=d: errors[d][0],
+            summary=dict(iterations_done=64000 if errors[d][1] else 640, iterations=64000)) for d in depths}
+    text = depth.paper_depths(fake_runs([20, 32, 44, 56]))
     assert text.startswith("ResNet-20 13.20 %; ResNet-32 11.90 %; ResNet-56 12.50 %. Not Table 6's ordering")
     assert "(ResNet-20 8.75 %, ResNet-32 7.51 %, ResNet-56 6.97 %); one seed per depth" in text
     errors[56] = (10.8, True)
-    assert "The error falls with every added depth, as in Table 6" in depth.paper_depths(ch, [20, 32, 56])
+    assert "The error falls with every added depth, as in Table 6" in depth.paper_depths(fake_runs([20, 32, 56]))
     errors[56] = (30.0, False)
-    text = depth.paper_depths(ch, [20, 32, 56])
+    text = depth.paper_depths(fake_runs([20, 32, 56]))
     assert "ResNet-56 30.00 % (unfinished: 640 of 64,000 iterations)." in text and "as in Table 6" in text
     errors.clear()
-    assert depth.paper_depths(ch, [20, 56]) == "ResNet-20 not yet trained; ResNet-56 not yet trained."
+    assert depth.paper_depths(fake_runs([20, 56])) == "ResNet-20 not yet trained; ResNet-56 not yet trained."
 
 
 def test_published_records_without_weights_render_placeholders(dataset, tmp_path):
